@@ -1,0 +1,1 @@
+"""Framework core: config, matrix planning, runner, training loop, data, pruning, metrics."""

@@ -1,0 +1,143 @@
+"""metrics.json: the schema every run writes and every report reads (docs/metrics.md).
+
+Only this module knows how the summary is derived from the per-epoch records, so the trainer
+and the report can never disagree about what "best accuracy" or "std of the last 10 epochs"
+means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+STATUSES = (STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED)
+
+# A run "reached" its target when the sparsity measured from the weights is within this
+# distance of the target (the exact threshold makes it equal in practice; the tolerance only
+# absorbs float formatting of hand-written files).
+SPARSITY_TOLERANCE = 5e-4
+STABILITY_WINDOW = 10
+
+
+class MetricsError(ValueError):
+    """A metrics.json that cannot be read or does not follow the schema."""
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON so that `path` holds either the old or the new document, never a torn one.
+
+    The text is written to a temporary file in the same directory, flushed and fsynced, then
+    renamed over the target. If anything fails (disk full, permission), the old file is left
+    untouched and the temporary file is removed.
+    """
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and minimally validate a metrics.json; raise MetricsError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MetricsError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MetricsError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise MetricsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MetricsError(
+            f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    for key in ("run_id", "identity", "epochs", "summary"):
+        if key not in data:
+            raise MetricsError(f"{path}: missing key {key!r}")
+    if not isinstance(data["epochs"], list):
+        raise MetricsError(f"{path}: 'epochs' must be a list")
+    return data
+
+
+def target_reached(sparsity: float | None, target: float) -> bool:
+    if target <= 0.0:
+        return True
+    return sparsity is not None and sparsity >= target - SPARSITY_TOLERANCE
+
+
+def summarize(
+    epochs: list[dict[str, Any]],
+    target_sparsity: float,
+    *,
+    status: str,
+    error: str | None = None,
+    total_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Derive the run summary from its per-epoch records.
+
+    - best_top1 / best_epoch: the best test top-1 among epochs at the target sparsity (every
+      epoch counts for dense runs). A pruned run that never reached its target has no best
+      accuracy (None), which the report shows instead of an accuracy of a denser model.
+    - final_top1 / final_top5: the last epoch's test accuracy.
+    - std_last10: population standard deviation (ddof=0) of test top-1 over the last
+      min(10, n) epochs.
+    - peak_to_final: best_top1 - final_top1 (percentage points), None without a best.
+    - target_reached_epoch: first epoch whose measured sparsity reached the target.
+    Accuracies are percentages (0-100); epochs are 1-based.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    reached_epoch = None
+    best_top1 = best_epoch = None
+    for rec in epochs:
+        if not target_reached(rec.get("sparsity"), target_sparsity):
+            continue
+        if reached_epoch is None:
+            reached_epoch = rec["epoch"]
+        acc = rec["test_top1"]
+        if best_top1 is None or acc > best_top1:
+            best_top1, best_epoch = acc, rec["epoch"]
+    final = epochs[-1] if epochs else None
+    final_top1 = final["test_top1"] if final else None
+    window = [rec["test_top1"] for rec in epochs[-STABILITY_WINDOW:]]
+    std_last10 = None
+    if window:
+        mean = sum(window) / len(window)
+        std_last10 = math.sqrt(sum((a - mean) ** 2 for a in window) / len(window))
+    peaks = [rec.get("peak_memory_mb") for rec in epochs if rec.get("peak_memory_mb") is not None]
+    return {
+        "status": status,
+        "error": error,
+        "epochs_completed": len(epochs),
+        "best_top1": best_top1,
+        "best_epoch": best_epoch,
+        "final_top1": final_top1,
+        "final_top5": final["test_top5"] if final else None,
+        "final_sparsity": final.get("sparsity") if final else None,
+        "std_last10": std_last10,
+        "peak_to_final": (best_top1 - final_top1) if best_top1 is not None else None,
+        "target_reached_epoch": reached_epoch,
+        "total_seconds": total_seconds,
+        "peak_memory_mb": max(peaks) if peaks else None,
+    }

@@ -1,0 +1,196 @@
+"""The typed description of one training run (RunSpec) and its parts.
+
+Every stage after `lib.config` speaks these types: `lib.matrix` builds RunSpecs from a
+Config, `lib.runner` writes them to `run.json`, `lib.train.train()` consumes one.  They are
+frozen dataclasses so a run's description cannot drift while it runs, and they round-trip
+through JSON exactly (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("resnet50", "resnet18")
+STEMS = ("imagenet", "cifar")
+DATASETS = ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+PRUNE_BASES = ("adam", "adamw", "adamwadv", "adamwspam")
+PRUNE_SCORES = ("hybrid", "variance", "momentum", "magnitude")
+PRUNING_METHODS = ("none", "magnitude", "movement", "state")
+PRUNE_SCHEDULES = ("cubic", "linear")
+PRUNE_SCOPES = ("global", "layerwise")
+LR_SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("off", "bf16", "fp16")
+DEVICES = ("auto", "cuda", "cpu")
+
+# Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes.
+DATASET_CLASSES = {"imagenet": 1000, "cifar100": 100, "cifar10": 10, "mnist5k": 10}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "resnet50"
+    stem: str = "imagenet"  # imagenet: 7x7/2 conv + maxpool; cifar: 3x3/1 conv, no maxpool
+    keep_ends_dense: bool = False  # never prune the stem conv and the classifier
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "imagenet"
+    data_dir: str = "data"
+    image_size: int = 224  # input side the model sees (train crop / eval centre crop)
+    workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    download: bool = False  # cifar only; never on by default
+    synthetic_classes: int = 1000
+    synthetic_train_size: int = 1281  # images per synthetic "epoch"
+    synthetic_val_size: int = 128
+
+    @property
+    def num_classes(self) -> int:
+        if self.name == "synthetic":
+            return self.synthetic_classes
+        return DATASET_CLASSES[self.name]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 100
+    batch_size: int = 128
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 0
+    step_size: int = 30  # step schedule: decay every step_size epochs ...
+    step_gamma: float = 0.1  # ... by this factor
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    precision: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    checkpoint: bool = True  # keep `last` (every epoch) and `best` checkpoints
+    deterministic: bool = True  # torch.use_deterministic_algorithms where supported
+    max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps steps (tests, smoke runs)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "adamw"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    amsgrad: bool = False
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    # SPAM (adamwspam, or adamwprune with base adamwspam)
+    spam_theta: float = 5000.0
+    spam_interval: int = 500
+    spam_warmup_steps: int = 150
+    spam_clip_delay: int = 20
+    # AdamWPrune only
+    prune_base: str = "adamw"
+    prune_score: str = "hybrid"
+
+    @property
+    def label(self) -> str:
+        """Short readable name used in run ids and reports: `adamwprune-adamw`, `sgd`."""
+        if self.name == "adamwprune":
+            return f"adamwprune-{self.prune_base}"
+        return self.name
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    method: str = "none"
+    sparsity: float = 0.0  # target fraction of prunable weights that are zero at the end
+    schedule: str = "cubic"
+    start_step: int = 100  # first optimizer step (1-based count) at which masks are updated
+    end_epoch: int = 80  # masks frozen at the end of this epoch; the runner turns it into steps
+    interval: int = 50  # update masks every `interval` steps between start and end
+    scope: str = "global"
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none" and self.sparsity > 0.0
+
+    def end_step(self, steps_per_epoch: int) -> int:
+        return self.end_epoch * steps_per_epoch
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training run needs. The trainer reads nothing else."""
+
+    matrix: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    optimizer: OptimizerSpec
+    pruning: PruningSpec
+    seed: int = 0
+    out_dir: str = ""  # results/<matrix>/<run_id>; set by the planner
+    run_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            object.__setattr__(self, "run_id", derive_run_id(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(
+            matrix=d["matrix"],
+            model=ModelSpec(**d["model"]),
+            data=DataSpec(**d["data"]),
+            train=TrainSpec(**d["train"]),
+            optimizer=OptimizerSpec(**d["optimizer"]),
+            pruning=PruningSpec(**d["pruning"]),
+            seed=d["seed"],
+            out_dir=d.get("out_dir", ""),
+            run_id=d.get("run_id", ""),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        return cls.from_dict(json.loads(text))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define *what* is trained (everything but where it is written).
+
+        Two specs with the same run id but a different identity are two different experiments;
+        the runner refuses to mix them in one results directory.
+        """
+        d = self.to_dict()
+        d.pop("out_dir")
+        d.pop("run_id")
+        d.pop("matrix")
+        for volatile in ("workers", "pin_memory", "persistent_workers", "data_dir", "download"):
+            d["data"].pop(volatile)
+        return d
+
+
+def derive_run_id(spec: RunSpec) -> str:
+    """Stable, readable id: `resnet50_adamwprune-adamw_state-hybrid_s70_seed0`.
+
+    Derived only from the axes of the matrix, so the same .config always plans the same ids.
+    """
+    opt = spec.optimizer.label
+    p = spec.pruning
+    if p.enabled:
+        method = f"{p.method}-{spec.optimizer.prune_score}" if p.method == "state" else p.method
+        pct = round(p.sparsity * 100, 2)
+        pct_txt = f"{pct:g}".replace(".", "p")
+        prune = f"{method}_s{pct_txt}"
+    else:
+        prune = "dense"
+    return f"{spec.model.name}_{opt}_{prune}_seed{spec.seed}"

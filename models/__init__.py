@@ -1,0 +1,1 @@
+"""Model builders on top of torchvision's architectures."""

@@ -1,0 +1,1 @@
+"""Optimizers with built-in pruning, and the registry that builds them from a RunSpec."""

@@ -1,0 +1,1 @@
+"""Report rendering and small maintenance entry points."""
