@@ -140,6 +140,11 @@ class RunSpec:
         if not self.run_id:
             object.__setattr__(self, "run_id", derive_run_id(self))
 
+    @property
+    def method_key(self) -> str:
+        pruning = self.pruning.method if self.pruning.enabled else "none"
+        return method_key(self.optimizer.label, pruning, self.optimizer.prune_score)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -179,18 +184,27 @@ class RunSpec:
         return d
 
 
+def method_key(optimizer_label: str, pruning: str, prune_score: str | None) -> str:
+    """The method a run belongs to, across sparsities and seeds: `adamwprune-adamw_state-hybrid`,
+    `adamwspam_magnitude`, `sgd_dense`. Reports group and compare by it."""
+    if pruning == "none":
+        return f"{optimizer_label}_dense"
+    if pruning == "state":
+        return f"{optimizer_label}_state-{prune_score}"
+    return f"{optimizer_label}_{pruning}"
+
+
+def sparsity_token(sparsity: float) -> str:
+    """`0.7` -> `s70`, `0.855` -> `s85p5`."""
+    return "s" + f"{round(sparsity * 100, 2):g}".replace(".", "p")
+
+
 def derive_run_id(spec: RunSpec) -> str:
     """Stable, readable id: `resnet50_adamwprune-adamw_state-hybrid_s70_seed0`.
 
     Derived only from the axes of the matrix, so the same .config always plans the same ids.
     """
-    opt = spec.optimizer.label
     p = spec.pruning
-    if p.enabled:
-        method = f"{p.method}-{spec.optimizer.prune_score}" if p.method == "state" else p.method
-        pct = round(p.sparsity * 100, 2)
-        pct_txt = f"{pct:g}".replace(".", "p")
-        prune = f"{method}_s{pct_txt}"
-    else:
-        prune = "dense"
-    return f"{spec.model.name}_{opt}_{prune}_seed{spec.seed}"
+    if not p.enabled:
+        return f"{spec.model.name}_{spec.method_key}_seed{spec.seed}"
+    return f"{spec.model.name}_{spec.method_key}_{sparsity_token(p.sparsity)}_seed{spec.seed}"
