@@ -1,0 +1,446 @@
+"""Load `.config` through kconfiglib into one frozen, typed Config.
+
+This is the only module that reads Kconfig symbols. Everything after it speaks the types of
+`lib.spec`. Every value is validated here: a bad one raises ConfigError whose message is one
+line naming the symbol, the value and what is accepted.
+
+Kconfig has no float type, so floats are `string` symbols parsed and range-checked here.
+An assignment in `.config` that kconfiglib would silently drop (out of range, malformed, or
+blocked by an unmet dependency) is an error too: a configuration is never misread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import kconfiglib
+
+from lib.spec import (
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    PruningSpec,
+    TrainSpec,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+KCONFIG = ROOT / "Kconfig"
+DEFCONFIG_DIR = ROOT / "defconfigs"
+
+OPTIMIZER_ORDER = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
+PRESET_SPARSITIES = (50, 70, 80, 90, 95)
+PLOTS = (
+    "accuracy_evolution",
+    "accuracy_vs_sparsity",
+    "memory",
+    "memory_vs_accuracy",
+    "sparsity",
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line."""
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    name: str
+    results_dir: str
+    seeds: tuple[int, ...]
+    jobs: int
+    gpus: tuple[str, ...]
+    continue_on_failure: bool
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    baseline: str
+    candidate: str
+    plots: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"baseline": self.baseline, "candidate": self.candidate, "plots": list(self.plots)}
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    optimizers: tuple[OptimizerSpec, ...]
+    adamwadv_grad_clip: float
+    pruning_methods: tuple[str, ...]  # subset of none/magnitude/movement/state, menu order
+    sparsities: tuple[float, ...]  # sorted, unique
+    pruning: PruningSpec  # schedule template (method "none", sparsity 0)
+    matrix: MatrixSettings
+    report: ReportSettings
+    symbols: tuple[tuple[str, str], ...]  # ("CONFIG_X", "value") as .config holds them
+
+    def train_for(self, opt: OptimizerSpec) -> TrainSpec:
+        """The training settings of a run with `opt`: AdamWAdv brings its own clipping and
+        the cosine schedule (ALGORITHMS.md section 6); every other optimizer shares them."""
+        if opt.name == "adamwadv":
+            return replace(self.train, grad_clip=self.adamwadv_grad_clip, lr_schedule="cosine")
+        return self.train
+
+    def symbol_dict(self) -> dict[str, str]:
+        return dict(self.symbols)
+
+
+# --------------------------------------------------------------------------------------------
+# kconfiglib access
+
+
+def load_kconfig() -> kconfiglib.Kconfig:
+    """Parse the Kconfig tree. `srctree` makes `source` paths resolve from the project root
+    wherever the command runs."""
+    old = os.environ.get("srctree")
+    os.environ["srctree"] = str(ROOT)
+    try:
+        kconf = kconfiglib.Kconfig(str(KCONFIG), warn_to_stderr=False)
+    finally:
+        if old is None:
+            os.environ.pop("srctree", None)
+        else:
+            os.environ["srctree"] = old
+    return kconf
+
+
+def _expected_value(sym: kconfiglib.Symbol) -> str | None:
+    """The value a .config assignment asked for, in str_value form, or None if unassigned."""
+    uv = sym.user_value
+    if uv is None:
+        return None
+    if sym.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+        return kconfiglib.TRI_TO_STR[uv]
+    if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX):
+        try:
+            return str(int(uv, 0 if sym.orig_type == kconfiglib.HEX else 10))
+        except ValueError:
+            return uv
+    return uv
+
+
+def _range_text(sym: kconfiglib.Symbol) -> str:
+    for low, high, cond in sym.ranges:
+        if kconfiglib.expr_value(cond):
+            return f"{low.str_value}..{high.str_value}"
+    return "any integer"
+
+
+def check_assignments(kconf: kconfiglib.Kconfig, path: str) -> None:
+    """Raise ConfigError for the first assignment in `path` that did not take effect."""
+    for warning in kconf.warnings:
+        # kconfiglib's own messages already name the symbol, the value and the type.
+        text = warning.replace("warning: ", "").strip()
+        raise ConfigError(f"{path}: {text}")
+    for sym in kconf.unique_defined_syms:
+        if sym.choice is not None:
+            continue  # choice members are resolved together; the selection is checked below
+        wanted = _expected_value(sym)
+        if wanted is None:
+            continue
+        got = sym.str_value
+        if sym.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and wanted == "n":
+            continue  # "# CONFIG_X is not set" for a hidden option is what write_config emits
+        if got == wanted:
+            continue
+        name = f"CONFIG_{sym.name}"
+        if sym.visibility == 0:
+            deps = kconfiglib.expr_str(sym.direct_dep)
+            raise ConfigError(
+                f"{path}: {name}={sym.user_value} has no effect: it depends on {deps}, "
+                "which is not satisfied (enable that first, e.g. with make menuconfig)"
+            )
+        if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX):
+            raise ConfigError(
+                f"{path}: {name}={sym.user_value} is out of range (accepted: {_range_text(sym)})"
+            )
+        raise ConfigError(f"{path}: {name}={sym.user_value} was not accepted (value now {got!r})")
+    for choice in kconf.unique_choices:
+        picked = [s for s in choice.syms if s.user_value == 2]
+        if len(picked) > 1 and choice.visibility:
+            names = ", ".join(f"CONFIG_{s.name}" for s in picked)
+            raise ConfigError(f"{path}: {names} are alternatives of one choice; set only one")
+
+
+def load_kconfig_with(path: str | os.PathLike[str]) -> kconfiglib.Kconfig:
+    """Parse Kconfig and apply a .config (or defconfig) with olddefconfig semantics: options
+    the file does not mention take their defaults."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"{path}: no such configuration; create one with make menuconfig or "
+            "make defconfig-NAME (make list-defconfigs shows the names)"
+        )
+    kconf = load_kconfig()
+    kconf.warnings.clear()
+    kconf.load_config(path)
+    check_assignments(kconf, path)
+    return kconf
+
+
+# --------------------------------------------------------------------------------------------
+# typed reading
+
+
+class _Reader:
+    def __init__(self, kconf: kconfiglib.Kconfig, path: str):
+        self.kconf = kconf
+        self.path = path
+
+    def _sym(self, name: str) -> kconfiglib.Symbol:
+        return self.kconf.syms[name]
+
+    def fail(self, name: str, value: str, accepted: str) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: CONFIG_{name}={value!r} is invalid (accepted: {accepted})"
+        )
+
+    def bool(self, name: str) -> bool:
+        return self._sym(name).str_value == "y"
+
+    def int(self, name: str) -> int:
+        return int(self._sym(name).str_value, 0)
+
+    def str(self, name: str) -> str:
+        return self._sym(name).str_value
+
+    def float(
+        self, name: str, *, low: float, high: float = math.inf, low_open=False, high_open=False
+    ) -> float:
+        raw = self.str(name).strip()
+        lo_b, hi_b = ("(" if low_open else "["), (")" if high_open else "]")
+        hi_txt = "inf" if math.isinf(high) else f"{high:g}"
+        accepted = f"a number in {lo_b}{low:g}, {hi_txt}{hi_b}"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.fail(name, raw, accepted) from None
+        if not math.isfinite(value):
+            raise self.fail(name, raw, accepted)
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if too_low or too_high:
+            raise self.fail(name, raw, accepted)
+        return value
+
+    def choice(self, prefix: str, options: tuple[str, ...]) -> str:
+        for option in options:
+            sym = self.kconf.syms.get(f"{prefix}_{option.upper()}")
+            if sym is not None and sym.str_value == "y":
+                return option
+        raise ConfigError(f"{self.path}: no {prefix}_* option selected (one of {options})")
+
+    def int_list(self, name: str, *, low: int = 0) -> tuple[int, ...]:
+        raw = self.str(name)
+        out = []
+        for item in filter(None, (x.strip() for x in raw.split(","))):
+            try:
+                value = int(item)
+            except ValueError:
+                raise self.fail(name, raw, f"comma-separated integers >= {low}") from None
+            if value < low:
+                raise self.fail(name, raw, f"comma-separated integers >= {low}")
+            out.append(value)
+        return tuple(out)
+
+
+def _optimizer(r: _Reader, name: str) -> OptimizerSpec:
+    p = name.upper()
+    if name == "sgd":
+        return OptimizerSpec(
+            name="sgd",
+            lr=r.float("SGD_LR", low=0, low_open=True),
+            momentum=r.float("SGD_MOMENTUM", low=0, high=1, high_open=True),
+            weight_decay=r.float("SGD_WEIGHT_DECAY", low=0),
+            nesterov=r.bool("SGD_NESTEROV"),
+        )
+    base = r.str("ADAMWPRUNE_BASE_OPTIMIZER_NAME") if name == "adamwprune" else name
+    spam_from = "ADAMWSPAM" if name == "adamwspam" else "ADAMWPRUNE"
+    uses_spam = base == "adamwspam"
+    if base == "adamwadv":
+        amsgrad = True
+    elif base == "adamwspam":
+        amsgrad = False
+    else:
+        amsgrad = r.bool(f"{p}_AMSGRAD")
+    spec = OptimizerSpec(
+        name=name,
+        lr=r.float(f"{p}_LR", low=0, low_open=True),
+        beta1=r.float(f"{p}_BETA1", low=0, high=1, high_open=True),
+        beta2=r.float(f"{p}_BETA2", low=0, high=1, high_open=True),
+        eps=r.float(f"{p}_EPS", low=0, low_open=True),
+        weight_decay=r.float(f"{p}_WEIGHT_DECAY", low=0),
+        amsgrad=amsgrad,
+    )
+    if uses_spam:
+        spec = replace(
+            spec,
+            spam_theta=r.float(f"{spam_from}_SPAM_THETA", low=0),
+            spam_interval=r.int(f"{spam_from}_SPAM_INTERVAL"),
+            spam_warmup_steps=r.int(f"{spam_from}_SPAM_WARMUP_STEPS"),
+            spam_clip_delay=r.int(f"{spam_from}_SPAM_CLIP_DELAY"),
+        )
+    if name == "adamwprune":
+        spec = replace(
+            spec,
+            prune_base=base,
+            prune_score=r.choice(
+                "ADAMWPRUNE_SCORE", ("hybrid", "variance", "momentum", "magnitude")
+            ),
+        )
+    return spec
+
+
+def _sparsities(r: _Reader) -> tuple[float, ...]:
+    levels = {p / 100 for p in PRESET_SPARSITIES if r.bool(f"SPARSITY_{p}")}
+    raw = r.str("SPARSITY_CUSTOM")
+    accepted = "comma-separated fractions in (0, 1), e.g. 0.6,0.85"
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        try:
+            value = float(item)
+        except ValueError:
+            raise r.fail("SPARSITY_CUSTOM", raw, accepted) from None
+        if not (0.0 < value < 1.0):
+            raise r.fail("SPARSITY_CUSTOM", raw, accepted)
+        levels.add(round(value, 6))
+    return tuple(sorted(levels))
+
+
+def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
+    """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
+    r = _Reader(kconf, path)
+    dataset = r.choice("DATASET", ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic"))
+    model = ModelSpec(
+        name=r.choice("MODEL", ("resnet50", "resnet18")),
+        stem=r.choice("MODEL_STEM", ("imagenet", "cifar")),
+        keep_ends_dense=r.bool("MODEL_KEEP_ENDS_DENSE"),
+    )
+    synthetic = dataset == "synthetic"
+    data = DataSpec(
+        name=dataset,
+        data_dir=r.str("DATA_DIR") or "data",
+        image_size=r.int("DATA_IMAGE_SIZE"),
+        workers=r.int("DATA_WORKERS"),
+        pin_memory=r.bool("DATA_PIN_MEMORY"),
+        persistent_workers=r.int("DATA_WORKERS") > 0,
+        download=r.bool("DATA_DOWNLOAD"),
+        synthetic_classes=r.int("DATA_SYNTHETIC_CLASSES") if synthetic else 1000,
+        synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
+        synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,
+    )
+    lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "step", "constant"))
+    train = TrainSpec(
+        epochs=r.int("TRAIN_EPOCHS"),
+        batch_size=r.int("TRAIN_BATCH_SIZE"),
+        lr_schedule=lr_schedule,
+        warmup_epochs=r.int("LR_WARMUP_EPOCHS"),
+        step_size=r.int("LR_STEP_SIZE") if lr_schedule == "step" else 30,
+        step_gamma=(
+            r.float("LR_STEP_GAMMA", low=0, high=1, low_open=True) if lr_schedule == "step" else 0.1
+        ),
+        label_smoothing=r.float("TRAIN_LABEL_SMOOTHING", low=0, high=1, high_open=True),
+        grad_clip=r.float("TRAIN_GRAD_CLIP", low=0),
+        precision=r.choice("TRAIN_PRECISION", ("fp32", "bf16", "fp16")).replace("fp32", "off"),
+        channels_last=r.bool("TRAIN_CHANNELS_LAST"),
+        compile=r.bool("TRAIN_COMPILE"),
+        device=r.choice("TRAIN_DEVICE", ("auto", "cuda", "cpu")),
+        checkpoint=r.bool("TRAIN_CHECKPOINT"),
+        deterministic=r.bool("TRAIN_DETERMINISTIC"),
+        max_steps_per_epoch=r.int("TRAIN_MAX_STEPS_PER_EPOCH"),
+    )
+    if train.warmup_epochs >= train.epochs:
+        raise r.fail(
+            "LR_WARMUP_EPOCHS", str(train.warmup_epochs), f"0..{train.epochs - 1} (below epochs)"
+        )
+
+    optimizers = tuple(
+        _optimizer(r, name) for name in OPTIMIZER_ORDER if r.bool(f"OPTIMIZER_{name.upper()}")
+    )
+    if not optimizers:
+        raise ConfigError(f"{path}: no optimizer selected (enable at least one OPTIMIZER_* option)")
+    adamwadv_clip = (
+        r.float("ADAMWADV_GRAD_CLIP", low=0, low_open=True)
+        if any(o.name == "adamwadv" for o in optimizers)
+        else 1.0
+    )
+
+    methods = tuple(
+        m for m in ("none", "magnitude", "movement", "state") if r.bool(f"PRUNING_{m.upper()}")
+    )
+    if not methods:
+        raise ConfigError(f"{path}: no pruning method selected (enable at least one PRUNING_*)")
+    sparsities = _sparsities(r)
+    if set(methods) - {"none"} and not sparsities:
+        raise ConfigError(
+            f"{path}: pruning methods are selected but no sparsity level "
+            "(enable a SPARSITY_* level or set CONFIG_SPARSITY_CUSTOM)"
+        )
+    pruning = PruningSpec(
+        method="none",
+        sparsity=0.0,
+        schedule=r.choice("PRUNING_SCHEDULE", ("cubic", "linear")),
+        start_step=r.int("PRUNING_START_STEP"),
+        end_epoch=r.int("PRUNING_END_EPOCH"),
+        interval=r.int("PRUNING_INTERVAL"),
+        scope=r.choice("PRUNING_SCOPE", ("global", "layerwise")),
+    )
+    if set(methods) - {"none"} and pruning.end_epoch > train.epochs:
+        raise r.fail(
+            "PRUNING_END_EPOCH",
+            str(pruning.end_epoch),
+            f"1..{train.epochs} (at most CONFIG_TRAIN_EPOCHS, or the target is never reached)",
+        )
+
+    name = r.str("MATRIX_NAME")
+    if not _NAME_RE.match(name):
+        raise r.fail("MATRIX_NAME", name, "letters, digits, '.', '_' and '-', not empty")
+    seeds = r.int_list("MATRIX_SEEDS")
+    if not seeds:
+        first = r.int("TRAIN_SEED")
+        seeds = tuple(range(first, first + r.int("MATRIX_SEED_COUNT")))
+    if len(set(seeds)) != len(seeds):
+        raise r.fail("MATRIX_SEEDS", r.str("MATRIX_SEEDS"), "distinct seeds")
+    gpus = tuple(str(g) for g in r.int_list("MATRIX_GPUS"))
+    matrix = MatrixSettings(
+        name=name,
+        results_dir=r.str("RESULTS_DIR") or "results",
+        seeds=seeds,
+        jobs=r.int("MATRIX_JOBS"),
+        gpus=gpus,
+        continue_on_failure=r.bool("MATRIX_CONTINUE_ON_FAILURE"),
+    )
+    report = ReportSettings(
+        baseline=r.str("REPORT_BASELINE"),
+        candidate=r.str("REPORT_CANDIDATE"),
+        plots=tuple(p for p in PLOTS if r.bool(f"REPORT_PLOT_{p.upper()}")),
+    )
+    symbols = tuple(
+        tuple(line.split("=", 1))
+        for sym in kconf.unique_defined_syms
+        if (line := sym.config_string.strip()) and not line.startswith("#")
+    )
+    return Config(
+        model=model,
+        data=data,
+        train=train,
+        optimizers=optimizers,
+        adamwadv_grad_clip=adamwadv_clip,
+        pruning_methods=methods,
+        sparsities=sparsities,
+        pruning=pruning,
+        matrix=matrix,
+        report=report,
+        symbols=symbols,
+    )
+
+
+def load(path: str | os.PathLike[str] = ".config") -> Config:
+    """Read, expand (olddefconfig semantics) and validate a .config into a Config."""
+    return config_from_kconfig(load_kconfig_with(path), str(path))
