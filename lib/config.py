@@ -136,9 +136,11 @@ def _range_text(sym: kconfiglib.Symbol) -> str:
 def check_assignments(kconf: kconfiglib.Kconfig, path: str) -> None:
     """Raise ConfigError for the first assignment in `path` that did not take effect."""
     for warning in kconf.warnings:
+        if "set more than once" in warning:
+            continue  # a hand-edited line appended later wins, as in the kernel's tools
         # kconfiglib's own messages already name the symbol, the value and the type.
         text = warning.replace("warning: ", "").strip()
-        raise ConfigError(f"{path}: {text}")
+        raise ConfigError(text if text.startswith(path) else f"{path}: {text}")
     for sym in kconf.unique_defined_syms:
         if sym.choice is not None:
             continue  # choice members are resolved together; the selection is checked below
@@ -215,7 +217,7 @@ class _Reader:
         self, name: str, *, low: float, high: float = math.inf, low_open=False, high_open=False
     ) -> float:
         raw = self.str(name).strip()
-        lo_b, hi_b = ("(" if low_open else "["), (")" if high_open else "]")
+        lo_b, hi_b = ("(" if low_open else "["), (")" if high_open or math.isinf(high) else "]")
         hi_txt = "inf" if math.isinf(high) else f"{high:g}"
         accepted = f"a number in {lo_b}{low:g}, {hi_txt}{hi_b}"
         try:
@@ -444,3 +446,15 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
 def load(path: str | os.PathLike[str] = ".config") -> Config:
     """Read, expand (olddefconfig semantics) and validate a .config into a Config."""
     return config_from_kconfig(load_kconfig_with(path), str(path))
+
+
+def load_snapshot(symbols: dict[str, str], label: str) -> Config:
+    """Rebuild a Config from a symbol snapshot (matrix.json's `config`), as if it were a
+    .config file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ".config"
+        path.write_text("".join(f"{k}={v}\n" for k, v in symbols.items()))
+        kconf = load_kconfig_with(path)
+    return config_from_kconfig(kconf, label)

@@ -1,0 +1,150 @@
+# prunebench: the user interface. Thin on purpose: each target calls one Python entry point.
+# Run `make help` for the list.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+KCONFIG_CONFIG ?= .config
+export KCONFIG_CONFIG
+
+DEFCONFIGS := $(sort $(notdir $(wildcard defconfigs/*)))
+DEFCONFIG_TARGETS := $(addprefix defconfig-,$(DEFCONFIGS))
+DEMO_CONFIG := .config.demo
+
+.PHONY: help setup menuconfig oldconfig olddefconfig savedefconfig defconfig list-defconfigs \
+	check-config test-matrix test-matrix-dry-run continue report check test lint bench demo \
+	docs clean mrproper $(DEFCONFIG_TARGETS)
+
+help:
+	@echo "prunebench: compare optimizers with built-in pruning on a Kconfig-defined matrix"
+	@echo ""
+	@echo "Start here:"
+	@echo "  demo                  set up, run the CPU demo matrix on embedded MNIST, write its report"
+	@echo "  check                 set up, then run the test suite"
+	@echo ""
+	@echo "Configuration (.config, via kconfiglib):"
+	@echo "  menuconfig            edit .config in a curses menu (needs a terminal)"
+	@echo "  defconfig-NAME        write .config from defconfigs/NAME (see below)"
+	@echo "  defconfig             same as defconfig-demo"
+	@echo "  oldconfig             ask only for options new since .config was written"
+	@echo "  olddefconfig          give new options their defaults, without asking"
+	@echo "  savedefconfig         write the minimal form of .config to ./defconfig"
+	@echo "  check-config          validate .config and show how many runs it plans"
+	@echo "  list-defconfigs       list the defconfig names"
+	@echo ""
+	@echo "Running:"
+	@echo "  test-matrix           run every planned run of .config (skips finished runs,"
+	@echo "                        resumes unfinished ones); RERUN_FAILED=1 retries failed runs"
+	@echo "  test-matrix-dry-run   print the planned runs, their state and an estimated duration"
+	@echo "  continue              resume the newest matrix as it was planned"
+	@echo "                        (MATRIX=name for another one)"
+	@echo "  report                write results/<matrix>/report.md and plots for the newest"
+	@echo "                        matrix (MATRIX=name; COMPARE=\"a b\" compares two matrices)"
+	@echo ""
+	@echo "Development:"
+	@echo "  setup                 create $(VENV) and install the project (idempotent)"
+	@echo "  test                  run the tests (without setup)"
+	@echo "  lint                  ruff"
+	@echo "  bench                 run the benchmarks (see docs/benchmarks.md)"
+	@echo "  docs                  regenerate docs/kconfig.md from the Kconfig help texts"
+	@echo "  clean                 remove caches and build leftovers"
+	@echo "  mrproper              clean + remove .config and $(VENV); results/ and data/ only"
+	@echo "                        with REMOVE_RESULTS=1 / REMOVE_DATA=1"
+	@echo ""
+	@echo "Defconfigs:"
+	@for d in $(DEFCONFIGS); do echo "  defconfig-$$d"; done
+
+# ---------------------------------------------------------------------------------------------
+# setup: a virtualenv that reuses a system-wide torch where one exists (GPU machines), so the
+# project never downloads a second multi-GB CUDA build there.
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+menuconfig: $(SETUP_STAMP)
+	@$(PY) -m lib.cli menuconfig
+
+oldconfig: $(SETUP_STAMP)
+	@$(PY) -m lib.cli oldconfig
+
+olddefconfig: $(SETUP_STAMP)
+	@$(PY) -m lib.cli olddefconfig
+
+savedefconfig: $(SETUP_STAMP)
+	@$(PY) -m lib.cli savedefconfig --output $(or $(DEFCONFIG_OUT),defconfig)
+
+check-config: $(SETUP_STAMP)
+	@$(PY) -m lib.cli check-config
+
+list-defconfigs:
+	@for d in $(DEFCONFIGS); do echo "$$d"; done
+
+defconfig: defconfig-demo
+
+# Explicit targets for every file in defconfigs/ (so shells tab-complete them); the pattern
+# rule catches unknown names and lets the CLI list the known ones.
+apply_defconfig = @$(PY) -m lib.cli defconfig $(patsubst defconfig-%,%,$@)
+$(DEFCONFIG_TARGETS): $(SETUP_STAMP)
+	$(apply_defconfig)
+defconfig-%: $(SETUP_STAMP)
+	$(apply_defconfig)
+
+# ---------------------------------------------------------------------------------------------
+# running and reporting
+
+test-matrix: $(SETUP_STAMP)
+	@$(PY) -m lib.cli test-matrix $(if $(RERUN_FAILED),--rerun-failed)
+
+test-matrix-dry-run: $(SETUP_STAMP)
+	@$(PY) -m lib.cli dry-run
+
+continue: $(SETUP_STAMP)
+	@$(PY) -m lib.cli continue $(if $(MATRIX),--matrix $(MATRIX)) $(if $(RERUN_FAILED),--rerun-failed)
+
+report: $(SETUP_STAMP)
+	@$(PY) -m scripts.report $(if $(MATRIX),--matrix $(MATRIX)) $(if $(COMPARE),--compare $(COMPARE))
+
+# The demo keeps its own configuration file, so it never overwrites the user's .config.
+demo: $(SETUP_STAMP)
+	@KCONFIG_CONFIG=$(DEMO_CONFIG) $(PY) -m lib.cli defconfig demo
+	@KCONFIG_CONFIG=$(DEMO_CONFIG) $(PY) -m lib.cli test-matrix
+	@$(PY) -m scripts.report --matrix demo
+
+# ---------------------------------------------------------------------------------------------
+# development
+
+check: $(SETUP_STAMP)
+	$(PY) -m pytest
+
+test:
+	$(PY) -m pytest
+
+lint: $(SETUP_STAMP)
+	$(PY) -m ruff check .
+
+bench: $(SETUP_STAMP)
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+docs: $(SETUP_STAMP)
+	@$(PY) -m lib.cli docs
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache defconfig
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+mrproper: clean
+	rm -rf $(VENV) .config .config.old $(DEMO_CONFIG) $(DEMO_CONFIG).old
+	$(if $(REMOVE_RESULTS),find results -mindepth 1 -not -name README.md -delete,@echo "results/ kept (REMOVE_RESULTS=1 removes it)")
+	$(if $(REMOVE_DATA),rm -rf data,@echo "data/ kept (REMOVE_DATA=1 removes it)")

@@ -1,0 +1,264 @@
+"""Command-line entry points behind the Makefile: `python -m lib.cli COMMAND`.
+
+Each make target calls exactly one command here. Errors a user can cause (a missing .config,
+a bad value, an unknown defconfig) end with one line on stderr and a non-zero exit, never a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from lib import config as cfg
+from lib.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _config_path() -> str:
+    return os.environ.get("KCONFIG_CONFIG", ".config")
+
+
+def _need_config() -> str:
+    path = _config_path()
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"{path} is missing: run make defconfig-NAME (make list-defconfigs shows the names) "
+            "or make menuconfig first"
+        )
+    return path
+
+
+def defconfig_names() -> list[str]:
+    return sorted(p.name for p in cfg.DEFCONFIG_DIR.iterdir() if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# Kconfig commands
+
+
+def cmd_list_defconfigs(args: argparse.Namespace) -> int:
+    for name in defconfig_names():
+        print(name)
+    return 0
+
+
+def cmd_defconfig(args: argparse.Namespace) -> int:
+    name = args.name
+    if name not in defconfig_names():
+        raise ConfigError(f"unknown defconfig {name!r}; available: {', '.join(defconfig_names())}")
+    kconf = cfg.load_kconfig_with(cfg.DEFCONFIG_DIR / name)
+    # Validate before writing, so a defconfig that does not make a valid Config never
+    # replaces a working .config.
+    cfg.config_from_kconfig(kconf, f"defconfigs/{name}")
+    out = _config_path()
+    kconf.write_config(out, header=f"# Generated from defconfigs/{name}\n")
+    print(f"{out}: written from defconfigs/{name}")
+    return 0
+
+
+def cmd_olddefconfig(args: argparse.Namespace) -> int:
+    path = _need_config()
+    kconf = cfg.load_kconfig_with(path)
+    kconf.write_config(path)
+    print(f"{path}: expanded with the defaults of new options")
+    return 0
+
+
+def cmd_savedefconfig(args: argparse.Namespace) -> int:
+    path = _need_config()
+    kconf = cfg.load_kconfig_with(path)
+    kconf.write_min_config(args.output, header="")
+    print(f"{args.output}: minimal configuration written (copy it to defconfigs/NAME to keep it)")
+    return 0
+
+
+def _interactive_terminal(what: str) -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError(
+            f"{what} needs an interactive terminal (stdin and stdout must not be pipes); "
+            "use make defconfig-NAME or edit .config and run make olddefconfig instead"
+        )
+
+
+def _validate_after_edit(path: str) -> int:
+    try:
+        config = cfg.load(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid ({len(_plan(config))} runs planned for matrix {config.matrix.name!r})")
+    return 0
+
+
+def cmd_menuconfig(args: argparse.Namespace) -> int:
+    _interactive_terminal("menuconfig")
+    import menuconfig  # kconfiglib's curses front end
+
+    os.environ.setdefault("KCONFIG_CONFIG", _config_path())
+    menuconfig.menuconfig(cfg.load_kconfig())
+    path = _config_path()
+    return _validate_after_edit(path) if os.path.exists(path) else 0
+
+
+def cmd_oldconfig(args: argparse.Namespace) -> int:
+    _interactive_terminal("oldconfig")
+    import oldconfig  # kconfiglib's line-oriented front end
+
+    os.environ["srctree"] = str(cfg.ROOT)
+    sys.argv = ["oldconfig", str(cfg.KCONFIG)]
+    oldconfig._main()
+    return _validate_after_edit(_config_path())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    return _validate_after_edit(_need_config())
+
+
+# --------------------------------------------------------------------------------------------
+# matrix commands
+
+
+def _plan(config: cfg.Config):
+    from lib.matrix import plan
+
+    return plan(config)
+
+
+def _matrix_dir(config: cfg.Config) -> Path:
+    return Path(config.matrix.results_dir) / config.matrix.name
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    config = cfg.load(_need_config())
+    specs = _plan(config)
+    from lib.runner import format_plan
+
+    print(f"matrix {config.matrix.name!r} -> {_matrix_dir(config)}")
+    print(format_plan(specs, Path(config.matrix.results_dir)))
+    return 0
+
+
+def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
+    from lib.runner import run_matrix
+
+    return run_matrix(
+        specs,
+        _matrix_dir(config),
+        config_snapshot=config.symbol_dict(),
+        report_settings=config.report.to_dict(),
+        jobs=config.matrix.jobs,
+        gpus=list(config.matrix.gpus) or None,
+        rerun_failed=rerun_failed,
+        fail_fast=not config.matrix.continue_on_failure,
+    )
+
+
+def cmd_test_matrix(args: argparse.Namespace) -> int:
+    config = cfg.load(_need_config())
+    return _run(config, _plan(config), rerun_failed=args.rerun_failed)
+
+
+def newest_matrix(results_dir: Path) -> Path:
+    candidates = sorted(results_dir.glob("*/matrix.json"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"no matrix under {results_dir}/ to continue; run make test-matrix")
+    return candidates[-1].parent
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    """Resume the newest matrix exactly as it was planned (from its matrix.json, not from the
+    current .config, which may have changed since)."""
+    from lib.runner import run_matrix
+    from lib.spec import RunSpec
+
+    results_dir = Path(args.results_dir)
+    matrix_dir = results_dir / args.matrix if args.matrix else newest_matrix(results_dir)
+    manifest_path = matrix_dir / "matrix.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        specs = [RunSpec.from_dict(run["spec"]) for run in manifest["runs"]]
+        settings = manifest["config"], manifest["report"]
+    except FileNotFoundError:
+        raise ConfigError(f"{manifest_path}: no such matrix; run make test-matrix") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{manifest_path}: unreadable matrix manifest ({e})") from None
+    # The matrix's own settings (jobs, GPUs, fail-fast) come from its snapshot, read by the
+    # same loader as any .config, so they are validated the same way.
+    config = cfg.load_snapshot(settings[0], f"{manifest_path} (config snapshot)")
+    print(f"continuing matrix {matrix_dir.name!r} ({len(specs)} runs)")
+    return run_matrix(
+        specs,
+        matrix_dir,
+        config_snapshot=settings[0],
+        report_settings=settings[1],
+        jobs=config.matrix.jobs,
+        gpus=list(config.matrix.gpus) or None,
+        rerun_failed=args.rerun_failed,
+        fail_fast=not config.matrix.continue_on_failure,
+    )
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from lib.kconfig_docs import render
+
+    Path(args.output).write_text(render(cfg.load_kconfig()))
+    print(f"{args.output}: written")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lib.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list-defconfigs", help="list the named configurations").set_defaults(
+        func=cmd_list_defconfigs
+    )
+    p = sub.add_parser("defconfig", help="write .config from defconfigs/NAME")
+    p.add_argument("name", nargs="?", default="demo")
+    p.set_defaults(func=cmd_defconfig)
+    sub.add_parser("olddefconfig", help="expand .config with defaults").set_defaults(
+        func=cmd_olddefconfig
+    )
+    p = sub.add_parser("savedefconfig", help="write the minimal form of .config")
+    p.add_argument("--output", default="defconfig")
+    p.set_defaults(func=cmd_savedefconfig)
+    sub.add_parser("menuconfig", help="curses menu").set_defaults(func=cmd_menuconfig)
+    sub.add_parser("oldconfig", help="ask for new options").set_defaults(func=cmd_oldconfig)
+    sub.add_parser("check-config", help="validate .config").set_defaults(func=cmd_check_config)
+    sub.add_parser("dry-run", help="print the planned runs").set_defaults(func=cmd_dry_run)
+    p = sub.add_parser("test-matrix", help="run the matrix of .config")
+    p.add_argument("--rerun-failed", action="store_true")
+    p.set_defaults(func=cmd_test_matrix)
+    p = sub.add_parser("continue", help="resume the newest matrix")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--matrix", default="")
+    p.add_argument("--rerun-failed", action="store_true")
+    p.set_defaults(func=cmd_continue)
+    p = sub.add_parser("docs", help="generate the Kconfig reference")
+    p.add_argument("--output", default="docs/kconfig.md")
+    p.set_defaults(func=cmd_docs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The Kconfig menu, the defconfigs and the typed Config loader."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib import config as cfg
+from lib.cli import defconfig_names
+from lib.config import ConfigError
+
+
+def write_config(tmp_path, defconfig: str, *extra: str):
+    """A .config made of a defconfig plus hand-edited lines (later lines win)."""
+    path = tmp_path / ".config"
+    text = (cfg.DEFCONFIG_DIR / defconfig).read_text()
+    path.write_text(text + "".join(line + "\n" for line in extra))
+    return path
+
+
+def test_kconfig_parses_without_warnings():
+    kconf = cfg.load_kconfig()
+    assert kconf.warnings == []
+    assert len(kconf.unique_defined_syms) > 100
+
+
+def test_every_option_with_a_prompt_has_help_or_is_a_choice_member():
+    kconf = cfg.load_kconfig()
+    missing = []
+    for sym in kconf.unique_defined_syms:
+        for node in sym.nodes:
+            if node.prompt and not node.help and sym.choice is None:
+                # Sparsity presets and report plot toggles explain themselves in the prompt
+                # and in their menu comment.
+                if not sym.name.startswith(("SPARSITY_", "REPORT_PLOT_")):
+                    missing.append(sym.name)
+    assert missing == []
+
+
+def test_every_int_option_has_a_range():
+    kconf = cfg.load_kconfig()
+    import kconfiglib
+
+    no_range = [
+        s.name for s in kconf.unique_defined_syms if s.orig_type == kconfiglib.INT and not s.ranges
+    ]
+    assert no_range == []
+
+
+@pytest.mark.parametrize("name", defconfig_names())
+def test_defconfig_round_trips_through_savedefconfig(tmp_path, name):
+    kconf = cfg.load_kconfig_with(cfg.DEFCONFIG_DIR / name)
+    full = tmp_path / ".config"
+    kconf.write_config(str(full))
+    kconf = cfg.load_kconfig_with(full)
+    out = tmp_path / "defconfig"
+    kconf.write_min_config(str(out), header="")
+    assert out.read_text() == (cfg.DEFCONFIG_DIR / name).read_text()
+    config = cfg.load(full)
+    assert config.matrix.name == name
+
+
+def test_seed_experiment_hyperparameters_are_exact():
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune")
+    assert (config.model.name, config.model.stem) == ("resnet50", "imagenet")
+    assert config.data.name == "imagenet" and config.data.image_size == 224
+    assert (config.train.epochs, config.train.batch_size) == (100, 128)
+    by_name = {o.name: o for o in config.optimizers}
+    assert set(by_name) == {"adamwprune", "adamwspam"}
+    prune = by_name["adamwprune"]
+    assert prune.prune_base == "adamw" and prune.prune_score == "hybrid"
+    assert (prune.lr, prune.beta1, prune.beta2, prune.weight_decay) == (0.001, 0.9, 0.999, 0.01)
+    assert prune.amsgrad is True
+    spam = by_name["adamwspam"]
+    assert spam.lr == 0.001
+    assert (spam.spam_theta, spam.spam_interval, spam.spam_warmup_steps) == (50.0, 1000, 100)
+    assert config.pruning_methods == ("magnitude", "movement", "state")
+    assert config.sparsities == (0.5, 0.7, 0.9)
+    p = config.pruning
+    assert (p.schedule, p.start_step, p.end_epoch, p.interval, p.scope) == (
+        "linear",
+        100,
+        80,
+        50,
+        "global",
+    )
+    assert config.report.baseline == "adamwspam_magnitude"
+    symbols = config.symbol_dict()
+    assert symbols["CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME"] == '"adamw"'
+    assert symbols["CONFIG_ADAMWPRUNE_AMSGRAD"] == "y"
+
+
+def test_spam_base_defconfig_carries_spam_settings_into_adamwprune():
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune-spam-base")
+    prune = next(o for o in config.optimizers if o.name == "adamwprune")
+    assert prune.prune_base == "adamwspam" and prune.amsgrad is False
+    assert (prune.spam_theta, prune.spam_interval, prune.spam_warmup_steps) == (50.0, 1000, 100)
+
+
+def test_cifar100_defconfig_uses_the_cifar_stem():
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-cifar100-adamwprune")
+    assert config.data.name == "cifar100" and config.model.stem == "cifar"
+    assert config.data.num_classes == 100 and config.data.download is False
+
+
+def test_class_defaults_stay_reference_defaults_for_spam():
+    # A fresh AdamWSPAM menu (not the ResNet-50 defconfigs) carries the paper's defaults.
+    config = cfg.load(cfg.DEFCONFIG_DIR / "demo")
+    spam = next(o for o in config.optimizers if o.name == "adamwspam")
+    assert (spam.spam_theta, spam.spam_interval, spam.spam_warmup_steps) == (5000.0, 500, 150)
+    assert (spam.spam_clip_delay, spam.eps) == (20, 1e-6)
+
+
+def test_adamwadv_gets_its_clipping_and_cosine_schedule():
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-all-optimizers")
+    adv = next(o for o in config.optimizers if o.name == "adamwadv")
+    assert adv.amsgrad is True
+    assert config.train_for(adv).grad_clip == 1.0
+    assert config.train_for(adv).lr_schedule == "cosine"
+    sgd = next(o for o in config.optimizers if o.name == "sgd")
+    assert config.train_for(sgd).grad_clip == 0.0
+
+
+@pytest.mark.parametrize(
+    ("line", "symbol", "accepted"),
+    [
+        ('CONFIG_SPARSITY_CUSTOM="abc"', "CONFIG_SPARSITY_CUSTOM", "fractions in (0, 1)"),
+        ('CONFIG_SPARSITY_CUSTOM="1.5"', "CONFIG_SPARSITY_CUSTOM", "fractions in (0, 1)"),
+        ('CONFIG_SPARSITY_CUSTOM="-0.1"', "CONFIG_SPARSITY_CUSTOM", "fractions in (0, 1)"),
+        ('CONFIG_ADAMWPRUNE_LR="0"', "CONFIG_ADAMWPRUNE_LR", "(0, inf)"),
+        ('CONFIG_ADAMWPRUNE_LR="fast"', "CONFIG_ADAMWPRUNE_LR", "(0, inf)"),
+        ('CONFIG_ADAMWPRUNE_BETA1="1.0"', "CONFIG_ADAMWPRUNE_BETA1", "[0, 1)"),
+        ('CONFIG_ADAMWPRUNE_BETA2="-0.5"', "CONFIG_ADAMWPRUNE_BETA2", "[0, 1)"),
+        ('CONFIG_ADAMWSPAM_EPS="nan"', "CONFIG_ADAMWSPAM_EPS", "(0, inf)"),
+        ('CONFIG_TRAIN_LABEL_SMOOTHING="1"', "CONFIG_TRAIN_LABEL_SMOOTHING", "[0, 1)"),
+        ("CONFIG_TRAIN_EPOCHS=0", "CONFIG_TRAIN_EPOCHS", "1..100000"),
+        ("CONFIG_TRAIN_BATCH_SIZE=abc", "TRAIN_BATCH_SIZE", "int"),
+        ("CONFIG_MODEL_KEEP_ENDS_DENSE=maybe", "MODEL_KEEP_ENDS_DENSE", "bool"),
+        ("CONFIG_PRUNING_END_EPOCH=120", "CONFIG_PRUNING_END_EPOCH", "at most CONFIG_TRAIN_EPOCHS"),
+        ('CONFIG_MATRIX_NAME="../x"', "CONFIG_MATRIX_NAME", "letters, digits"),
+        ('CONFIG_MATRIX_SEEDS="0,a"', "CONFIG_MATRIX_SEEDS", "integers"),
+    ],
+)
+def test_invalid_values_give_one_line_naming_symbol_value_and_range(
+    tmp_path, line, symbol, accepted
+):
+    path = write_config(
+        tmp_path, "demo" if "END_EPOCH" not in line else "resnet50-adamwprune", line
+    )
+    with pytest.raises(ConfigError) as err:
+        cfg.load(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert symbol in message
+    assert accepted in message
+    value = line.split("=", 1)[1].strip('"')
+    assert value in message
+
+
+def test_state_pruning_without_adamwprune_is_forbidden_by_kconfig(tmp_path):
+    kconf = cfg.load_kconfig()
+    kconf.load_config(str(write_config(tmp_path, "resnet50-all-optimizers")))
+    assert kconf.syms["PRUNING_STATE"].str_value == "y"
+    kconf.syms["OPTIMIZER_ADAMWPRUNE"].set_value("n")
+    # The dependency, not a runtime check, removes the option from the menu.
+    assert kconf.syms["PRUNING_STATE"].visibility == 0
+    assert kconf.syms["PRUNING_STATE"].str_value == "n"
+    assert kconf.syms["PRUNING_MAGNITUDE"].str_value == "y"
+
+
+def test_hand_edited_state_pruning_without_adamwprune_is_an_error(tmp_path):
+    path = write_config(
+        tmp_path, "demo", "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set", "CONFIG_PRUNING_STATE=y"
+    )
+    with pytest.raises(ConfigError, match="CONFIG_PRUNING_STATE=.*depends on OPTIMIZER_ADAMWPRUNE"):
+        cfg.load(path)
+
+
+def test_old_config_is_expanded_with_defaults_not_misread(tmp_path):
+    # A .config written before most options existed: only two lines.
+    path = tmp_path / ".config"
+    path.write_text("CONFIG_MODEL_RESNET18=y\nCONFIG_REMOVED_OPTION=y\nCONFIG_TRAIN_EPOCHS=90\n")
+    config = cfg.load(path)
+    assert config.model.name == "resnet18"
+    assert config.train.epochs == 90
+    assert config.train.batch_size == 128  # the default of an option the file never saw
+    assert [o.name for o in config.optimizers] == ["adamwprune"]
+
+
+def test_missing_config_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"no such configuration.*make defconfig-NAME"):
+        cfg.load(tmp_path / ".config")
+
+
+def test_selected_pruning_without_sparsity_levels_is_an_error(tmp_path):
+    lines = [f"# CONFIG_SPARSITY_{p} is not set" for p in (50, 70, 80, 90, 95)]
+    with pytest.raises(ConfigError, match="no sparsity level"):
+        cfg.load(write_config(tmp_path, "demo", *lines))
+
+
+def test_custom_sparsities_merge_with_presets(tmp_path):
+    config = cfg.load(write_config(tmp_path, "demo", 'CONFIG_SPARSITY_CUSTOM="0.85, 0.6,0.7"'))
+    assert config.sparsities == (0.5, 0.6, 0.7, 0.85, 0.9)
+
+
+def test_seed_count_and_list(tmp_path):
+    config = cfg.load(
+        write_config(tmp_path, "demo", "CONFIG_TRAIN_SEED=5", "CONFIG_MATRIX_SEED_COUNT=3")
+    )
+    assert config.matrix.seeds == (5, 6, 7)
+    config = cfg.load(write_config(tmp_path, "demo", 'CONFIG_MATRIX_SEEDS="3,1"'))
+    assert config.matrix.seeds == (3, 1)
+
+
+def test_snapshot_reloads_to_the_same_config(tmp_path):
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-all-optimizers")
+    again = cfg.load_snapshot(config.symbol_dict(), "snapshot")
+    assert again == config

@@ -1,0 +1,127 @@
+"""The Makefile as users meet it: help, defconfigs, savedefconfig, errors, generated docs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lib import config as cfg
+from lib.cli import defconfig_names
+from lib.kconfig_docs import render
+
+ROOT = cfg.ROOT
+
+
+def make(*args: str, config_path=None, check=False) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if config_path is not None:
+        env["KCONFIG_CONFIG"] = str(config_path)
+    # The stamp exists once `make setup` ran; tests use the interpreter running them.
+    return subprocess.run(
+        ["make", "--no-print-directory", "-s", f"PY={sys.executable}", "SETUP_STAMP=", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_target_and_defconfig():
+    out = make("help", check=True).stdout
+    for target in (
+        "demo",
+        "check",
+        "menuconfig",
+        "defconfig",
+        "oldconfig",
+        "olddefconfig",
+        "savedefconfig",
+        "list-defconfigs",
+        "test-matrix",
+        "test-matrix-dry-run",
+        "continue",
+        "report",
+        "setup",
+        "bench",
+        "docs",
+        "clean",
+        "mrproper",
+    ):
+        assert f"  {target} " in out, target
+    for name in defconfig_names():
+        assert f"defconfig-{name}" in out
+
+
+def test_defconfig_targets_are_explicit_for_tab_completion():
+    # bash-completion lists the targets of make's database; pattern rules do not show there.
+    db = subprocess.run(
+        ["make", "-qp"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
+    targets = {line.split(":")[0] for line in db.splitlines() if line.startswith("defconfig-")}
+    assert {f"defconfig-{n}" for n in defconfig_names()} <= targets
+
+
+def test_make_defconfig_then_savedefconfig_reproduces_it(tmp_path):
+    config = tmp_path / ".config"
+    out = tmp_path / "defconfig"
+    res = make("defconfig-resnet50-adamwprune", config_path=config)
+    assert res.returncode == 0, res.stderr
+    res = make("savedefconfig", f"DEFCONFIG_OUT={out}", config_path=config)
+    assert res.returncode == 0, res.stderr
+    assert out.read_text() == (cfg.DEFCONFIG_DIR / "resnet50-adamwprune").read_text()
+
+
+def test_plain_defconfig_applies_the_demo(tmp_path):
+    config = tmp_path / ".config"
+    assert make("defconfig", config_path=config).returncode == 0
+    assert cfg.load(config).matrix.name == "demo"
+
+
+def test_unknown_defconfig_is_one_clear_line(tmp_path):
+    config = tmp_path / ".config"
+    config.write_text("CONFIG_TRAIN_EPOCHS=3\n")
+    res = make("defconfig-nonexistent", config_path=config)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("error: unknown defconfig 'nonexistent'; available: demo")
+    assert config.read_text() == "CONFIG_TRAIN_EPOCHS=3\n"  # the old .config is untouched
+
+
+@pytest.mark.parametrize("target", ["test-matrix", "test-matrix-dry-run", "savedefconfig"])
+def test_targets_needing_a_config_say_so_when_it_is_missing(tmp_path, target):
+    res = make(target, config_path=tmp_path / ".config")
+    assert res.returncode != 0
+    assert "is missing: run make defconfig-NAME" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2  # our line (+ make's own "Error" line)
+
+
+def test_menuconfig_refuses_a_pipe(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "lib.cli", "menuconfig"],
+        cwd=ROOT,
+        env={**os.environ, "KCONFIG_CONFIG": str(tmp_path / ".config")},
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "needs an interactive terminal" in res.stderr
+
+
+def test_check_config_reports_the_plan(tmp_path):
+    config = tmp_path / ".config"
+    make("defconfig-demo", config_path=config, check=True)
+    res = make("check-config", config_path=config)
+    assert res.returncode == 0, res.stderr
+    assert "8 runs planned for matrix 'demo'" in res.stdout
+
+
+def test_kconfig_reference_is_not_stale():
+    committed = (ROOT / "docs" / "kconfig.md").read_text()
+    assert committed == render(cfg.load_kconfig()), "docs/kconfig.md is stale: run make docs"
