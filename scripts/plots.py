@@ -1,0 +1,413 @@
+"""The report's PNG plots (matplotlib, Agg backend), drawn from the loaded result records.
+
+Every plot keeps one colour per method (the report's column order), says what it shows in
+its title, and puts units on its axes. Runs not completed are drawn dashed and labelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from lib.spec import sparsity_token  # noqa: E402
+from scripts.report_data import (  # noqa: E402
+    DATASET_DISPLAY,
+    MODEL_DISPLAY,
+    MatrixResults,
+    ReportError,
+    RunResult,
+    method_display_name,
+)
+from scripts.report_stats import estimate  # noqa: E402
+
+PLOT_KINDS = (
+    "accuracy_evolution",
+    "accuracy_vs_sparsity",
+    "memory",
+    "memory_vs_accuracy",
+    "sparsity",
+)
+DPI = 120
+FIGSIZE = (9, 5.5)
+SPARSITY_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+CUDA_LABEL = "Peak CUDA memory allocated (MiB)"
+CPU_LABEL = "Peak CPU RSS of the training process (MiB)"
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    path: Path
+    caption: str
+
+
+def _colors(methods: Sequence[str]) -> dict[str, str]:
+    palette = plt.get_cmap("tab10").colors
+    return {
+        key: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, key in enumerate(methods)
+    }
+
+
+def _sparsity_text(sparsity: float) -> str:
+    return "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
+
+
+def _title_prefix(results: MatrixResults) -> str:
+    spec = results.first_spec()
+    model = spec.get("model", {}).get("name", "")
+    dataset = spec.get("data", {}).get("name", "")
+    parts = [MODEL_DISPLAY.get(model, model), DATASET_DISPLAY.get(dataset, dataset)]
+    return " ".join(p for p in parts if p)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _run_memory(run: RunResult) -> tuple[str, float] | None:
+    """The run's headline peak: CUDA allocated when it ran on CUDA, else CPU peak RSS."""
+    peaks = run.peak_memory()
+    if peaks["cuda_allocated_mb"] is not None:
+        return CUDA_LABEL, peaks["cuda_allocated_mb"]
+    if peaks["cpu_rss_mb"] is not None:
+        return CPU_LABEL, peaks["cpu_rss_mb"]
+    return None
+
+
+def _draw_accuracy_runs(
+    ax: plt.Axes, runs: list[RunResult], methods: Sequence[str], sparsity: float, first_epoch: int
+) -> None:
+    colors = _colors(methods)
+    labelled: set[str] = set()
+    for key in methods:
+        for run in sorted((r for r in runs if r.method_key == key), key=lambda r: r.seed):
+            records = [e for e in run.epochs if e["epoch"] >= first_epoch]
+            label = None
+            if not run.completed:
+                label = f"{method_display_name(key)} seed {run.seed} ({run.status})"
+            elif key not in labelled:
+                label = method_display_name(key)
+                labelled.add(key)
+            ax.plot(
+                [e["epoch"] for e in records], [e["test_top1"] for e in records],
+                color=colors[key], linestyle="-" if run.completed else "--", linewidth=1.6,
+                alpha=0.9, label=label,
+            )  # fmt: skip
+            reached = run.summary and run.summary.get("target_reached_epoch")
+            if sparsity > 0 and reached and reached >= first_epoch:
+                y = next(e["test_top1"] for e in run.epochs if e["epoch"] == reached)
+                ax.plot(
+                    [reached], [y], marker="o", markersize=8, color=colors[key],
+                    markeredgecolor="black", linestyle="none",
+                )  # fmt: skip
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Test top-1 accuracy (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_accuracy_evolution(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    """One figure per sparsity: the whole run (left) and the part that decides the result
+    (right: from the first epoch at the target sparsity, where the accuracies are close)."""
+    files = []
+    for sparsity in results.sparsities():
+        runs = [r for r in results.runs if r.target_sparsity == sparsity and r.epochs]
+        if not runs:
+            continue
+        last_epoch = max(e["epoch"] for r in runs for e in r.epochs)
+        reached = [r.summary["target_reached_epoch"] for r in runs if r.summary]
+        reached = [e for e in reached if e is not None]
+        # Dense runs have no target to reach; zoom on the second half instead.
+        zoom_from = min(reached) if sparsity > 0 and reached else (last_epoch + 1) // 2
+        fig, (full, zoom) = plt.subplots(
+            1, 2, figsize=(FIGSIZE[0] * 1.5, FIGSIZE[1]), gridspec_kw={"width_ratios": [3, 2]}
+        )
+        _draw_accuracy_runs(full, runs, methods, sparsity, first_epoch=1)
+        _draw_accuracy_runs(zoom, runs, methods, sparsity, first_epoch=max(1, zoom_from))
+        full.set_title("All epochs")
+        zoom.set_title(
+            f"From epoch {zoom_from}"
+            + (" (target sparsity reached)" if sparsity > 0 and reached else "")
+        )
+        handles, labels = full.get_legend_handles_labels()
+        if sparsity > 0:
+            handles.append(
+                Line2D([], [], marker="o", color="white", markerfacecolor="grey",
+                       markeredgecolor="black", markersize=8)
+            )  # fmt: skip
+            labels.append("target sparsity reached")
+        full.legend(handles, labels, loc="lower right", fontsize="small")
+        seeds = len({r.seed for r in runs})
+        note = f" (one line per seed, {seeds} seeds)" if seeds > 1 else ""
+        fig.suptitle(
+            f"{_title_prefix(results)}: test top-1 accuracy, {_sparsity_text(sparsity)}{note}"
+        )
+        path = out_dir / f"accuracy_evolution_{sparsity_token(sparsity)}.png"
+        _save(fig, path)
+        files.append(PlotFile(path, f"Test top-1 accuracy per epoch, {_sparsity_text(sparsity)}"))
+    return files
+
+
+def plot_accuracy_vs_sparsity(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    drawn = False
+    pruned_methods = [k for k in methods if any(s > 0 for s in _method_sparsities(results, k))]
+    for key in methods:
+        xs, ys, errs = [], [], []
+        # Nudge methods sideways a little so error bars at one sparsity do not hide each other.
+        dodge = 0.0
+        if key in pruned_methods:
+            dodge = (pruned_methods.index(key) - (len(pruned_methods) - 1) / 2) * 0.6
+        for sparsity in results.sparsities():
+            values = [
+                r.summary["best_top1"]
+                for r in results.cell(key, sparsity)
+                if r.completed and r.summary and r.summary["best_top1"] is not None
+            ]
+            if not values:
+                continue
+            est = estimate(values)
+            xs.append(sparsity * 100 + (dodge if sparsity > 0 else 0.0))
+            ys.append(est.mean)
+            errs.append(est.std or 0.0)
+        if not xs:
+            continue
+        drawn = True
+        if xs == [0.0]:  # dense only
+            # A dense method has one point; a reference line across all sparsities reads
+            # better than a lone dot at 0%.
+            ax.axhline(
+                ys[0], color=colors[key], linestyle="--", linewidth=1.4,
+                label=f"{method_display_name(key)}: {ys[0]:.2f}%",
+            )  # fmt: skip
+            continue
+        ax.errorbar(
+            xs, ys, yerr=errs, color=colors[key], marker="o", capsize=4, linewidth=1.6,
+            label=method_display_name(key),
+        )  # fmt: skip
+    if not drawn:
+        plt.close(fig)
+        return []
+    levels = [s * 100 for s in results.sparsities() if s > 0]
+    if levels:
+        ax.set_xticks(levels, [f"{level:g}%" for level in levels])
+    ax.set_title(f"{_title_prefix(results)}: best top-1 accuracy vs target sparsity")
+    ax.set_xlabel("Target sparsity (%)")
+    ax.set_ylabel("Best test top-1 accuracy (%)\n(mean over seeds, bars: ±1 sample std)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    path = out_dir / "accuracy_vs_sparsity.png"
+    _save(fig, path)
+    return [PlotFile(path, "Best top-1 accuracy vs target sparsity (error bars: ±1 sample std)")]
+
+
+def _method_sparsities(results: MatrixResults, key: str) -> list[float]:
+    return sorted({r.target_sparsity for r in results.runs if r.method_key == key})
+
+
+def _memory_by_kind(results: MatrixResults) -> dict[str, list[tuple[RunResult, float]]]:
+    by_kind: dict[str, list[tuple[RunResult, float]]] = {}
+    for run in results.runs:
+        memory = _run_memory(run)
+        if memory is not None:
+            by_kind.setdefault(memory[0], []).append((run, memory[1]))
+    return by_kind
+
+
+MEMORY_TITLES = {
+    CUDA_LABEL: "peak CUDA memory allocated per run",
+    CPU_LABEL: "peak CPU RSS per run (whole training process)",
+}
+
+
+def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -> list[PlotFile]:
+    by_kind = _memory_by_kind(results)
+    if not by_kind:
+        return []
+    colors = _colors(methods)
+    sparsities = results.sparsities()
+    rows = len(by_kind)
+    fig, axes = plt.subplots(rows, 1, figsize=(FIGSIZE[0], (FIGSIZE[1] + 0.6) * rows))
+    axes = list(axes) if rows > 1 else [axes]
+    for ax, (kind, entries) in zip(axes, sorted(by_kind.items()), strict=True):
+        labelled: set[str] = set()
+        present = {
+            sparsity: [
+                k
+                for k in methods
+                if any(r.method_key == k and r.target_sparsity == sparsity for r, _ in entries)
+            ]  # fmt: skip
+            for sparsity in sparsities
+        }
+        width = 0.8 / max(1, max(len(keys) for keys in present.values()))
+        for group, sparsity in enumerate(sparsities):
+            # Centre only the bars this sparsity has (a dense method has one bar, alone).
+            keys = present[sparsity]
+            for slot, key in enumerate(keys):
+                values = [
+                    v for r, v in entries if r.method_key == key and r.target_sparsity == sparsity
+                ]
+                bars = ax.bar(
+                    group + (slot - (len(keys) - 1) / 2) * width, max(values), width=width,
+                    color=colors[key],
+                    label=None if key in labelled else method_display_name(key),
+                )  # fmt: skip
+                labelled.add(key)
+                ax.bar_label(bars, fmt="{:,.0f}", fontsize="x-small", padding=2)
+        ax.set_xticks(range(len(sparsities)), [_sparsity_text(s) for s in sparsities])
+        ax.set_xlabel("Target sparsity")
+        ax.set_ylabel(kind)
+        ax.set_title(f"{_title_prefix(results)}: {MEMORY_TITLES[kind]} (max over seeds)")
+        ax.margins(y=0.12)
+        ax.grid(True, axis="y", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        order = {method_display_name(k): i for i, k in enumerate(methods)}
+        legend = sorted(zip(handles, labels, strict=True), key=lambda hl: order[hl[1]])
+        ax.legend(
+            [h for h, _ in legend], [lbl for _, lbl in legend],
+            loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labelled)),
+            fontsize="small", frameon=False,
+        )  # fmt: skip
+    path = out_dir / "memory.png"
+    _save(fig, path)
+    return [PlotFile(path, "Peak memory per method and sparsity (each run's own process)")]
+
+
+def plot_memory_vs_accuracy(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    by_kind = _memory_by_kind(results)
+    points = {
+        kind: [(r, v) for r, v in entries if r.completed and r.summary["best_top1"] is not None]
+        for kind, entries in by_kind.items()
+    }
+    points = {kind: entries for kind, entries in points.items() if entries}
+    if not points:
+        return []
+    colors = _colors(methods)
+    sparsities = results.sparsities()
+    markers = {s: SPARSITY_MARKERS[i % len(SPARSITY_MARKERS)] for i, s in enumerate(sparsities)}
+    fig, axes = plt.subplots(len(points), 1, figsize=(FIGSIZE[0], FIGSIZE[1] * len(points)))
+    axes = list(axes) if len(points) > 1 else [axes]
+    for ax, (kind, entries) in zip(axes, sorted(points.items()), strict=True):
+        for run, memory in entries:
+            ax.scatter(
+                memory, run.summary["best_top1"], color=colors[run.method_key],
+                marker=markers[run.target_sparsity], s=70, edgecolors="black", linewidths=0.5,
+            )  # fmt: skip
+        present_methods = [k for k in methods if any(r.method_key == k for r, _ in entries)]
+        present_sparsities = [
+            s for s in sparsities if any(r.target_sparsity == s for r, _ in entries)
+        ]
+        handles = [
+            Line2D(
+                [], [], marker="o", linestyle="none", color=colors[k], label=method_display_name(k)
+            )
+            for k in present_methods
+        ] + [
+            Line2D(
+                [], [], marker=markers[s], linestyle="none", color="grey", label=_sparsity_text(s)
+            )
+            for s in present_sparsities
+        ]
+        ax.legend(handles=handles, loc="best", fontsize="small")
+        ax.set_xlabel(kind)
+        ax.set_ylabel("Best test top-1 accuracy (%)")
+        ax.set_title(f"{_title_prefix(results)}: accuracy vs memory (one point per completed run)")
+        ax.grid(True, alpha=0.3)
+    path = out_dir / "memory_vs_accuracy.png"
+    _save(fig, path)
+    return [PlotFile(path, "Best top-1 accuracy vs peak memory, one point per completed run")]
+
+
+def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path) -> list[PlotFile]:
+    runs = [r for r in results.runs if r.target_sparsity > 0 and r.epochs]
+    if not runs:
+        return []
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    labelled: set[str] = set()
+    # Methods share one schedule, so their curves often coincide: draw the earlier ones wider
+    # so every method stays visible underneath the next.
+    widths = {key: 1.4 + 1.2 * (len(methods) - 1 - i) for i, key in enumerate(methods)}
+    for key in methods:
+        width = widths[key]
+        for run in (r for r in runs if r.method_key == key):
+            points = [
+                (e["epoch"], e["sparsity"] * 100)
+                for e in run.epochs
+                if e.get("sparsity") is not None
+            ]
+            if not points:
+                continue
+            label = None
+            if key not in labelled:
+                label = method_display_name(key)
+                labelled.add(key)
+            ax.plot(
+                [p[0] for p in points], [p[1] for p in points], color=colors[key],
+                linestyle="-" if run.completed else "--", linewidth=width, alpha=0.85,
+                label=label,
+            )  # fmt: skip
+    for target in sorted({r.target_sparsity for r in runs}):
+        ax.axhline(target * 100, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            f"target {target * 100:g}%", xy=(0, target * 100), xycoords=("axes fraction", "data"),
+            xytext=(4, 3), textcoords="offset points", fontsize="x-small", color="dimgrey",
+        )  # fmt: skip
+    ax.set_title(f"{_title_prefix(results)}: measured sparsity of the prunable weights")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Sparsity (% of prunable weights that are zero)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    path = out_dir / "sparsity.png"
+    _save(fig, path)
+    return [PlotFile(path, "Measured sparsity over training (dotted lines: targets)")]
+
+
+PLOTTERS = {
+    "accuracy_evolution": plot_accuracy_evolution,
+    "accuracy_vs_sparsity": plot_accuracy_vs_sparsity,
+    "memory": plot_memory,
+    "memory_vs_accuracy": plot_memory_vs_accuracy,
+    "sparsity": plot_sparsity,
+}
+
+
+def render_plots(
+    results: MatrixResults,
+    methods: Sequence[str],
+    out_dir: Path,
+    wanted: Sequence[str] | None = None,
+) -> list[PlotFile]:
+    """Draw the requested plots (all of PLOT_KINDS when `wanted` is None) into out_dir.
+
+    A plot with nothing to draw yet (say, memory before any epoch) is skipped, not drawn empty.
+    """
+    kinds = list(PLOT_KINDS) if wanted is None else list(wanted)
+    unknown = [k for k in kinds if k not in PLOTTERS]
+    if unknown:
+        raise ReportError(
+            f"matrix.json report.plots: unknown plot {unknown[0]!r}; accepted: "
+            f"{', '.join(PLOT_KINDS)}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[PlotFile] = []
+    for kind in kinds:
+        files += PLOTTERS[kind](results, methods, out_dir)
+    return files

@@ -1,0 +1,977 @@
+"""`make report`: render results/<matrix>/report.md, plots and metrics.csv from result files.
+
+    python -m scripts.report [--results-dir results] [--matrix NAME]
+                             [--baseline METHOD_KEY] [--candidate METHOD_KEY]
+    python -m scripts.report --compare MATRIX_A MATRIX_B
+
+Reads only matrix.json and each run's metrics.json (scripts.report_data); never reruns or
+imports training code. The statistics rules live in scripts.report_stats and are documented in
+docs/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib.metrics import STABILITY_WINDOW, STATUS_COMPLETED, STATUS_FAILED
+from scripts.report_data import (
+    DATASET_DISPLAY,
+    MODEL_DISPLAY,
+    UNFINISHED_ORDER,
+    MatrixResults,
+    ReportError,
+    RunResult,
+    load_matrix,
+    method_display_name,
+    newest_matrix,
+)
+from scripts.report_stats import Difference, Estimate, estimate, welch_difference
+
+REPORT_FILE = "report.md"
+CSV_FILE = "metrics.csv"
+PLOTS_DIR = "plots"
+ADAMWPRUNE_PREFIX = "adamwprune"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}%"
+
+
+def fmt_signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}%"
+
+
+def fmt_num(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "—" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def fmt_sparsity(sparsity: float) -> str:
+    return "0% (dense)" if sparsity == 0 else f"{sparsity * 100:g}%"
+
+
+def fmt_interval(low: float | None, high: float | None, signed: bool = False) -> str:
+    if low is None or high is None:
+        return "—"
+    spec = "+.2f" if signed else ".2f"
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The replicates of one (method, sparsity) and what the report can say about them."""
+
+    key: str
+    sparsity: float
+    runs: tuple[RunResult, ...]
+    best: Estimate | None
+    final: Estimate | None
+
+    @property
+    def planned(self) -> int:
+        return len(self.runs)
+
+    @property
+    def completed(self) -> int:
+        return sum(run.completed for run in self.runs)
+
+    def missing_note(self, estimate_: Estimate | None) -> str:
+        """Why a cell has no number (or only some seeds' numbers)."""
+        if not self.runs:
+            return "—"
+        if estimate_ is None:
+            if self.completed:
+                return "target not reached"
+            statuses = sorted({run.status for run in self.runs}, key=_status_rank)
+            return ", ".join(statuses)
+        if estimate_.n < self.planned:
+            return f"{estimate_.n} of {self.planned} seeds"
+        return ""
+
+
+def _status_rank(status: str) -> int:
+    order = (STATUS_COMPLETED, *UNFINISHED_ORDER)
+    return order.index(status) if status in order else len(order)
+
+
+def build_cell(results: MatrixResults, key: str, sparsity: float) -> Cell:
+    runs = tuple(sorted(results.cell(key, sparsity), key=lambda r: r.seed))
+    # Only finished runs are numbers: a running run's best so far is not its result.
+    done = [r for r in runs if r.completed and r.summary]
+    best_values = [r.summary["best_top1"] for r in done if r.summary["best_top1"] is not None]
+    final_values = [r.summary["final_top1"] for r in done if r.summary["final_top1"] is not None]
+    return Cell(
+        key=key,
+        sparsity=sparsity,
+        runs=runs,
+        best=estimate(best_values) if best_values else None,
+        final=estimate(final_values) if final_values else None,
+    )
+
+
+def fmt_estimate(value: Estimate | None, cell: Cell, bold: bool = False) -> str:
+    if value is None:
+        return f"*{cell.missing_note(value)}*" if cell.runs else "—"
+    text = f"{value.mean:.2f}%" if value.std is None else f"{value.mean:.2f} ± {value.std:.2f}%"
+    if bold:
+        text = f"**{text}**"
+    note = cell.missing_note(value)
+    return f"{text} ({note})" if note else text
+
+
+# --------------------------------------------------------------------------- comparison setup
+
+
+@dataclass(frozen=True)
+class Comparison:
+    methods: list[str]  # column order: candidate, baseline, then the rest as planned
+    baseline: str | None
+    candidate: str | None
+    notes: list[str]
+
+
+def resolve_comparison(
+    results: MatrixResults, baseline: str | None = None, candidate: str | None = None
+) -> Comparison:
+    """Pick the baseline and candidate methods: command line first, then matrix.json.
+
+    A method given on the command line that the matrix lacks is an error (the user asked for
+    something that cannot be shown); one configured in matrix.json only earns a note, so a
+    matrix that, say, ran only AdamWPrune still gets its report.
+    """
+    keys = results.method_keys()
+    notes: list[str] = []
+    for option, value in (("--baseline", baseline), ("--candidate", candidate)):
+        if value is not None and value not in keys:
+            raise ReportError(
+                f"{option} {value!r} is not a method of matrix {results.name!r}; "
+                f"accepted: {', '.join(keys)}"
+            )
+    settings = results.report_settings
+    if baseline is None:
+        baseline = settings.get("baseline") or None
+        if baseline is not None and baseline not in keys:
+            notes.append(
+                f"The configured baseline `{baseline}` has no runs in this matrix, so there "
+                "is no Improvement column."
+            )
+            baseline = None
+    if candidate is None:
+        candidate = settings.get("candidate") or None
+        if candidate is not None and candidate not in keys:
+            notes.append(f"The configured candidate `{candidate}` has no runs in this matrix.")
+            candidate = None
+        if candidate is None:
+            candidate = next((k for k in keys if k.startswith(ADAMWPRUNE_PREFIX)), None)
+    if candidate is not None and candidate == baseline:
+        notes.append("Candidate and baseline are the same method; no Improvement column.")
+        baseline = None
+    ordered = [k for k in (candidate, baseline) if k is not None]
+    ordered += [k for k in keys if k not in ordered]
+    return Comparison(methods=ordered, baseline=baseline, candidate=candidate, notes=notes)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _config_summary(results: MatrixResults) -> dict[str, Any]:
+    spec = results.first_spec()
+    model = spec.get("model", {})
+    data = spec.get("data", {})
+    train = spec.get("train", {})
+    seeds = sorted({run.seed for run in results.runs})
+    params = next((r.model_info.get("parameters") for r in results.runs if r.model_info), None)
+    return {
+        "model": MODEL_DISPLAY.get(model.get("name"), model.get("name", "?")),
+        "stem": model.get("stem"),
+        "parameters": params,
+        "dataset": DATASET_DISPLAY.get(data.get("name"), data.get("name", "?")),
+        "image_size": data.get("image_size"),
+        "epochs": train.get("epochs"),
+        "batch_size": train.get("batch_size"),
+        "seeds": seeds,
+    }
+
+
+def _status_counts(results: MatrixResults) -> str:
+    counts: dict[str, int] = {}
+    for run in results.runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=_status_rank)]
+    return f"{', '.join(parts)} (of {len(results.runs)} planned)"
+
+
+def section_header(results: MatrixResults, comparison: Comparison, now: dt.datetime) -> str:
+    info = _config_summary(results)
+    title = f"# {info['model']} {info['dataset']} Results — `{results.name}`"
+    lines = [title, ""]
+    lines.append(f"**Report generated**: {now:%Y-%m-%d %H:%M} UTC  ")
+    created = results.plan.get("created_at")
+    updated = results.plan.get("updated_at")
+    if created:
+        lines.append(
+            f"**Matrix created**: {created}"
+            + (f", last updated {updated}" if updated else "")
+            + "  "
+        )
+    lines.append(f"**Runs**: {_status_counts(results)}")
+    if comparison.candidate and comparison.baseline:
+        lines.append("")
+        lines.append(
+            f"**Comparison**: {method_display_name(comparison.candidate)} (candidate) vs "
+            f"{method_display_name(comparison.baseline)} (baseline)"
+        )
+    return "\n".join(lines)
+
+
+def section_configuration(results: MatrixResults, comparison: Comparison) -> str:
+    info = _config_summary(results)
+    params = info["parameters"]
+    model = info["model"]
+    if params:
+        model += f" ({params / 1e6:.1f}M parameters)"
+    if info["stem"]:
+        model += f", {info['stem']} stem"
+    dataset = info["dataset"]
+    if info["image_size"]:
+        dataset += f" at {info['image_size']} px"
+    sparsities = ", ".join(fmt_sparsity(s) for s in results.sparsities())
+    seeds = info["seeds"]
+    lines = [
+        "## Test Configuration",
+        "",
+        f"- **Model**: {model}",
+        f"- **Dataset**: {dataset}",
+        f"- **Epochs**: {info['epochs']}",
+        f"- **Batch Size**: {info['batch_size']}",
+        f"- **Target sparsities**: {sparsities}",
+        f"- **Seeds**: {', '.join(map(str, seeds))} ({len(seeds)} per cell)",
+        "- **Compared configurations**:",
+    ]
+    for key in comparison.methods:
+        role = ""
+        if key == comparison.candidate:
+            role = " — candidate"
+        elif key == comparison.baseline:
+            role = " — baseline for *Improvement*"
+        lines.append(f"  - {method_display_name(key)} (`{key}`){role}")
+    lines += [f"- {note}" for note in comparison.notes]
+    return "\n".join(lines)
+
+
+def _row_leader(cells: list[Cell], attr: str) -> Cell | None:
+    """The cell with the highest mean; None for fewer than two numbers or a tie as shown."""
+    scored = sorted(
+        (c for c in cells if getattr(c, attr) is not None),
+        key=lambda c: getattr(c, attr).mean,
+        reverse=True,
+    )
+    if len(scored) < 2:
+        return None
+    if round(getattr(scored[0], attr).mean, 2) == round(getattr(scored[1], attr).mean, 2):
+        return None
+    return scored[0]
+
+
+def _improvement_text(diff: Difference | None, bold: bool) -> str:
+    if diff is None:
+        return "—"
+    text = fmt_signed(diff.diff)
+    if bold:
+        text = f"**{text}**"
+    if diff.significant is False:
+        text += " (n.s.)"
+    return text
+
+
+def _difference(cells: dict[str, Cell], comparison: Comparison, attr: str) -> Difference | None:
+    if not (comparison.candidate and comparison.baseline):
+        return None
+    cand = getattr(cells[comparison.candidate], attr)
+    base = getattr(cells[comparison.baseline], attr)
+    if cand is None or base is None:
+        return None
+    return welch_difference(cand, base)
+
+
+def _cells_by_sparsity(
+    results: MatrixResults, comparison: Comparison
+) -> list[tuple[float, dict[str, Cell]]]:
+    return [
+        (s, {k: build_cell(results, k, s) for k in comparison.methods})
+        for s in results.sparsities()
+    ]
+
+
+def _multi_seed(grid: list[tuple[float, dict[str, Cell]]]) -> bool:
+    return any(
+        cell.best is not None and cell.best.has_noise_estimate
+        for _, cells in grid
+        for cell in cells.values()
+    )
+
+
+def accuracy_table(
+    grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison, attr: str
+) -> str:
+    header = ["Sparsity"] + [method_display_name(k) for k in comparison.methods]
+    with_improvement = comparison.candidate is not None and comparison.baseline is not None
+    if with_improvement:
+        header.append("Improvement")
+    rows = []
+    for sparsity, cells in grid:
+        if all(not c.runs for c in cells.values()):
+            continue
+        leader = _row_leader(list(cells.values()), attr)
+        label = fmt_sparsity(sparsity)
+        if leader is not None and leader.key == comparison.candidate:
+            label = f"**{label}**"
+        row = [label]
+        for key in comparison.methods:
+            cell = cells[key]
+            row.append(fmt_estimate(getattr(cell, attr), cell, bold=cell is leader))
+        if with_improvement:
+            diff = _difference(cells, comparison, attr)
+            candidate_leads = leader is not None and leader.key == comparison.candidate
+            row.append(_improvement_text(diff, bold=candidate_leads))
+        rows.append(row)
+    return md_table(header, rows)
+
+
+def interval_table(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
+    header = ["Sparsity"] + [method_display_name(k) for k in comparison.methods]
+    with_improvement = comparison.candidate is not None and comparison.baseline is not None
+    if with_improvement:
+        header.append("Improvement (Welch)")
+    rows = []
+    for sparsity, cells in grid:
+        row = [fmt_sparsity(sparsity)]
+        for key in comparison.methods:
+            best = cells[key].best
+            if best is None:
+                row.append("—")
+            elif not best.has_noise_estimate:
+                row.append("one seed: none")
+            else:
+                row.append(fmt_interval(best.ci_low, best.ci_high) + f" (n={best.n})")
+        if with_improvement:
+            diff = _difference(cells, comparison, "best")
+            if diff is None or not diff.has_noise_estimate:
+                row.append("—")
+            else:
+                verdict = "significant" if diff.significant else "not significant"
+                row.append(fmt_interval(diff.ci_low, diff.ci_high, signed=True) + f", {verdict}")
+        rows.append(row)
+    return md_table(header, rows)
+
+
+def _noise_clause(diff: Difference, leader: Cell, runner_up: Cell) -> str:
+    if not diff.has_noise_estimate:
+        single = [c for c in (leader, runner_up) if c.best is not None and c.best.n < 2]
+        who = " and ".join(method_display_name(c.key) for c in single)
+        return (
+            f"With one seed ({who}), no noise estimate exists, so it is unknown whether this "
+            "lead is larger than the seed-to-seed noise."
+        )
+    interval = fmt_interval(diff.ci_low, diff.ci_high, signed=True)
+    if diff.significant:
+        return (
+            "The lead is larger than the seed-to-seed noise: the 95% CI of the difference "
+            f"(Welch) is {interval} points and excludes 0."
+        )
+    return (
+        "The lead is **not significant**: the 95% CI of the difference (Welch) is "
+        f"{interval} points and includes 0, so it is within seed-to-seed noise."
+    )
+
+
+def section_executive_summary(
+    results: MatrixResults, grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison
+) -> str:
+    lines = ["## Executive Summary", ""]
+    any_numbers = False
+    for sparsity, cells in grid:
+        scored = sorted(
+            (c for c in cells.values() if c.best is not None),
+            key=lambda c: c.best.mean,
+            reverse=True,
+        )
+        where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
+        if not scored:
+            continue
+        any_numbers = True
+        top = scored[0]
+        if len(scored) == 1:
+            lines.append(
+                f"- At {where}, only **{method_display_name(top.key)}** has results: "
+                f"{top.best.mean:.2f}% best top-1."
+            )
+            continue
+        second = scored[1]
+        diff = welch_difference(top.best, second.best)
+        if round(top.best.mean, 2) == round(second.best.mean, 2):
+            lines.append(
+                f"- At {where}, **{method_display_name(top.key)}** and "
+                f"**{method_display_name(second.key)}** tie at {top.best.mean:.2f}% best top-1."
+            )
+            continue
+        lines.append(
+            f"- At {where}, **{method_display_name(top.key)}** leads with "
+            f"{top.best.mean:.2f}% best top-1, {diff.diff:.2f} points ahead of "
+            f"{method_display_name(second.key)} ({second.best.mean:.2f}%). "
+            + _noise_clause(diff, top, second)
+        )
+    if not any_numbers:
+        lines.append("- No run has finished yet, so there is no accuracy to compare.")
+
+    if comparison.candidate and comparison.baseline:
+        diffs = [
+            d for _, cells in grid if (d := _difference(cells, comparison, "best")) is not None
+        ]
+        if diffs:
+            ahead = sum(d.diff > 0 for d in diffs)
+            judged = [d for d in diffs if d.has_noise_estimate]
+            text = (
+                f"- Against the baseline, {method_display_name(comparison.candidate)} is ahead "
+                f"at {ahead} of {len(diffs)} sparsity levels"
+            )
+            if judged:
+                sig_ahead = sum(bool(d.significant) and d.diff > 0 for d in judged)
+                sig_behind = sum(bool(d.significant) and d.diff < 0 for d in judged)
+                text += (
+                    f"; significantly ahead at {sig_ahead} and significantly behind at "
+                    f"{sig_behind} of the {len(judged)} levels with several seeds on both sides."
+                )
+            else:
+                text += "; with one seed per cell none of these differences can be judged."
+            lines.append(text)
+
+    unfinished = [r for r in results.runs if not r.completed]
+    if unfinished:
+        counts: dict[str, int] = {}
+        for run in unfinished:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        parts = ", ".join(
+            f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: _status_rank(i[0]))
+        )
+        lines.append(
+            f"- {len(unfinished)} of {len(results.runs)} planned runs have no final result "
+            f"({parts}); they are listed under *Unfinished and failed runs* and are not part "
+            "of any average."
+        )
+    return "\n".join(lines)
+
+
+def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
+    multi = _multi_seed(grid)
+    lines = [
+        "## Results Summary",
+        "",
+        "### Accuracy Comparison",
+        "",
+        "Best test top-1 accuracy. **Only epochs at the target sparsity count** (sparsity "
+        "measured from the weights): before that the network is denser than the method claims. "
+        "A bold cell is the best method at that sparsity.",
+        "",
+        accuracy_table(grid, comparison, "best"),
+        "",
+    ]
+    if comparison.baseline and comparison.candidate:
+        lines.append(
+            f"*Improvement* = {method_display_name(comparison.candidate)} − "
+            f"{method_display_name(comparison.baseline)}, in percentage points."
+        )
+    if multi:
+        lines.append(
+            "Cells with several seeds show mean ± sample standard deviation (ddof=1). "
+            "*(n.s.)*: not significant — the 95% confidence interval of the difference "
+            "(Welch) includes 0."
+        )
+        lines += [
+            "",
+            "#### 95% confidence intervals",
+            "",
+            "Of each mean: mean ± t(0.975, n−1) · std / √n. Of the improvement: Welch's "
+            "interval with Welch–Satterthwaite degrees of freedom; *significant* exactly when "
+            "it excludes 0. A dash: fewer than two seeds, so no interval exists.",
+            "",
+            interval_table(grid, comparison),
+        ]
+    else:
+        lines.append(
+            "**One seed per cell: no noise estimate exists.** Differences between methods "
+            "cannot be compared with seed-to-seed variation; run more seeds to judge them."
+        )
+    lines += [
+        "",
+        "### Final Accuracy",
+        "",
+        "Test top-1 accuracy after the last epoch.",
+        "",
+        accuracy_table(grid, comparison, "final"),
+    ]
+    return "\n".join(lines)
+
+
+def _run_label(run: RunResult) -> str:
+    return f"`{run.run_id}`"
+
+
+def _ordered_runs(results: MatrixResults, comparison: Comparison) -> list[RunResult]:
+    order = {k: i for i, k in enumerate(comparison.methods)}
+    return sorted(
+        results.runs, key=lambda r: (order.get(r.method_key, 99), r.target_sparsity, r.seed)
+    )
+
+
+def section_memory(results: MatrixResults, comparison: Comparison) -> str:
+    rows = []
+    for run in _ordered_runs(results, comparison):
+        if not run.epochs and not run.state_memory:
+            continue
+        peaks = run.peak_memory()
+        state = run.state_bytes_per_param()
+        device = (run.environment or {}).get("device_name") or "—"
+        rows.append(
+            [
+                _run_label(run),
+                md_escape(str(device)),
+                fmt_num(peaks["cuda_allocated_mb"], 1),
+                fmt_num(peaks["cuda_reserved_mb"], 1),
+                fmt_num(peaks["cpu_rss_mb"], 1),
+                fmt_num(state["optimizer_per_param"], 2),
+                fmt_num(state["pruning_per_prunable_param"], 2),
+                fmt_num(state["extra_per_prunable_param"], 2),
+            ]
+        )
+    lines = [
+        "### Memory",
+        "",
+        "Each run's own peaks, in MiB. CUDA: `torch.cuda.max_memory_allocated` / "
+        "`max_memory_reserved` of the run's process. CPU runs have no CUDA numbers; their "
+        "*CPU peak RSS* is the resident set of the whole training process (interpreter, "
+        "libraries, data), not comparable with CUDA allocations. State bytes are measured from "
+        "the tensors: optimizer state per parameter, pruning state (masks, scores) per prunable "
+        "parameter, and the bytes beyond AdamW's `m` and `v` per prunable parameter.",
+        "",
+    ]
+    if not rows:
+        lines.append("*No run has recorded memory yet.*")
+        return "\n".join(lines)
+    lines += [
+        md_table(
+            [
+                "Method",
+                "Runs",
+                "CUDA peak allocated (MiB)",
+                "CUDA peak reserved (MiB)",
+                "CPU peak RSS (MiB)",
+                "Optimizer + pruning state (B/param)",
+            ],
+            _memory_summary_rows(results, comparison),
+        ),
+        "",
+        "<details><summary>Memory per run</summary>",
+        "",
+        "#### Memory per run",
+        "",
+    ]
+    lines.append(
+        md_table(
+            [
+                "Run",
+                "Device",
+                "CUDA peak allocated (MiB)",
+                "CUDA peak reserved (MiB)",
+                "CPU peak RSS (MiB)",
+                "Optimizer state (B/param)",
+                "Pruning state (B/prunable param)",
+                "Extra vs AdamW (B/prunable param)",
+            ],
+            rows,
+        )
+    )
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def fmt_range(values: list[float], digits: int) -> str:
+    """`12,602.5` when all runs agree, else `12,596.5 – 12,792.5` (like the seed's report)."""
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    if f"{low:,.{digits}f}" == f"{high:,.{digits}f}":
+        return f"{low:,.{digits}f}"
+    return f"{low:,.{digits}f} – {high:,.{digits}f}"
+
+
+def _memory_summary_rows(results: MatrixResults, comparison: Comparison) -> list[list[str]]:
+    rows = []
+    for key in comparison.methods:
+        runs = [r for r in results.runs if r.method_key == key and (r.epochs or r.state_memory)]
+        if not runs:
+            continue
+        peaks = [r.peak_memory() for r in runs]
+        states = [r.state_bytes_per_param()["total_per_param"] for r in runs]
+
+        def collect(name: str, peaks: list[dict] = peaks) -> list[float]:
+            return [p[name] for p in peaks if p[name] is not None]
+
+        rows.append(
+            [
+                method_display_name(key),
+                str(len(runs)),
+                fmt_range(collect("cuda_allocated_mb"), 1),
+                fmt_range(collect("cuda_reserved_mb"), 1),
+                fmt_range(collect("cpu_rss_mb"), 1),
+                fmt_range([v for v in states if v is not None], 2),
+            ]
+        )
+    return rows
+
+
+def section_stability(results: MatrixResults, comparison: Comparison) -> str:
+    rows = []
+    for run in _ordered_runs(results, comparison):
+        s = run.summary
+        if s is None:
+            continue
+        planned = run.planned_epochs
+        epochs = f"{s['epochs_completed']}" + (f"/{planned}" if planned else "")
+        reached = s["target_reached_epoch"]
+        rows.append(
+            [
+                _run_label(run),
+                run.status if run.completed else f"**{run.status}**",
+                epochs,
+                fmt_pct(s["best_top1"]) if s["best_top1"] is not None else "not reached",
+                "—" if s["best_epoch"] is None else str(s["best_epoch"]),
+                "not reached" if reached is None else str(reached),
+                fmt_pct(s["final_top1"]),
+                fmt_pct(s["std_last10"]),
+                fmt_signed(s["peak_to_final"]) if s["peak_to_final"] is not None else "—",
+            ]
+        )
+    lines = [
+        "### Stability Analysis",
+        "",
+        f"Per run. *Std Dev* is the population standard deviation (ddof=0) of test top-1 over "
+        f"the last {STABILITY_WINDOW} epochs (fewer if the run is shorter). *Peak-to-final* = "
+        "best − final top-1, in points. *Target reached* is the first epoch whose measured "
+        "sparsity reached the target; *best* counts only epochs from there on. Runs not "
+        "completed show their numbers so far and are marked.",
+        "",
+    ]
+    if not rows:
+        lines.append("*No run has recorded an epoch yet.*")
+        return "\n".join(lines)
+    lines.append(
+        md_table(
+            [
+                "Run",
+                "Status",
+                "Epochs",
+                "Best top-1",
+                "Best epoch",
+                "Target reached (epoch)",
+                "Final top-1",
+                f"Std Dev (last {STABILITY_WINDOW} epochs)",
+                "Peak-to-final",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(lines)
+
+
+def section_unfinished(results: MatrixResults, comparison: Comparison) -> str:
+    runs = [r for r in _ordered_runs(results, comparison) if not r.completed]
+    lines = ["## Unfinished and failed runs", ""]
+    if not runs:
+        lines.append("None: every planned run completed.")
+        return "\n".join(lines)
+    rows = []
+    for run in sorted(runs, key=lambda r: _status_rank(r.status)):
+        planned = run.planned_epochs
+        done = len(run.epochs)
+        progress = f"{done}/{planned}" if planned else str(done)
+        rows.append(
+            [
+                _run_label(run),
+                f"**{run.status}**",
+                progress,
+                md_escape(run.reason) if run.reason else "—",
+            ]
+        )
+    lines.append(md_table(["Run", "Status", "Epochs done", "Reason"], rows))
+    tails = [r for r in runs if r.status == STATUS_FAILED and r.log_tail]
+    for run in tails:
+        lines += ["", f"Last log lines of `{run.run_id}`:", "", "```", run.log_tail.rstrip(), "```"]
+    return "\n".join(lines)
+
+
+# Hyperparameters shown per method; which apply depends on the optimizer family.
+_COMMON_OPTIMIZER_FIELDS = ("lr", "weight_decay")
+_ADAM_FIELDS = ("beta1", "beta2", "eps", "amsgrad")
+_SPAM_FIELDS = ("spam_theta", "spam_interval", "spam_warmup_steps", "spam_clip_delay")
+_PRUNING_FIELDS = ("method", "schedule", "start_step", "end_epoch", "interval", "scope")
+
+
+def _method_settings(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    opt = spec.get("optimizer", {})
+    name = opt.get("name", "?")
+    fields: list[str] = ["name"]
+    if name == "adamwprune":
+        fields += ["prune_base", "prune_score"]
+    fields += list(_COMMON_OPTIMIZER_FIELDS)
+    if name == "sgd":
+        fields += ["momentum", "nesterov"]
+    else:
+        fields += list(_ADAM_FIELDS)
+    if name == "adamwspam" or opt.get("prune_base") == "adamwspam" and name == "adamwprune":
+        fields += list(_SPAM_FIELDS)
+    settings = [(f"optimizer.{f}", opt.get(f)) for f in fields if f in opt]
+    pruning = spec.get("pruning", {})
+    if pruning.get("method", "none") != "none":
+        settings += [(f"pruning.{f}", pruning.get(f)) for f in _PRUNING_FIELDS if f in pruning]
+    return settings
+
+
+def _py_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def section_technical(results: MatrixResults, comparison: Comparison) -> str:
+    spec = results.first_spec()
+    train = spec.get("train", {})
+    lines = ["## Technical Details", ""]
+    if train:
+        shared = ", ".join(
+            f"{k}={_py_value(train[k])}"
+            for k in (
+                "lr_schedule",
+                "warmup_epochs",
+                "label_smoothing",
+                "grad_clip",
+                "precision",
+                "channels_last",
+                "compile",
+            )
+            if k in train
+        )
+        lines += [f"Training loop (all runs): {shared}.", ""]
+    for key in comparison.methods:
+        specs = [r.spec for r in results.runs if r.method_key == key and r.spec]
+        lines += [f"### {method_display_name(key)}", ""]
+        if not specs:
+            lines += ["*No configuration recorded.*", ""]
+            continue
+        settings = _method_settings(specs[0])
+        sparsities = sorted({r.target_sparsity for r in results.runs if r.method_key == key})
+        lines.append("```python")
+        lines += [f"{name} = {_py_value(value)}" for name, value in settings]
+        if any(sparsities):
+            lines.append(f"pruning.sparsity = {[round(s, 4) for s in sparsities]}")
+        lines += ["```", ""]
+    config = results.config
+    if config:
+        lines += [
+            "<details><summary>Configuration snapshot (.config symbols of this matrix)</summary>",
+            "",
+            "```",
+            *(f"{k}={v}" for k, v in sorted(config.items())),
+            "```",
+            "",
+            "</details>",
+        ]
+    return "\n".join(lines).rstrip()
+
+
+def section_plots(plots: list[tuple[str, str]]) -> str:
+    lines = ["## Visualizations", ""]
+    if not plots:
+        lines.append("*No plots were rendered (none configured, or no epoch recorded yet).*")
+    for relative_path, caption in plots:
+        lines += [f"![{caption}]({relative_path})", f"*{caption}*", ""]
+    return "\n".join(lines).rstrip()
+
+
+# --------------------------------------------------------------------------- whole report
+
+
+def render_report(
+    results: MatrixResults,
+    comparison: Comparison,
+    plots: list[tuple[str, str]] | None = None,
+    now: dt.datetime | None = None,
+) -> str:
+    """The markdown report of one matrix. `plots`: (relative path, caption) pairs."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    grid = _cells_by_sparsity(results, comparison)
+    sections = [
+        section_header(results, comparison, now),
+        section_executive_summary(results, grid, comparison),
+        section_configuration(results, comparison),
+        section_accuracy(grid, comparison),
+        section_memory(results, comparison),
+        section_stability(results, comparison),
+        section_unfinished(results, comparison),
+        section_technical(results, comparison),
+        section_plots(plots or []),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+CSV_EPOCH_FIELDS = (
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "sparsity",
+    "scheduled_sparsity",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "peak_memory_reserved_mb",
+    "memory_kind",
+)
+CSV_RUN_FIELDS = ("run_id", "method_key", "method", "target_sparsity", "seed", "status")
+
+
+def write_metrics_csv(results: MatrixResults, path: Path) -> int:
+    """Every recorded epoch of every run as one long table; returns the number of rows.
+
+    Per-layer sparsity is left out (one column per layer would make the file unreadable);
+    it stays in each run's metrics.json.
+    """
+    rows = 0
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_RUN_FIELDS + CSV_EPOCH_FIELDS)
+        for run in results.runs:
+            prefix = [
+                run.run_id,
+                run.method_key,
+                method_display_name(run.method_key),
+                run.target_sparsity,
+                run.seed,
+                run.status,
+            ]
+            for epoch in run.epochs:
+                writer.writerow(
+                    prefix + ["" if epoch.get(k) is None else epoch[k] for k in CSV_EPOCH_FIELDS]
+                )
+                rows += 1
+    return rows
+
+
+def write_report(
+    matrix_dir: Path, baseline: str | None = None, candidate: str | None = None
+) -> Path:
+    """Render report.md, plots/*.png and metrics.csv for one matrix; returns report.md."""
+    from scripts import plots as plotting  # matplotlib is slow to import; only when drawing
+
+    results = load_matrix(matrix_dir)
+    comparison = resolve_comparison(results, baseline, candidate)
+    plots_dir = matrix_dir / PLOTS_DIR
+    wanted = results.report_settings.get("plots")
+    rendered = plotting.render_plots(results, comparison.methods, plots_dir, wanted)
+    plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
+    write_metrics_csv(results, matrix_dir / CSV_FILE)
+    report_path = matrix_dir / REPORT_FILE
+    _write_text(report_path, render_report(results, comparison, plot_links))
+    return report_path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _matrix_dir(results_dir: Path, name: str, option: str) -> Path:
+    path = results_dir / name
+    if not (path / "matrix.json").is_file():
+        available = sorted(p.parent.name for p in results_dir.glob("*/matrix.json"))
+        accepted = ", ".join(available) if available else f"none under {results_dir}"
+        raise ReportError(f"{option} {name!r}: no such matrix; accepted: {accepted}")
+    return path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.report",
+        description="Render report.md, plots and metrics.csv of a results matrix.",
+    )
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--matrix", help="matrix name (default: the newest under results-dir)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two matrices side by side (writes results-dir/compare-A-vs-B/report.md)",
+    )
+    parser.add_argument(
+        "--baseline", metavar="METHOD_KEY", help="method the Improvement is against"
+    )
+    parser.add_argument(
+        "--candidate", metavar="METHOD_KEY", help="method whose Improvement is shown"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.compare:
+            from scripts.report_compare import write_comparison
+
+            a, b = (_matrix_dir(args.results_dir, name, "--compare") for name in args.compare)
+            path = write_comparison(a, b, args.results_dir, args.baseline, args.candidate)
+        else:
+            if args.matrix:
+                matrix_dir = _matrix_dir(args.results_dir, args.matrix, "--matrix")
+            else:
+                matrix_dir = newest_matrix(args.results_dir)
+            path = write_report(matrix_dir, args.baseline, args.candidate)
+    except ReportError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Statistics the report uses: mean +- sample std, Student's t intervals, Welch differences.
+
+Seeds are replicates of one (method, sparsity) cell. With n >= 2 replicates a cell gets a
+mean, a sample standard deviation (ddof=1) and a 95% confidence interval of the mean,
+`mean +- t(0.975, n-1) * std / sqrt(n)`. Two cells are compared with Welch's unequal-variance
+interval for the difference of means; the difference is *significant* exactly when that
+interval excludes 0. With one replicate on either side no noise estimate exists and nothing is
+called significant.
+
+The t quantile is computed here (regularized incomplete beta function, bisection) rather than
+read from a table, because Welch's degrees of freedom are not integers; scipy is not a project
+dependency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+
+
+def _incomplete_beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction for the regularized incomplete beta (modified Lentz's method)."""
+    tiny = 1e-300
+    c = 1.0
+    d = 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 500):
+        # Even step of the fraction.
+        numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        fraction *= c * d
+        # Odd step.
+        numerator = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        delta = c * d
+        fraction *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return fraction
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    front = math.exp(log_front)
+    # The fraction converges fast only on this side of the mean; use the symmetry otherwise.
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _incomplete_beta_fraction(a, b, x) / a
+    return 1.0 - front * _incomplete_beta_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_two_sided_tail(t: float, df: float) -> float:
+    """P(|T| > t) for Student's t with `df` degrees of freedom."""
+    t = abs(t)
+    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_critical(df: float, confidence: float = CONFIDENCE) -> float:
+    """The t value with P(|T| <= t) = confidence (1.96 in the normal limit for 95%)."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    alpha = 1.0 - confidence
+    low, high = 0.0, 2.0
+    while student_t_two_sided_tail(high, df) > alpha:
+        high *= 2.0
+    # The tail is monotone in t, so bisection converges without any tuning.
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if student_t_two_sided_tail(mid, df) > alpha:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-12:
+            break
+    return 0.5 * (low + high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A cell's replicates: mean, sample std and 95% CI of the mean (None with n < 2)."""
+
+    n: int
+    mean: float
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    @property
+    def has_noise_estimate(self) -> bool:
+        return self.std is not None
+
+
+def estimate(values: Sequence[float]) -> Estimate:
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("estimate() needs at least one value")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return Estimate(n=n, mean=mean, std=None, ci_low=None, ci_high=None)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half_width = t_critical(n - 1) * std / math.sqrt(n)
+    return Estimate(n=n, mean=mean, std=std, ci_low=mean - half_width, ci_high=mean + half_width)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """candidate - baseline; the interval and significance exist only with noise estimates."""
+
+    diff: float
+    ci_low: float | None
+    ci_high: float | None
+    df: float | None
+
+    @property
+    def has_noise_estimate(self) -> bool:
+        return self.ci_low is not None
+
+    @property
+    def significant(self) -> bool | None:
+        """True when the 95% interval excludes 0; None when no noise estimate exists."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return self.ci_low > 0.0 or self.ci_high < 0.0
+
+
+def welch_difference(candidate: Estimate, baseline: Estimate) -> Difference:
+    """Welch's interval for mean(candidate) - mean(baseline).
+
+    df by Welch-Satterthwaite. When both samples have zero spread the interval collapses to
+    the point difference (df = n1 + n2 - 2), which is then significant iff it is non-zero.
+    """
+    diff = candidate.mean - baseline.mean
+    if candidate.std is None or baseline.std is None:
+        return Difference(diff=diff, ci_low=None, ci_high=None, df=None)
+    var_c = candidate.std**2 / candidate.n
+    var_b = baseline.std**2 / baseline.n
+    standard_error = math.sqrt(var_c + var_b)
+    if standard_error == 0.0:
+        return Difference(diff=diff, ci_low=diff, ci_high=diff, df=candidate.n + baseline.n - 2)
+    df = (var_c + var_b) ** 2 / (var_c**2 / (candidate.n - 1) + var_b**2 / (baseline.n - 1))
+    half_width = t_critical(df) * standard_error
+    return Difference(diff=diff, ci_low=diff - half_width, ci_high=diff + half_width, df=df)

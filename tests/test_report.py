@@ -1,0 +1,564 @@
+"""make report: tables, statistics, plots and status handling from hand-made result files.
+
+Every number asserted here is computed by hand from the fixture's epoch records, so a wrong
+definition (best over all epochs, ddof mix-up, wrong sign of an improvement) fails a test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lib.metrics import SCHEMA_VERSION, STATUS_COMPLETED, STATUS_FAILED, summarize
+from lib.spec import DataSpec, ModelSpec, OptimizerSpec, PruningSpec, RunSpec, TrainSpec
+from scripts import report
+from scripts.report_data import load_matrix
+
+BASELINE = "adamwspam_magnitude"
+CANDIDATE = "adamwprune-adamw_state-hybrid"
+PARAMETERS = 25_557_032
+PRUNABLE = 25_502_912
+
+
+# --------------------------------------------------------------------------- fixture builders
+
+
+@dataclass
+class FakeRun:
+    """One run's hand-made results: test top-1 per epoch and measured sparsity per epoch."""
+
+    optimizer: str  # "adamwprune" or "adamwspam" (or any OPTIMIZERS name)
+    pruning: str  # "state", "magnitude", "none", ...
+    target: float
+    seed: int
+    top1: list[float]
+    sparsity: list[float] | None = None  # default: target from epoch 1
+    status: str = STATUS_COMPLETED  # what the trainer's summary says; None: no metrics.json
+    plan_status: str | None = None  # what matrix.json says; default = status
+    error: str | None = None
+    log_tail: str | None = None
+    memory_kind: str = "cuda_allocated"
+    peak_mb: float = 12602.5
+    reserved_mb: float | None = 13000.0
+    optimizer_state_bytes: int = 2 * 4 * PARAMETERS
+    pruning_state_bytes: int = 0
+    planned_epochs: int | None = None
+    write_metrics: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def spec(self, matrix: str) -> RunSpec:
+        pruning = PruningSpec(method=self.pruning, sparsity=self.target)
+        optimizer = OptimizerSpec(name=self.optimizer, prune_score="hybrid")
+        epochs = self.planned_epochs or len(self.top1)
+        return RunSpec(
+            matrix=matrix,
+            model=ModelSpec(name="resnet50", stem="cifar"),
+            data=DataSpec(name="cifar100", image_size=32),
+            train=TrainSpec(epochs=epochs, batch_size=128),
+            optimizer=optimizer,
+            pruning=pruning,
+            seed=self.seed,
+        )
+
+    def epochs(self) -> list[dict]:
+        sparsity = self.sparsity or [self.target] * len(self.top1)
+        records = []
+        for i, (acc, sp) in enumerate(zip(self.top1, sparsity, strict=True), start=1):
+            records.append(
+                {
+                    "epoch": i,
+                    "train_loss": 1.0,
+                    "train_top1": acc,
+                    "test_loss": 1.5,
+                    "test_top1": acc,
+                    "test_top5": min(100.0, acc + 15.0),
+                    "sparsity": sp,
+                    "sparsity_per_layer": {"conv1.weight": sp},
+                    "scheduled_sparsity": sp,
+                    "lr": 0.001,
+                    "epoch_seconds": 10.0,
+                    "images_per_second": 500.0,
+                    "peak_memory_mb": self.peak_mb,
+                    "peak_memory_reserved_mb": (
+                        self.reserved_mb if self.memory_kind == "cuda_allocated" else None
+                    ),
+                    "memory_kind": self.memory_kind,
+                }
+            )
+        return records
+
+
+def write_matrix(
+    root: Path,
+    name: str,
+    runs: list[FakeRun],
+    baseline: str = BASELINE,
+    candidate: str = "",
+    plots: list[str] | None = None,
+    config: dict[str, str] | None = None,
+) -> Path:
+    matrix_dir = root / name
+    matrix_dir.mkdir(parents=True)
+    entries = []
+    for run in runs:
+        spec = run.spec(name)
+        run_dir = matrix_dir / spec.run_id
+        run_dir.mkdir()
+        (run_dir / "run.json").write_text(spec.to_json())
+        plan_status = run.plan_status or run.status
+        if run.write_metrics:
+            epochs = run.epochs()
+            target = run.target if run.pruning != "none" else 0.0
+            metrics = {
+                "schema_version": SCHEMA_VERSION,
+                "run_id": spec.run_id,
+                "matrix": name,
+                "identity": {
+                    "model": "resnet50",
+                    "stem": "cifar",
+                    "dataset": "cifar100",
+                    "optimizer": run.optimizer,
+                    "optimizer_label": spec.optimizer.label,
+                    "base_optimizer": "adamw" if run.optimizer == "adamwprune" else None,
+                    "prune_score": "hybrid" if run.pruning == "state" else None,
+                    "pruning": run.pruning,
+                    "target_sparsity": target,
+                    "seed": run.seed,
+                },
+                "spec": spec.to_dict(),
+                "environment": {
+                    "device": "cuda" if run.memory_kind == "cuda_allocated" else "cpu",
+                    "device_name": "NVIDIA H100 80GB HBM3"
+                    if run.memory_kind == "cuda_allocated"
+                    else "cpu",
+                },
+                "model_info": {"parameters": PARAMETERS, "prunable_parameters": PRUNABLE},
+                "state_memory": {
+                    "optimizer_state_bytes": run.optimizer_state_bytes,
+                    "pruning_state_bytes": run.pruning_state_bytes,
+                    "extra_bytes_per_prunable_param": run.pruning_state_bytes / PRUNABLE,
+                },
+                "epochs": epochs,
+                "summary": summarize(epochs, target, status=run.status, error=run.error),
+            }
+            metrics.update(run.extra)
+            (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        entries.append(
+            {
+                "run_id": spec.run_id,
+                "method_key": spec.method_key,
+                "status": plan_status,
+                "error": run.error,
+                "log_tail": run.log_tail,
+                "attempts": 1,
+                "started_at": None,
+                "finished_at": None,
+                "spec": spec.to_dict(),
+            }
+        )
+    plan = {
+        "schema_version": 1,
+        "name": name,
+        "created_at": "2026-11-25T12:00:00Z",
+        "updated_at": "2026-11-25T13:00:00Z",
+        "config": config or {"CONFIG_TRAIN_EPOCHS": "12", "CONFIG_ADAMWPRUNE_BETA1": "0.9"},
+        "report": {
+            "baseline": baseline,
+            "candidate": candidate,
+            "plots": plots if plots is not None else list(report_plot_kinds()),
+        },
+        "runs": entries,
+    }
+    (matrix_dir / "matrix.json").write_text(json.dumps(plan, indent=2))
+    return matrix_dir
+
+
+def report_plot_kinds() -> tuple[str, ...]:
+    from scripts.plots import PLOT_KINDS
+
+    return PLOT_KINDS
+
+
+def ramp(final_values: list[float], warmup: list[float]) -> list[float]:
+    return warmup + final_values
+
+
+# --------------------------------------------------------------------------- the seed's table
+
+# 12 epochs; sparsity reaches the target at epoch 3. Epoch 2 has the highest accuracy of all
+# but is *denser* than the target, so it must never count as the best.
+DENSE_PEAK = 99.0
+CAND_50 = [60.0, DENSE_PEAK, 70.0, 72.0, 73.0, 74.0, 74.54, 74.3, 74.2, 74.1, 74.0, 74.08]
+BASE_50 = [60.0, DENSE_PEAK, 70.0, 71.0, 72.0, 73.22, 73.0, 72.9, 73.1, 73.0, 72.95, 72.97]
+CAND_70 = [55.0, DENSE_PEAK, 68.0, 70.0, 72.30, 72.0, 71.9, 72.1, 72.0, 71.8, 71.9, 72.0]
+BASE_70 = [55.0, DENSE_PEAK, 69.0, 71.0, 72.98, 72.5, 72.6, 72.7, 72.8, 72.4, 72.5, 72.6]
+SPARSITY_RAMP = [0.1, 0.3]  # epochs 1-2; the target from epoch 3
+
+
+def ramp_sparsity(target: float, n: int) -> list[float]:
+    return [s * target for s in SPARSITY_RAMP] + [target] * (n - len(SPARSITY_RAMP))
+
+
+def seed_like_runs() -> list[FakeRun]:
+    runs = []
+    for target, cand, base in ((0.5, CAND_50, BASE_50), (0.7, CAND_70, BASE_70)):
+        runs.append(
+            FakeRun("adamwprune", "state", target, 0, cand, ramp_sparsity(target, len(cand)))
+        )
+        runs.append(
+            FakeRun(
+                "adamwspam",
+                "magnitude",
+                target,
+                0,
+                base,
+                ramp_sparsity(target, len(base)),
+                peak_mb=12792.5,
+                reserved_mb=13500.0,
+                optimizer_state_bytes=2 * 4 * PARAMETERS + 64,
+            )
+        )
+    return runs
+
+
+def pop_std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first table after `heading`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == heading)
+    rows = []
+    in_table = False
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            in_table = True
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif in_table:
+            break
+    return rows[2:]  # drop header and separator
+
+
+def row_for(rows: list[list[str]], first: str) -> list[str]:
+    return next(r for r in rows if r[0] == first)
+
+
+@pytest.fixture
+def seed_matrix(tmp_path: Path) -> Path:
+    return write_matrix(tmp_path, "resnet50-seedlike", seed_like_runs())
+
+
+def test_accuracy_table_matches_the_seed_format(seed_matrix: Path) -> None:
+    path = report.write_report(seed_matrix)
+    text = path.read_text()
+    rows = table_rows(text, "### Accuracy Comparison")
+    # Column order: candidate, baseline, Improvement; best counts only epochs at the target.
+    assert row_for(rows, "**50%**") == ["**50%**", "**74.54%**", "73.22%", "**+1.32%**"]
+    assert row_for(rows, "70%") == ["70%", "72.30%", "**72.98%**", "-0.68%"]
+    finals = table_rows(text, "### Final Accuracy")
+    assert row_for(finals, "**50%**") == ["**50%**", "**74.08%**", "72.97%", "**+1.11%**"]
+    assert row_for(finals, "70%") == ["70%", "72.00%", "**72.60%**", "-0.60%"]
+    assert "99.00%" not in text  # the denser-than-target epoch never leaks into a table
+    assert "no noise estimate exists" in text
+
+
+def test_stability_table_numbers(seed_matrix: Path) -> None:
+    text = report.write_report(seed_matrix).read_text()
+    rows = table_rows(text, "### Stability Analysis")
+    run_id = "`resnet50_adamwprune-adamw_state-hybrid_s50_seed0`"
+    row = row_for(rows, run_id)
+    std = pop_std(CAND_50[-10:])
+    assert row == [
+        run_id,
+        "completed",
+        "12/12",
+        "74.54%",
+        "7",
+        "3",
+        "74.08%",
+        f"{std:.2f}%",
+        "+0.46%",
+    ]
+    base_row = row_for(rows, "`resnet50_adamwspam_magnitude_s70_seed0`")
+    assert base_row[3:] == [
+        "72.98%",
+        "5",
+        "3",
+        "72.60%",
+        f"{pop_std(BASE_70[-10:]):.2f}%",
+        "+0.38%",
+    ]
+
+
+def test_memory_table_keeps_cuda_and_cpu_apart(tmp_path: Path) -> None:
+    runs = seed_like_runs()[:2]
+    runs.append(
+        FakeRun(
+            "adamwprune",
+            "state",
+            0.7,
+            0,
+            CAND_70,
+            memory_kind="cpu_rss",
+            peak_mb=3210.0,
+            pruning_state_bytes=PRUNABLE,  # a bool mask: 1 B per prunable parameter
+        )
+    )
+    matrix = write_matrix(tmp_path, "mem", runs)
+    text = report.write_report(matrix).read_text()
+    summary = table_rows(text, "### Memory")
+    assert row_for(summary, "AdamWPrune (AdamW base) state/hybrid") == [
+        "AdamWPrune (AdamW base) state/hybrid",
+        "2",
+        "12,602.5",
+        "13,000.0",
+        "3,210.0",
+        "8.00 – 9.00",  # (8 B/param optimizer + 1 B/prunable mask) / all params, rounded
+    ]
+    rows = table_rows(text, "#### Memory per run")
+    cuda = row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s50_seed0`")
+    assert cuda[1:] == [
+        "NVIDIA H100 80GB HBM3",
+        "12,602.5",
+        "13,000.0",
+        "—",
+        "8.00",
+        "0.00",
+        "0.00",
+    ]
+    cpu = row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s70_seed0`")
+    assert cpu[1:] == ["cpu", "—", "—", "3,210.0", "8.00", "1.00", "1.00"]
+
+
+# --------------------------------------------------------------------------- several seeds
+
+
+def multi_seed_runs() -> list[FakeRun]:
+    """Three seeds per cell at 50%; constant accuracy per run so best == final == the value."""
+    cand = [74.0, 74.5, 75.0]
+    base = [73.0, 73.2, 73.4]
+    runs = []
+    for seed, (c, b) in enumerate(zip(cand, base, strict=True)):
+        runs.append(FakeRun("adamwprune", "state", 0.5, seed, [c] * 4))
+        runs.append(FakeRun("adamwspam", "magnitude", 0.5, seed, [b] * 4))
+    # At 70% the two methods overlap: the difference is noise.
+    for seed, (c, b) in enumerate(zip([72.0, 73.0, 71.0], [72.5, 71.5, 72.0], strict=True)):
+        runs.append(FakeRun("adamwprune", "state", 0.7, seed, [c] * 4))
+        runs.append(FakeRun("adamwspam", "magnitude", 0.7, seed, [b] * 4))
+    return runs
+
+
+def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "seeds", multi_seed_runs())
+    text = report.write_report(matrix).read_text()
+    rows = table_rows(text, "### Accuracy Comparison")
+    # mean 74.5, sample std 0.5 ; mean 73.2, sample std 0.2 ; t(0.975, 2) = 4.3027
+    assert row_for(rows, "**50%**") == [
+        "**50%**",
+        "**74.50 ± 0.50%**",
+        "73.20 ± 0.20%",
+        "**+1.30%**",
+    ]
+    # 72.0 ± 1.0 vs 72.0 ± 0.5: a tie in means, not significant
+    assert row_for(rows, "70%")[3] == "+0.00% (n.s.)"
+
+    intervals = table_rows(text, "#### 95% confidence intervals")
+    half_c = 4.302653 * 0.5 / math.sqrt(3)
+    half_b = 4.302653 * 0.2 / math.sqrt(3)
+    row50 = row_for(intervals, "50%")
+    assert row50[1] == f"[{74.5 - half_c:.2f}, {74.5 + half_c:.2f}] (n=3)"
+    assert row50[2] == f"[{73.2 - half_b:.2f}, {73.2 + half_b:.2f}] (n=3)"
+    # Welch: se^2 = 0.25/3 + 0.04/3; df = se^4 / ((0.25/3)^2/2 + (0.04/3)^2/2) = 2.6240...
+    se = math.sqrt(0.25 / 3 + 0.04 / 3)
+    df = se**4 / ((0.25 / 3) ** 2 / 2 + (0.04 / 3) ** 2 / 2)
+    assert df == pytest.approx(2.6240, abs=1e-4)
+    from scripts.report_stats import t_critical
+
+    half = t_critical(df) * se
+    assert 3.2 < t_critical(df) < 4.31  # between t(3) and t(2)
+    assert row50[3] == f"[{1.3 - half:+.2f}, {1.3 + half:+.2f}], significant"
+    assert row_for(intervals, "70%")[3].endswith("not significant")
+
+    summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
+    assert "larger than the seed-to-seed noise" in summary
+    assert "no noise estimate" not in text.split("## Test Configuration")[0]
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+def test_failed_running_pending_and_corrupt_runs_are_listed_not_dropped(tmp_path: Path) -> None:
+    runs = seed_like_runs()[:2]
+    runs += [
+        FakeRun(
+            "adamwprune", "state", 0.7, 0, [50.0, 51.0, 52.0],
+            status=STATUS_FAILED, error="loss is nan at epoch 3 step 17",
+            log_tail="epoch 3\nFloatingPointError: loss is nan at epoch 3 step 17",
+            planned_epochs=12,
+        ),
+        # The trainer still says `running`; the runner knows the process died.
+        FakeRun(
+            "adamwspam", "magnitude", 0.7, 0, [50.0], status="running", plan_status="failed",
+            error="process killed by signal 9", planned_epochs=12,
+        ),
+        FakeRun("adamwprune", "state", 0.9, 0, [40.0, 45.0], status="running", planned_epochs=12),
+        FakeRun("adamwspam", "magnitude", 0.9, 0, [1.0], status="pending", write_metrics=False),
+    ]  # fmt: skip
+    matrix = write_matrix(tmp_path, "partial", runs)
+    # A hand-broken metrics.json: listed as unreadable, never a crash.
+    extra = write_matrix(tmp_path, "other", [FakeRun("sgd", "magnitude", 0.5, 0, [10.0])])
+    corrupt_dir = matrix / "resnet50_sgd_magnitude_s50_seed0"
+    corrupt_dir.mkdir()
+    (corrupt_dir / "metrics.json").write_text("{ not json")
+    del extra
+
+    text = report.write_report(matrix).read_text()
+    rows = table_rows(text, "## Unfinished and failed runs")
+    failed = row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s70_seed0`")
+    assert failed == [failed[0], "**failed**", "3/12", "loss is nan at epoch 3 step 17"]
+    killed = row_for(rows, "`resnet50_adamwspam_magnitude_s70_seed0`")
+    assert killed[1:] == ["**failed**", "1/12", "process killed by signal 9"]
+    assert row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s90_seed0`")[1:3] == [
+        "**running**",
+        "2/12",
+    ]
+    assert row_for(rows, "`resnet50_adamwspam_magnitude_s90_seed0`")[1] == "**pending**"
+    unreadable = row_for(rows, "`resnet50_sgd_magnitude_s50_seed0`")
+    assert unreadable[1] == "**unreadable**" and "not valid JSON" in unreadable[3]
+    assert "FloatingPointError: loss is nan" in text  # the log tail is shown
+
+    accuracy = table_rows(text, "### Accuracy Comparison")
+    # Unfinished cells say why they have no number; they never show partial accuracies.
+    assert row_for(accuracy, "70%")[1:3] == ["*failed*", "*failed*"]
+    assert row_for(accuracy, "90%")[1:3] == ["*running*", "*pending*"]
+    assert "5 of 7 planned runs have no final result" in text
+
+
+def test_one_run_matrix_renders(tmp_path: Path) -> None:
+    matrix = write_matrix(
+        tmp_path,
+        "single",
+        [FakeRun("adamwprune", "state", 0.5, 0, CAND_50, ramp_sparsity(0.5, 12))],
+        baseline="",
+    )
+    text = report.write_report(matrix).read_text()
+    assert "only **AdamWPrune (AdamW base) state/hybrid** has results: 74.54%" in text
+    rows = table_rows(text, "### Accuracy Comparison")
+    assert rows == [["50%", "74.54%"]]  # no baseline configured: no Improvement column
+
+
+def test_pruned_run_that_never_reaches_its_target_has_no_best(tmp_path: Path) -> None:
+    run = FakeRun("adamwprune", "state", 0.9, 0, [50.0, 60.0, 70.0], sparsity=[0.3, 0.6, 0.85])
+    matrix = write_matrix(tmp_path, "short", [run], baseline="")
+    text = report.write_report(matrix).read_text()
+    assert row_for(table_rows(text, "### Accuracy Comparison"), "90%") == [
+        "90%",
+        "*target not reached*",
+    ]
+    stability = table_rows(text, "### Stability Analysis")
+    assert stability[0][3:6] == ["not reached", "—", "not reached"]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_plots_are_written_embedded_and_non_empty(seed_matrix: Path) -> None:
+    text = report.write_report(seed_matrix).read_text()
+    pngs = sorted((seed_matrix / "plots").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert names == {
+        "accuracy_evolution_s50.png",
+        "accuracy_evolution_s70.png",
+        "accuracy_vs_sparsity.png",
+        "memory.png",
+        "memory_vs_accuracy.png",
+        "sparsity.png",
+    }
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png.name
+        assert f"](plots/{png.name})" in text  # relative link, rendered next to report.md
+
+
+def test_plot_selection_follows_matrix_json(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "fewplots", seed_like_runs(), plots=["memory"])
+    report.write_report(matrix)
+    assert [p.name for p in (matrix / "plots").glob("*.png")] == ["memory.png"]
+
+
+def test_metrics_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
+    report.write_report(seed_matrix)
+    with open(seed_matrix / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 12
+    cand = [r for r in rows if r["run_id"] == "resnet50_adamwprune-adamw_state-hybrid_s50_seed0"]
+    assert [float(r["test_top1"]) for r in cand] == CAND_50
+    assert cand[0]["method"] == "AdamWPrune (AdamW base) state/hybrid"
+    assert cand[0]["memory_kind"] == "cuda_allocated"
+
+
+def test_report_summary_is_derived_not_copied(seed_matrix: Path) -> None:
+    """A stale summary in metrics.json must not change the report: it re-derives it."""
+    path = seed_matrix / "resnet50_adamwprune-adamw_state-hybrid_s50_seed0" / "metrics.json"
+    data = json.loads(path.read_text())
+    data["summary"]["best_top1"] = 99.99
+    path.write_text(json.dumps(data))
+    results = load_matrix(seed_matrix)
+    run = next(r for r in results.runs if r.run_id == path.parent.name)
+    assert run.summary["best_top1"] == 74.54
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_newest_matrix_and_prints_path(tmp_path: Path, capsys) -> None:
+    old = write_matrix(tmp_path, "old", seed_like_runs()[:1])
+    new = write_matrix(tmp_path, "new", seed_like_runs()[:2])
+    past = time.time() - 100
+    os.utime(old / "matrix.json", (past, past))
+    assert report.main(["--results-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(new / "report.md")
+    assert (new / "report.md").is_file() and not (old / "report.md").exists()
+
+
+def test_cli_missing_matrix_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    write_matrix(tmp_path, "present", seed_like_runs()[:1])
+    assert report.main(["--results-dir", str(tmp_path), "--matrix", "absent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--matrix 'absent'" in err and "present" in err
+
+    assert report.main(["--results-dir", str(tmp_path / "nothing")]) == 2
+    assert "no matrix under" in capsys.readouterr().err
+
+
+def test_cli_empty_matrix_is_an_error(tmp_path: Path, capsys) -> None:
+    matrix = tmp_path / "empty"
+    matrix.mkdir()
+    (matrix / "matrix.json").write_text(json.dumps({"name": "empty", "runs": []}))
+    assert report.main(["--results-dir", str(tmp_path), "--matrix", "empty"]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_cli_unknown_baseline_names_the_option_and_accepted_values(seed_matrix, capsys) -> None:
+    args = ["--results-dir", str(seed_matrix.parent), "--baseline", "sgd_dense"]
+    assert report.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--baseline 'sgd_dense'" in err and BASELINE in err and CANDIDATE in err
+
+
+def test_cli_baseline_override_flips_the_improvement(seed_matrix: Path) -> None:
+    args = ["--results-dir", str(seed_matrix.parent), "--baseline", CANDIDATE]
+    args += ["--candidate", BASELINE]
+    assert report.main(args) == 0
+    rows = table_rows((seed_matrix / "report.md").read_text(), "### Accuracy Comparison")
+    assert row_for(rows, "50%") == ["50%", "73.22%", "**74.54%**", "-1.32%"]
