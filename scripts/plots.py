@@ -159,19 +159,24 @@ def plot_accuracy_evolution(
     return files
 
 
-def plot_accuracy_vs_sparsity(
-    results: MatrixResults, methods: Sequence[str], out_dir: Path
-) -> list[PlotFile]:
-    colors = _colors(methods)
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+def _draw_accuracy_vs_sparsity(
+    ax: plt.Axes,
+    results: MatrixResults,
+    methods: Sequence[str],
+    colors: dict[str, str],
+    linestyle: str = "-",
+    suffix: str = "",
+    dodge_offset: float = 0.0,
+) -> bool:
+    """Mean best top-1 per sparsity with ±1 sample-std bars; False when nothing to draw."""
     drawn = False
     pruned_methods = [k for k in methods if any(s > 0 for s in _method_sparsities(results, k))]
     for key in methods:
         xs, ys, errs = [], [], []
         # Nudge methods sideways a little so error bars at one sparsity do not hide each other.
-        dodge = 0.0
+        dodge = dodge_offset
         if key in pruned_methods:
-            dodge = (pruned_methods.index(key) - (len(pruned_methods) - 1) / 2) * 0.6
+            dodge += (pruned_methods.index(key) - (len(pruned_methods) - 1) / 2) * 0.6
         for sparsity in results.sparsities():
             values = [
                 r.summary["best_top1"]
@@ -191,28 +196,79 @@ def plot_accuracy_vs_sparsity(
             # A dense method has one point; a reference line across all sparsities reads
             # better than a lone dot at 0%.
             ax.axhline(
-                ys[0], color=colors[key], linestyle="--", linewidth=1.4,
-                label=f"{method_display_name(key)}: {ys[0]:.2f}%",
+                ys[0], color=colors[key], linestyle="--" if linestyle == "-" else ":",
+                linewidth=1.4, label=f"{method_display_name(key)}{suffix}: {ys[0]:.2f}%",
             )  # fmt: skip
             continue
         ax.errorbar(
             xs, ys, yerr=errs, color=colors[key], marker="o", capsize=4, linewidth=1.6,
-            label=method_display_name(key),
+            linestyle=linestyle, label=f"{method_display_name(key)}{suffix}", markersize=7,
+            # Hollow markers for a second (dashed) series: the legend shows markers, not dashes.
+            markerfacecolor=colors[key] if linestyle == "-" else "white",
         )  # fmt: skip
-    if not drawn:
-        plt.close(fig)
-        return []
-    levels = [s * 100 for s in results.sparsities() if s > 0]
+    return drawn
+
+
+def _finish_accuracy_vs_sparsity(
+    ax: plt.Axes, sparsities: Sequence[float], title: str, legend_below: bool = False
+) -> None:
+    levels = [s * 100 for s in sparsities if s > 0]
     if levels:
         ax.set_xticks(levels, [f"{level:g}%" for level in levels])
-    ax.set_title(f"{_title_prefix(results)}: best top-1 accuracy vs target sparsity")
+    ax.set_title(title)
     ax.set_xlabel("Target sparsity (%)")
     ax.set_ylabel("Best test top-1 accuracy (%)\n(mean over seeds, bars: ±1 sample std)")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
+    if legend_below:
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small",
+            frameon=False,
+        )  # fmt: skip
+    else:
+        ax.legend(loc="lower left", fontsize="small")
+
+
+def plot_accuracy_vs_sparsity(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    if not _draw_accuracy_vs_sparsity(ax, results, methods, _colors(methods)):
+        plt.close(fig)
+        return []
+    _finish_accuracy_vs_sparsity(
+        ax,
+        results.sparsities(),
+        f"{_title_prefix(results)}: best top-1 accuracy vs target sparsity",
+    )
     path = out_dir / "accuracy_vs_sparsity.png"
     _save(fig, path)
     return [PlotFile(path, "Best top-1 accuracy vs target sparsity (error bars: ±1 sample std)")]
+
+
+def plot_comparison(a: MatrixResults, b: MatrixResults, out_dir: Path) -> list[PlotFile]:
+    """Accuracy vs sparsity of two matrices in one plot: A solid, B dashed, one colour per
+    method in both."""
+    methods = a.method_keys() + [k for k in b.method_keys() if k not in a.method_keys()]
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] * 1.2, FIGSIZE[1] + 0.4 * len(methods)))
+    drawn_a = _draw_accuracy_vs_sparsity(ax, a, methods, colors, "-", f" [A: {a.name}]", -0.3)
+    drawn_b = _draw_accuracy_vs_sparsity(ax, b, methods, colors, "--", f" [B: {b.name}]", 0.3)
+    if not (drawn_a or drawn_b):
+        plt.close(fig)
+        return []
+    _finish_accuracy_vs_sparsity(
+        ax,
+        sorted(set(a.sparsities()) | set(b.sparsities())),
+        "Best top-1 accuracy vs target sparsity: A (solid, filled) vs B (dashed, hollow)",
+        legend_below=True,
+    )
+    path = out_dir / "accuracy_vs_sparsity.png"
+    _save(fig, path)
+    return [
+        PlotFile(
+            path, "Best top-1 accuracy vs target sparsity: A solid and filled, B dashed and hollow"
+        )
+    ]
 
 
 def _method_sparsities(results: MatrixResults, key: str) -> list[float]:

@@ -958,8 +958,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compare:
             from scripts.report_compare import write_comparison
 
+            for option in ("baseline", "candidate"):
+                if getattr(args, option) is not None:
+                    raise ReportError(
+                        f"--{option} {getattr(args, option)!r}: not accepted with --compare "
+                        "(a comparison shows every method of both matrices)"
+                    )
             a, b = (_matrix_dir(args.results_dir, name, "--compare") for name in args.compare)
-            path = write_comparison(a, b, args.results_dir, args.baseline, args.candidate)
+            path = write_comparison(a, b, args.results_dir)
         else:
             if args.matrix:
                 matrix_dir = _matrix_dir(args.results_dir, args.matrix, "--matrix")

@@ -562,3 +562,51 @@ def test_cli_baseline_override_flips_the_improvement(seed_matrix: Path) -> None:
     assert report.main(args) == 0
     rows = table_rows((seed_matrix / "report.md").read_text(), "### Accuracy Comparison")
     assert row_for(rows, "50%") == ["50%", "73.22%", "**74.54%**", "-1.32%"]
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_two_matrices_side_by_side(tmp_path: Path, capsys) -> None:
+    cand_a = [[74.0] * 3, [74.5] * 3, [75.0] * 3]
+    cand_b = [[75.5] * 3, [76.0] * 3, [76.5] * 3]
+    runs_a = [FakeRun("adamwprune", "state", 0.5, s, acc) for s, acc in enumerate(cand_a)]
+    runs_b = [FakeRun("adamwprune", "state", 0.5, s, acc) for s, acc in enumerate(cand_b)]
+    runs_b.append(FakeRun("adamwspam", "magnitude", 0.5, 0, [73.0] * 3))
+    write_matrix(tmp_path, "ma", runs_a, config={"CONFIG_ADAMWPRUNE_AMSGRAD": "n"})
+    write_matrix(tmp_path, "mb", runs_b, config={"CONFIG_ADAMWPRUNE_AMSGRAD": "y"})
+    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "mb"]) == 0
+    path = tmp_path / "compare-ma-vs-mb" / "report.md"
+    assert capsys.readouterr().out.strip() == str(path)
+    text = path.read_text()
+    assert row_for(
+        table_rows(text, "## Configuration differences"), "`CONFIG_ADAMWPRUNE_AMSGRAD`"
+    ) == [
+        "`CONFIG_ADAMWPRUNE_AMSGRAD`",
+        "n",
+        "y",
+    ]
+    rows = table_rows(text, "## Best top-1 accuracy")
+    cand = row_for(rows, "AdamWPrune (AdamW base) state/hybrid")
+    # Equal spread (sample std 0.5, n=3 each): Welch df = 4, t = 2.7764, se = sqrt(2 * 0.25/3)
+    half = 2.776445 * math.sqrt(2 * 0.25 / 3)
+    assert cand == [
+        cand[0],
+        "50%",
+        "74.50 ± 0.50%",
+        "76.00 ± 0.50%",
+        "+1.50%",
+        f"[{1.5 - half:+.2f}, {1.5 + half:+.2f}], significant",
+    ]
+    spam = row_for(rows, "AdamWSPAM + magnitude")
+    assert spam[2:] == ["—", "73.00%", "—", "—"]  # only in B: shown, not dropped
+    assert (tmp_path / "compare-ma-vs-mb" / "plots" / "accuracy_vs_sparsity.png").stat().st_size
+
+
+def test_compare_rejects_baseline_and_unknown_matrix(tmp_path: Path, capsys) -> None:
+    write_matrix(tmp_path, "ma", seed_like_runs()[:1])
+    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "zz"]) == 2
+    assert "--compare 'zz'" in capsys.readouterr().err
+    args = ["--results-dir", str(tmp_path), "--compare", "ma", "ma", "--baseline", BASELINE]
+    assert report.main(args) == 2
+    assert "not accepted with --compare" in capsys.readouterr().err

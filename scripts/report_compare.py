@@ -1,0 +1,158 @@
+"""`make report COMPARE="A B"`: two matrices side by side.
+
+Writes `<results-dir>/compare-A-vs-B/report.md` (and `plots/accuracy_vs_sparsity.png`). Rows
+are the (method, sparsity) cells of either matrix; the difference is B - A, judged with the
+same Welch rule as a single report (scripts.report_stats). The configuration symbols that
+differ between the two snapshots come first, because they are what the comparison is about.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from scripts.report import (
+    PLOTS_DIR,
+    REPORT_FILE,
+    _write_text,
+    build_cell,
+    fmt_estimate,
+    fmt_interval,
+    fmt_signed,
+    fmt_sparsity,
+    md_escape,
+    md_table,
+)
+from scripts.report_data import MatrixResults, load_matrix, method_display_name
+from scripts.report_stats import welch_difference
+
+
+def comparison_dir_name(name_a: str, name_b: str) -> str:
+    return f"compare-{name_a}-vs-{name_b}"
+
+
+def _cells(a: MatrixResults, b: MatrixResults) -> list[tuple[str, float]]:
+    keys = a.method_keys() + [k for k in b.method_keys() if k not in a.method_keys()]
+    sparsities = sorted(set(a.sparsities()) | set(b.sparsities()))
+    return [(key, s) for key in keys for s in sparsities if a.cell(key, s) or b.cell(key, s)]
+
+
+def _config_rows(a: MatrixResults, b: MatrixResults) -> list[list[str]]:
+    symbols = sorted(set(a.config) | set(b.config))
+    return [
+        [f"`{sym}`", md_escape(a.config.get(sym, "—")), md_escape(b.config.get(sym, "—"))]
+        for sym in symbols
+        if a.config.get(sym) != b.config.get(sym)
+    ]
+
+
+def _memory_text(results: MatrixResults, key: str, sparsity: float) -> str:
+    cuda, cpu = [], []
+    for run in results.cell(key, sparsity):
+        peaks = run.peak_memory()
+        if peaks["cuda_allocated_mb"] is not None:
+            cuda.append(peaks["cuda_allocated_mb"])
+        if peaks["cpu_rss_mb"] is not None:
+            cpu.append(peaks["cpu_rss_mb"])
+    parts = []
+    if cuda:
+        parts.append(f"{max(cuda):,.1f} MiB CUDA allocated")
+    if cpu:
+        parts.append(f"{max(cpu):,.1f} MiB CPU peak RSS")
+    return "; ".join(parts) or "—"
+
+
+def render_comparison(
+    a: MatrixResults,
+    b: MatrixResults,
+    plots: list[tuple[str, str]] | None = None,
+    now: dt.datetime | None = None,
+) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    lines = [
+        f"# Comparison: `{a.name}` (A) vs `{b.name}` (B)",
+        "",
+        f"**Report generated**: {now:%Y-%m-%d %H:%M} UTC  ",
+        f"**Reports**: [A](../{a.path.name}/{REPORT_FILE}), [B](../{b.path.name}/{REPORT_FILE})",
+        "",
+        "## Configuration differences",
+        "",
+    ]
+    config_rows = _config_rows(a, b)
+    if config_rows:
+        lines.append(md_table(["Symbol", "A", "B"], config_rows))
+    elif a.config or b.config:
+        lines.append("The two configuration snapshots are identical.")
+    else:
+        lines.append("*Neither matrix recorded a configuration snapshot.*")
+
+    best_rows, final_rows, memory_rows = [], [], []
+    any_noise = False
+    for key, sparsity in _cells(a, b):
+        cell_a, cell_b = build_cell(a, key, sparsity), build_cell(b, key, sparsity)
+        label = [method_display_name(key), fmt_sparsity(sparsity)]
+        for attr, rows in (("best", best_rows), ("final", final_rows)):
+            est_a, est_b = getattr(cell_a, attr), getattr(cell_b, attr)
+            row = label + [fmt_estimate(est_a, cell_a), fmt_estimate(est_b, cell_b)]
+            if est_a is None or est_b is None:
+                row += ["—", "—"]
+            else:
+                diff = welch_difference(est_b, est_a)
+                if diff.has_noise_estimate:
+                    any_noise = True
+                    verdict = "significant" if diff.significant else "not significant"
+                    interval = fmt_interval(diff.ci_low, diff.ci_high, signed=True)
+                    row += [fmt_signed(diff.diff), f"{interval}, {verdict}"]
+                else:
+                    single = " and ".join(
+                        tag for tag, est in (("A", est_a), ("B", est_b)) if est.n < 2
+                    )
+                    row += [fmt_signed(diff.diff), f"{single}: one seed, no noise estimate"]
+            rows.append(row)
+        memory_rows.append(label + [_memory_text(a, key, sparsity), _memory_text(b, key, sparsity)])
+
+    header = ["Method", "Sparsity", "A", "B", "B − A", "95% CI of B − A (Welch)"]
+    lines += [
+        "",
+        "## Best top-1 accuracy",
+        "",
+        "Only epochs at the target sparsity count. Several seeds: mean ± sample std; the "
+        "difference is *significant* exactly when its 95% Welch interval excludes 0.",
+        "",
+        md_table(header, best_rows),
+    ]
+    if not any_noise:
+        lines += ["", "**One seed per cell: no noise estimate exists** for any difference."]
+    lines += [
+        "",
+        "## Final top-1 accuracy",
+        "",
+        md_table(header, final_rows),
+        "",
+        "## Peak memory (each run's own process, max over seeds)",
+        "",
+        md_table(["Method", "Sparsity", "A", "B"], memory_rows),
+    ]
+    for matrix, tag in ((a, "A"), (b, "B")):
+        unfinished = [r for r in matrix.runs if not r.completed]
+        if unfinished:
+            listed = ", ".join(f"`{r.run_id}` ({r.status})" for r in unfinished)
+            lines += ["", f"Not finished in {tag}: {listed}."]
+    if plots:
+        lines += ["", "## Visualizations", ""]
+        for path, caption in plots:
+            lines += [f"![{caption}]({path})", f"*{caption}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_comparison(matrix_a: Path, matrix_b: Path, results_dir: Path) -> Path:
+    from scripts.plots import plot_comparison
+
+    a, b = load_matrix(matrix_a), load_matrix(matrix_b)
+    out_dir = Path(results_dir) / comparison_dir_name(matrix_a.name, matrix_b.name)
+    (out_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    rendered = plot_comparison(a, b, out_dir / PLOTS_DIR)
+    links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
+    path = out_dir / REPORT_FILE
+    _write_text(path, render_comparison(a, b, links))
+    return path
