@@ -1,0 +1,119 @@
+"""One runner per matrix directory: an exclusive `fcntl.flock` on `<matrix_dir>/.lock`.
+
+The kernel drops a flock when the last file descriptor of its holder closes, including when the
+holder is killed with -9, so there is no stale lock to clean up by hand: a lock file whose
+holder is gone is simply free, and the next runner takes it over (and says whose it was).
+
+The file is never deleted: unlinking a lock file lets two runners lock two different inodes
+under the same name. It holds the holder's pid and host for the message a refused runner
+prints, and is emptied on a clean release, so a pid found in a free lock file means its runner
+ended without releasing (killed, crashed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+
+
+class LockHeld(RuntimeError):
+    """Another live process holds the lock (one-line message)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _holder_pid(text: str) -> int | None:
+    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+    try:
+        return int(fields["pid"])
+    except (KeyError, ValueError):
+        return None
+
+
+class MatrixLock:
+    """Exclusive lock of one matrix directory, held for the lifetime of a runner.
+
+    `acquire()` returns a message when it took over a lock left by a runner that did not
+    release it (None otherwise) and raises `LockHeld` when a live process holds it.
+    `fileno` is the descriptor children may inherit, so the directory stays locked while any
+    of them lives, even if the runner itself is gone.
+    """
+
+    def __init__(self, matrix_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(matrix_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    @property
+    def fileno(self) -> int:
+        if self.fd is None:
+            raise RuntimeError(f"{self.path} is not locked")
+        return self.fd
+
+    def acquire(self) -> str | None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            os.close(fd)
+            raise LockHeld(self._held_message(previous)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = f"pid={os.getpid()} host={socket.gethostname()} since={stamp}\n".encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        self.fd = fd
+        if previous is not None and previous != os.getpid():
+            return (
+                f"taking over the lock of {self.path.parent}: its runner (pid {previous}) "
+                "ended without releasing it"
+            )
+        return None
+
+    def _held_message(self, pid: int | None) -> str:
+        where = self.path.parent
+        if pid is None:
+            return f"{where} is in use by another runner (lock {self.path}); wait for it to end"
+        if _pid_alive(pid):
+            return (
+                f"{where} is in use by another runner (pid {pid}); wait for it to end or stop "
+                f"it (kill {pid}) first"
+            )
+        # The runner is gone but a process that inherited its lock (a training child) lives.
+        return (
+            f"{where} is still locked by processes left behind by runner pid {pid} (gone); "
+            f"find them with `fuser {self.path}` and stop them first"
+        )
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> MatrixLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

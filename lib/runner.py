@@ -1,0 +1,963 @@
+"""Run a planned matrix: one child process per run, in parallel slots, resumable at any time.
+
+    run_matrix(specs, results/<matrix>, config_snapshot=..., report_settings=...) -> exit code
+
+What a run's metrics.json says decides what happens to it (docs/runner.md):
+- `completed`: skipped, its files are not touched;
+- `failed`: skipped unless `rerun_failed`;
+- `running` or no metrics.json: (re)launched; the trainer resumes from checkpoint_last.pt;
+- unreadable: moved aside to `metrics.json.corrupt-<time>` and relaunched (the trainer
+  rebuilds it from its checkpoint).
+
+Nothing is ever started in a directory whose run.json (or metrics.json) describes another
+configuration: the whole matrix is refused before any child starts.
+
+Every child runs the trainer (`python -m lib.train <run_dir>/run.json`) in its own session, so
+a Ctrl-C in the terminal reaches only the runner, which forwards exactly one signal per signal
+it receives; the trainer then stops at a step boundary with its last epoch on disk. A child
+dies with the runner even when the runner is killed with -9 (PR_SET_PDEATHSIG), and it
+inherits the matrix lock, so no second runner can start beside a child that somehow survived.
+
+Exit codes: 0 every run completed; 1 some run failed (summary printed); 2 refused before
+starting anything (one line); 130 interrupted (SIGINT/SIGTERM), resumable with make continue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+from lib.lock import LockHeld, MatrixLock
+from lib.metrics import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    MetricsError,
+    atomic_write_json,
+    build_document,
+    read_metrics,
+    summarize,
+)
+from lib.spec import RunSpec, sparsity_token
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130
+
+MATRIX_FILE = "matrix.json"
+MATRIX_SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train.log"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+
+# matrix.json run statuses. `pending` = not finished and not running now (new, or
+# interrupted and resumable).
+STATUS_PENDING = "pending"
+
+LOG_TAIL_LINES = 20
+LOG_TAIL_CHARS = 4000
+POLL_SECONDS = 0.1  # how often exits and new epochs are noticed; a wait, not a busy loop
+HEARTBEAT_SECONDS = 600.0  # a progress line at least this often while runs are going
+
+
+class RunnerRefused(Exception):
+    """The matrix cannot be started as asked (one-line message; exit code 2)."""
+
+
+def default_child_cmd() -> list[str]:
+    return [sys.executable, "-m", "lib.train"]
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+# ---------------------------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    return libc.prctl
+
+
+# Resolved once in the parent: nothing but the call itself should run between fork and exec.
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """preexec_fn: SIGKILL this child when the runner dies, whatever kills the runner.
+
+    PR_SET_PDEATHSIG fires when the thread that forked the child ends, so children are only
+    ever started from the runner's main thread. If the runner died between fork and prctl,
+    the signal was never armed: the parent pid check catches that window.
+    """
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _signal_child(run: Run, signum: int) -> None:
+    process = run.process
+    # returncode is set once the child is reaped; after that its pid may belong to another
+    # process, so it must not be signalled any more.
+    if process is None or process.returncode is not None:
+        return
+    try:
+        os.kill(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        reason = f"killed by {name}"
+        if -returncode == signal.SIGKILL:
+            reason += " (the kernel's OOM killer sends SIGKILL: check dmesg for 'Out of memory')"
+        return reason
+    return f"exit status {returncode}"
+
+
+INTERRUPTED_EXITS = (
+    128 + signal.SIGINT,
+    128 + signal.SIGTERM,
+    -signal.SIGINT,
+    -signal.SIGTERM,
+)
+
+
+@dataclass
+class Run:
+    """One planned run and what the runner knows about it (a matrix.json entry)."""
+
+    spec: RunSpec
+    status: str = STATUS_PENDING
+    error: str | None = None
+    log_tail: str | None = None
+    attempts: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    # this session only
+    epochs_done: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    latest_top1: float | None = None
+    process: subprocess.Popen[bytes] | None = None
+    slot: str | None = None
+    log_offset: int = 0
+    metrics_mtime: float = 0.0
+    interrupted: bool = False  # stopped by a signal; resumable
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.spec.out_dir)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "run_id": self.spec.run_id,
+            "method_key": self.spec.method_key,
+            "status": self.status,
+            "error": self.error,
+            "log_tail": self.log_tail,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "spec": self.spec.to_dict(),
+        }
+
+    def note_metrics(self, doc: dict[str, Any]) -> None:
+        epochs = doc.get("epochs") or []
+        self.epochs_done = len(epochs)
+        self.epoch_seconds = [
+            float(e["epoch_seconds"])
+            for e in epochs
+            if isinstance(e.get("epoch_seconds"), int | float)
+        ]
+        self.latest_top1 = epochs[-1].get("test_top1") if epochs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before anything starts
+# ---------------------------------------------------------------------------------------------
+
+
+def _flatten(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(d, dict):
+        for key in sorted(d):
+            yield from _flatten(d[key], f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), d
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`train.epochs: 100 -> 200` for every setting that differs between two identities."""
+    a, b = dict(_flatten(old)), dict(_flatten(new))
+    missing = object()
+    return [
+        f"{key}: {a.get(key, '(absent)')!s} -> {b.get(key, '(absent)')!s}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key, missing) != b.get(key, missing)
+    ]
+
+
+def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The identity of what `run_dir` already holds: its run.json, else its metrics.json."""
+    run_json = run_dir / RUN_FILE
+    if run_json.exists():
+        try:
+            return run_json, RunSpec.from_json(run_json.read_text(encoding="utf-8")).identity()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunnerRefused(
+                f"{run_json} cannot be read ({type(e).__name__}: {e}); the runner cannot tell "
+                "which configuration that run used: move the directory away"
+            ) from None
+    try:
+        doc = read_metrics(run_dir / METRICS_FILE)
+        return run_dir / METRICS_FILE, RunSpec.from_dict(doc["spec"]).identity()
+    except (MetricsError, KeyError, TypeError, ValueError):
+        return None  # nothing, or nothing readable: nothing to mix with
+
+
+def check_configurations(runs: list[Run]) -> None:
+    conflicts = []
+    for run in runs:
+        recorded = _recorded_identity(run.run_dir)
+        if recorded is None:
+            continue
+        path, identity = recorded
+        differences = identity_differences(identity, run.spec.identity())
+        if differences:
+            conflicts.append((run, path, differences))
+    if not conflicts:
+        return
+    run, path, differences = conflicts[0]
+    shown = ", ".join(differences[:6]) + (", ..." if len(differences) > 6 else "")
+    others = f" (and {len(conflicts) - 1} more runs)" if len(conflicts) > 1 else ""
+    raise RunnerRefused(
+        f"run {run.spec.run_id} in {run.run_dir} was set up with another configuration "
+        f"({shown}; from {path.name}){others}; results never mix two configurations: set "
+        "another CONFIG_MATRIX_NAME or move that matrix directory away"
+    )
+
+
+def _prepare_matrix_dir(matrix_dir: Path) -> None:
+    try:
+        matrix_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunnerRefused(
+            f"results directory {matrix_dir} cannot be created ({e.strerror or e}); set "
+            "CONFIG_RESULTS_DIR to a writable place"
+        ) from None
+    if not os.access(matrix_dir, os.W_OK | os.X_OK):
+        raise RunnerRefused(
+            f"results directory {matrix_dir} is not writable; set CONFIG_RESULTS_DIR to a "
+            "writable place"
+        )
+
+
+def _with_run_dirs(specs: list[RunSpec], matrix_dir: Path) -> list[RunSpec]:
+    """Every run lives in `<matrix_dir>/<run_id>`, wherever the runner is started from."""
+    seen: set[str] = set()
+    out = []
+    for spec in specs:
+        if spec.run_id in seen:
+            raise RunnerRefused(f"the plan holds run id {spec.run_id} twice")
+        seen.add(spec.run_id)
+        out.append(replace(spec, out_dir=str(matrix_dir / spec.run_id)))
+    return out
+
+
+def set_aside_corrupt(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------
+
+
+def _slots(jobs: int, gpus: list[str] | None) -> list[str | None]:
+    if not isinstance(jobs, int) or jobs < 1:
+        raise RunnerRefused(f"jobs={jobs!r} is not valid; accepted: an integer >= 1")
+    if not gpus:
+        return [None] * jobs
+    gpus = [str(g).strip() for g in gpus]
+    if any(not g for g in gpus) or len(set(gpus)) != len(gpus):
+        raise RunnerRefused(
+            f"gpus={','.join(gpus)!r} is not valid; accepted: distinct device ids like 0,1,2"
+        )
+    # One run per GPU. jobs > 1 caps how many GPUs work at once (jobs=1 is the default and
+    # means "not configured": with a GPU list every GPU is used).
+    count = len(gpus) if jobs == 1 else min(jobs, len(gpus))
+    return list(gpus[:count])
+
+
+class _Runner:
+    def __init__(
+        self,
+        specs: list[RunSpec],
+        matrix_dir: Path,
+        *,
+        config_snapshot: dict[str, str],
+        report_settings: dict,
+        slots: list[str | None],
+        rerun_failed: bool,
+        fail_fast: bool,
+        child_cmd: list[str],
+        out: IO[str],
+    ) -> None:
+        self.matrix_dir = matrix_dir
+        self.runs = [Run(spec) for spec in specs]
+        self.config_snapshot = dict(config_snapshot)
+        self.report_settings = dict(report_settings)
+        self.free_slots = list(slots)
+        self.slot_count = len(slots)
+        self.rerun_failed = rerun_failed
+        self.fail_fast = fail_fast
+        self.child_cmd = list(child_cmd)
+        self.out = out
+        self.lock = MatrixLock(matrix_dir)
+        self.created_at = _utc_now()
+        self.stop_signal: int | None = None  # the runner was asked to stop
+        self.stop_announced = False
+        self.stopped_for_failure = False
+        self.last_progress = 0.0
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        print(f"[{_clock()}] {message}", file=self.out, flush=True)
+
+    # -- matrix.json ----------------------------------------------------------------------------
+
+    def write_manifest(self) -> None:
+        matrix_name = self.runs[0].spec.matrix if self.runs else self.matrix_dir.name
+        atomic_write_json(
+            self.matrix_dir / MATRIX_FILE,
+            {
+                "schema_version": MATRIX_SCHEMA_VERSION,
+                "name": matrix_name,
+                "created_at": self.created_at,
+                "updated_at": _utc_now(),
+                "config": self.config_snapshot,
+                "report": self.report_settings,
+                "runs": [run.to_entry() for run in self.runs],
+            },
+        )
+
+    def carry_over_manifest(self) -> None:
+        """Keep what an earlier runner of this matrix recorded: creation time, attempts,
+        start/finish times and the reasons of earlier failures."""
+        try:
+            old = json.loads((self.matrix_dir / MATRIX_FILE).read_text(encoding="utf-8"))
+            self.created_at = old.get("created_at") or self.created_at
+            entries = {e["run_id"]: e for e in old.get("runs", []) if isinstance(e, dict)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        for run in self.runs:
+            entry = entries.get(run.spec.run_id)
+            if not entry:
+                continue
+            run.attempts = int(entry.get("attempts") or 0)
+            run.started_at = entry.get("started_at")
+            run.finished_at = entry.get("finished_at")
+            run.error = entry.get("error")
+            run.log_tail = entry.get("log_tail")
+
+    # -- states ---------------------------------------------------------------------------------
+
+    def classify(self) -> list[Run]:
+        """Set each run's status from its metrics.json; return the runs to launch, in order."""
+        queue = []
+        for run in self.runs:
+            path = run.metrics_path
+            doc = None
+            if path.exists():
+                try:
+                    doc = read_metrics(path)
+                except MetricsError as e:
+                    moved = set_aside_corrupt(path)
+                    self.say(
+                        f"{run.spec.run_id}: metrics.json is unreadable ({e}); moved to "
+                        f"{moved.name}, this run trains again (from its checkpoint if any)"
+                    )
+            if doc is not None:
+                run.note_metrics(doc)
+                run.metrics_mtime = path.stat().st_mtime
+            status = (doc or {}).get("summary", {}).get("status")
+            if status == STATUS_COMPLETED:
+                run.status = STATUS_COMPLETED
+                run.error = run.log_tail = None
+            elif status == STATUS_FAILED and not self.rerun_failed:
+                run.status = STATUS_FAILED
+                run.error = (
+                    doc["summary"].get("error") or run.error or "failed (no reason recorded)"
+                )
+            else:
+                run.status = STATUS_PENDING
+                run.error = run.log_tail = None
+                queue.append(run)
+        return queue
+
+    # -- launching ------------------------------------------------------------------------------
+
+    def launch(self, run: Run, slot: str | None) -> None:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
+        run.attempts += 1
+        run.started_at = _utc_now()
+        run.finished_at = None
+        run.slot = slot
+        resuming = (run.run_dir / LAST_CHECKPOINT).exists()
+        cmd = [*self.child_cmd, str(run.run_dir / RUN_FILE)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        elif self.slot_count > 1 and "OMP_NUM_THREADS" not in env:
+            # Parallel CPU runs: without this every child starts one thread per core and
+            # they all slow each other down.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slot_count))
+        log_path = run.run_dir / LOG_FILE
+        with open(log_path, "ab") as log:
+            run.log_offset = log.tell()
+            device = f" CUDA_VISIBLE_DEVICES={slot}" if slot is not None else ""
+            header = (
+                f"===== attempt {run.attempts} started {run.started_at} by runner pid "
+                f"{os.getpid()}{device}: {' '.join(cmd)}\n"
+            )
+            log.write(header.encode())
+            log.flush()
+            run.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # the terminal's Ctrl-C reaches the runner only
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                pass_fds=(self.lock.fileno,),
+            )
+        run.status = STATUS_RUNNING
+        run.error = run.log_tail = None
+        run.interrupted = False
+        where = f" on GPU {slot}" if slot is not None else ""
+        state = f"resuming after epoch {run.epochs_done}" if resuming else "starting"
+        self.say(f"{run.spec.run_id}: {state}{where} (attempt {run.attempts})")
+        if self.stop_signal is not None:  # the signal came while the child was being created
+            _signal_child(run, self.stop_signal)
+
+    # -- finishing ------------------------------------------------------------------------------
+
+    def read_log_tail(self, run: Run) -> str | None:
+        try:
+            with open(run.run_dir / LOG_FILE, "rb") as f:
+                f.seek(run.log_offset)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        lines = text.splitlines()[1:]  # without the attempt header
+        tail = "\n".join(lines[-LOG_TAIL_LINES:])[-LOG_TAIL_CHARS:]
+        return tail or None
+
+    def finish(self, run: Run, returncode: int) -> None:
+        run.process = None
+        self.free_slots.append(run.slot)
+        run.finished_at = _utc_now()
+        doc = None
+        try:
+            doc = read_metrics(run.metrics_path)
+            run.note_metrics(doc)
+        except MetricsError:
+            pass
+        status = (doc or {}).get("summary", {}).get("status")
+        if returncode == 0 and status == STATUS_COMPLETED:
+            run.status = STATUS_COMPLETED
+            run.error = run.log_tail = None
+            self.say(f"{run.spec.run_id}: completed{self._accuracy(run)}")
+            return
+        if returncode in INTERRUPTED_EXITS:
+            run.status = STATUS_PENDING
+            run.interrupted = True
+            run.finished_at = None
+            self.say(
+                f"{run.spec.run_id}: stopped after epoch {run.epochs_done} "
+                f"({describe_exit(returncode)}); make continue resumes it"
+            )
+            return
+        run.log_tail = self.read_log_tail(run)
+        if returncode == 0:
+            reason = f"the trainer exited 0 but metrics.json says {status or 'nothing'}"
+        elif status == STATUS_FAILED and doc["summary"].get("error"):
+            reason = doc["summary"]["error"]
+        else:
+            reason = describe_exit(returncode)
+            last_line = (run.log_tail or "").strip().splitlines()[-1:]
+            if returncode > 0 and last_line:
+                reason += f": {last_line[0].strip()}"
+        run.status = STATUS_FAILED
+        run.error = reason
+        record_failure(run.spec, reason)
+        self.say(f"{run.spec.run_id}: FAILED: {reason} (log: {run.run_dir / LOG_FILE})")
+
+    @staticmethod
+    def _accuracy(run: Run) -> str:
+        if run.latest_top1 is None:
+            return ""
+        return f", top-1 {run.latest_top1:.2f}% after {run.epochs_done} epochs"
+
+    # -- progress -------------------------------------------------------------------------------
+
+    def poll_progress(self) -> bool:
+        """Read the metrics.json of running children that changed; True if an epoch ended."""
+        new_epoch = False
+        for run in self.runs:
+            if run.process is None:
+                continue
+            try:
+                mtime = run.metrics_path.stat().st_mtime
+            except OSError:
+                continue
+            if mtime == run.metrics_mtime:
+                continue
+            run.metrics_mtime = mtime
+            before = run.epochs_done
+            try:
+                run.note_metrics(read_metrics(run.metrics_path))
+            except MetricsError:
+                continue  # being replaced right now; read it next time
+            new_epoch |= run.epochs_done > before
+        return new_epoch
+
+    def eta_seconds(self) -> float | None:
+        timings = [s for run in self.runs for s in run.epoch_seconds]
+        if not timings:
+            return None
+        per_epoch = sum(timings) / len(timings)
+        unfinished = [r for r in self.runs if r.status in (STATUS_PENDING, STATUS_RUNNING)]
+        if not unfinished:
+            return 0.0
+        remaining = sum(max(0, r.spec.train.epochs - r.epochs_done) for r in unfinished)
+        return remaining * per_epoch / min(self.slot_count, len(unfinished))
+
+    def progress_line(self) -> str:
+        counts = {s: 0 for s in (STATUS_COMPLETED, STATUS_FAILED, STATUS_RUNNING, STATUS_PENDING)}
+        for run in self.runs:
+            counts[run.status] += 1
+        parts = [
+            f"{counts[STATUS_COMPLETED]}/{len(self.runs)} done",
+            f"{counts[STATUS_RUNNING]} running",
+            f"{counts[STATUS_PENDING]} queued",
+        ]
+        if counts[STATUS_FAILED]:
+            parts.append(f"{counts[STATUS_FAILED]} failed")
+        running = []
+        for run in self.runs:
+            if run.status != STATUS_RUNNING:
+                continue
+            acc = f" {run.latest_top1:.1f}%" if run.latest_top1 is not None else ""
+            running.append(f"{run.spec.run_id} {run.epochs_done}/{run.spec.train.epochs}{acc}")
+        eta = self.eta_seconds()
+        line = ", ".join(parts)
+        if running:
+            line += " | " + "; ".join(running)
+        line += f" | ETA {format_duration(eta)}" if eta is not None else " | ETA unknown"
+        return line
+
+    def report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_progress >= HEARTBEAT_SECONDS:
+            self.say(self.progress_line())
+            self.last_progress = now
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        # Only flags and kill(2) here: printing from a handler can collide with a print the
+        # main loop is in the middle of. The loop announces the stop.
+        if self.stop_signal is None:
+            self.stop_announced = False
+        self.stop_signal = signum
+        for run in self.runs:
+            _signal_child(run, signum)
+
+    def announce_stop(self) -> None:
+        if self.stop_signal is None or self.stop_announced:
+            return
+        self.stop_announced = True
+        running = sum(r.process is not None for r in self.runs)
+        self.say(
+            f"received {signal.Signals(self.stop_signal).name}: {running} running run(s) save "
+            "their last finished epoch and stop (the same signal again stops them at once)"
+        )
+
+    def stop_children(self, signum: int) -> None:
+        for run in self.runs:
+            _signal_child(run, signum)
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        queue = self.classify()
+        self.write_manifest()
+        done = sum(r.status == STATUS_COMPLETED for r in self.runs)
+        failed_before = sum(r.status == STATUS_FAILED for r in self.runs)
+        self.say(
+            f"matrix {self.matrix_dir.name}: {len(self.runs)} runs, {done} already completed, "
+            f"{failed_before} failed earlier{' (not retried)' if failed_before else ''}, "
+            f"{len(queue)} to run in {self.slot_count} slot(s)"
+        )
+        while True:
+            launching = self.stop_signal is None and not self.stopped_for_failure
+            while launching and queue and self.free_slots:
+                run = queue.pop(0)
+                self.launch(run, self.free_slots.pop(0))
+                self.write_manifest()
+            self.announce_stop()
+            active = [r for r in self.runs if r.process is not None]
+            if not active:
+                break
+            changed = False
+            for run in active:
+                returncode = run.process.poll()
+                if returncode is None:
+                    continue
+                self.finish(run, returncode)
+                changed = True
+                if run.status == STATUS_FAILED and self.fail_fast and not self.stopped_for_failure:
+                    self.stopped_for_failure = True
+                    self.say("fail-fast: stopping the other runs at their next step")
+                    self.stop_children(signal.SIGTERM)
+            if changed:
+                self.write_manifest()
+            if self.poll_progress() or changed:
+                self.report_progress(force=True)
+            else:
+                self.report_progress()
+            time.sleep(POLL_SECONDS)
+        self.write_manifest()
+        return self.summarize_end()
+
+    def summarize_end(self) -> int:
+        completed = [r for r in self.runs if r.status == STATUS_COMPLETED]
+        failed = [r for r in self.runs if r.status == STATUS_FAILED]
+        unfinished = [r for r in self.runs if r.status == STATUS_PENDING]
+        self.say(
+            f"matrix {self.matrix_dir.name}: {len(completed)}/{len(self.runs)} completed, "
+            f"{len(failed)} failed, {len(unfinished)} not finished"
+        )
+        for run in failed:
+            print(f"  FAILED {run.spec.run_id}: {run.error}", file=self.out)
+        if failed and not self.rerun_failed:
+            print("  (make test-matrix RERUN_FAILED=1 retries failed runs)", file=self.out)
+        if unfinished:
+            print(
+                f"  {len(unfinished)} run(s) not finished; make continue resumes them",
+                file=self.out,
+            )
+        self.out.flush()
+        if self.stop_signal is not None:
+            return EXIT_INTERRUPTED
+        if failed:
+            return EXIT_FAILED
+        if unfinished:  # a child was stopped by a signal from outside the runner
+            return EXIT_INTERRUPTED
+        return EXIT_OK
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def record_failure(spec: RunSpec, reason: str) -> None:
+    """Make the run's metrics.json say `failed` with `reason`, keeping its epochs.
+
+    The trainer does this itself for failures it sees; a child killed from outside (the OOM
+    killer, a segfault) leaves `running` behind, which would make the next runner relaunch it
+    as if it had only been interrupted. Failed runs are retried only when asked.
+    """
+    path = Path(spec.out_dir) / METRICS_FILE
+    try:
+        doc = read_metrics(path)
+    except MetricsError:
+        doc = None
+    if doc is not None and doc["summary"].get("status") == STATUS_FAILED:
+        return
+    if doc is None:
+        if path.exists():
+            set_aside_corrupt(path)
+        atomic_write_json(path, build_document(spec, [], status=STATUS_FAILED, error=reason))
+        return
+    previous = doc.get("summary") or {}
+    doc["summary"] = summarize(
+        doc["epochs"],
+        spec.pruning.sparsity if spec.pruning.enabled else 0.0,
+        status=STATUS_FAILED,
+        error=reason,
+        total_seconds=previous.get("total_seconds"),
+    )
+    atomic_write_json(path, doc)
+
+
+def run_matrix(
+    specs: list[RunSpec],
+    matrix_dir: Path,
+    *,
+    config_snapshot: dict[str, str],
+    report_settings: dict,
+    jobs: int = 1,
+    gpus: list[str] | None = None,
+    rerun_failed: bool = False,
+    fail_fast: bool = False,
+    child_cmd: list[str] | None = None,
+    out: IO[str] = sys.stdout,
+) -> int:
+    """Run every spec that is not finished yet; return the exit code (see the module doc).
+
+    `child_cmd` is the command prefix of a child; the run's run.json path is appended
+    (default: `python -m lib.train`).
+    """
+    matrix_dir = Path(matrix_dir)
+    runner = None
+    try:
+        slots = _slots(jobs, gpus)
+        specs = _with_run_dirs(list(specs), matrix_dir)
+        _prepare_matrix_dir(matrix_dir)
+        runner = _Runner(
+            specs,
+            matrix_dir,
+            config_snapshot=config_snapshot,
+            report_settings=report_settings,
+            slots=slots,
+            rerun_failed=rerun_failed,
+            fail_fast=fail_fast,
+            child_cmd=child_cmd or default_child_cmd(),
+            out=out,
+        )
+        try:
+            takeover = runner.lock.acquire()
+        except PermissionError as e:
+            raise RunnerRefused(
+                f"results directory {matrix_dir} is not writable ({e.strerror}); set "
+                "CONFIG_RESULTS_DIR to a writable place"
+            ) from None
+        if takeover:
+            runner.say(takeover)
+        check_configurations(runner.runs)
+        runner.carry_over_manifest()
+    except (RunnerRefused, LockHeld) as e:
+        if runner is not None:
+            runner.lock.release()
+        print(f"error: {e}", file=out, flush=True)
+        return EXIT_REFUSED
+
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, runner.on_signal)
+    try:
+        return runner.execute()
+    except BaseException:
+        # Something broke in the runner itself: never leave children training unsupervised.
+        runner.stop_children(signal.SIGTERM)
+        for run in runner.runs:
+            if run.process is not None:
+                run.process.wait()
+        raise
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        runner.lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run
+# ---------------------------------------------------------------------------------------------
+
+STATE_DONE = "done"
+STATE_FAILED = "failed"
+STATE_RESUMABLE = "resumable"
+STATE_NEW = "new"
+STATE_CHANGED = "CHANGED"
+
+
+def _speed_key(spec_dict: dict[str, Any]) -> tuple:
+    """Runs whose epochs take comparable time: same network, data, size and device."""
+    return (
+        spec_dict["model"]["name"],
+        spec_dict["data"]["name"],
+        spec_dict["data"]["image_size"],
+        spec_dict["train"]["batch_size"],
+        spec_dict["train"]["max_steps_per_epoch"],
+        spec_dict["train"]["device"],
+    )
+
+
+def seconds_per_epoch(results_root: Path) -> tuple[dict[tuple, float], float | None]:
+    """Mean seconds per epoch of the completed runs under `results_root`, per speed key and
+    over all of them."""
+    per_key: dict[tuple, list[float]] = {}
+    for path in sorted(Path(results_root).glob(f"*/*/{METRICS_FILE}")):
+        try:
+            doc = read_metrics(path)
+            summary = doc["summary"]
+            if summary.get("status") != STATUS_COMPLETED or not summary.get("epochs_completed"):
+                continue
+            per_epoch = float(summary["total_seconds"]) / summary["epochs_completed"]
+            key = _speed_key(doc["spec"])
+        except (MetricsError, KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(per_epoch) and per_epoch > 0:
+            per_key.setdefault(key, []).append(per_epoch)
+    means = {k: sum(v) / len(v) for k, v in per_key.items()}
+    everything = [s for v in per_key.values() for s in v]
+    return means, (sum(everything) / len(everything) if everything else None)
+
+
+def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
+    """(state, epochs already trained) of a planned run, from its directory."""
+    try:
+        recorded = _recorded_identity(run_dir)
+    except RunnerRefused:
+        return STATE_CHANGED, 0
+    if recorded is not None and identity_differences(recorded[1], spec.identity()):
+        return STATE_CHANGED, 0
+    try:
+        doc = read_metrics(run_dir / METRICS_FILE)
+    except MetricsError:
+        doc = None
+    trained = len(doc["epochs"]) if doc else 0
+    status = doc["summary"].get("status") if doc else None
+    if status == STATUS_COMPLETED:
+        return STATE_DONE, trained
+    if status == STATUS_FAILED:
+        return STATE_FAILED, trained
+    if doc is not None or (run_dir / LAST_CHECKPOINT).exists():
+        return STATE_RESUMABLE, trained
+    return STATE_NEW, 0
+
+
+def format_plan(specs: list[RunSpec], results_root: Path) -> str:
+    """The dry-run text: one line per run, the counts, and an estimated duration."""
+    results_root = Path(results_root)
+    means, overall = seconds_per_epoch(results_root)
+    rows = []
+    counts: dict[str, int] = {}
+    remaining_seconds = 0.0
+    without_comparable = 0  # runs estimated from the mean of unlike runs
+    for spec in specs:
+        state, trained = plan_state(spec, results_root / spec.matrix / spec.run_id)
+        counts[state] = counts.get(state, 0) + 1
+        p = spec.pruning
+        pruning = f"{p.method} {sparsity_token(p.sparsity)}" if p.enabled else "none"
+        epochs = f"{trained}/{spec.train.epochs}" if trained else f"{spec.train.epochs}"
+        rows.append(
+            (
+                spec.run_id,
+                spec.optimizer.label,
+                pruning,
+                f"seed {spec.seed}",
+                f"{epochs} epochs",
+                state,
+            )
+        )
+        if state in (STATE_RESUMABLE, STATE_NEW) and overall is not None:
+            per_epoch = means.get(_speed_key(spec.to_dict()))
+            if per_epoch is None:
+                per_epoch = overall
+                without_comparable += 1
+            remaining_seconds += per_epoch * max(0, spec.train.epochs - trained)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    order = (STATE_DONE, STATE_FAILED, STATE_RESUMABLE, STATE_NEW, STATE_CHANGED)
+    lines.append(
+        f"{len(specs)} runs: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in order if counts.get(s))
+    )
+    to_train = counts.get(STATE_RESUMABLE, 0) + counts.get(STATE_NEW, 0)
+    if counts.get(STATE_FAILED):
+        lines.append("failed runs are retried only with RERUN_FAILED=1")
+    if counts.get(STATE_CHANGED):
+        lines.append(
+            "CHANGED: the run's directory holds another configuration; test-matrix refuses "
+            "to start (set another CONFIG_MATRIX_NAME or move the directory away)"
+        )
+    if to_train == 0:
+        lines.append("nothing left to train")
+    elif overall is None:
+        lines.append(f"estimated duration: unknown (no completed runs under {results_root}/)")
+    else:
+        note = (
+            f"; {without_comparable} run(s) have no completed run with the same model, data, "
+            "batch and device, so they use the mean of all"
+            if without_comparable
+            else ""
+        )
+        lines.append(
+            f"estimated duration: {format_duration(remaining_seconds)} one run at a time "
+            f"(from earlier completed runs' seconds per epoch{note})"
+        )
+    return "\n".join(lines)
