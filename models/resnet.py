@@ -1,0 +1,44 @@
+"""ResNet-50 / ResNet-18 from torchvision's architectures, with an ImageNet or a CIFAR stem."""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+from lib.spec import MODELS, STEMS, ModelSpec
+
+_ARCHITECTURES = {
+    "resnet50": torchvision.models.resnet50,
+    "resnet18": torchvision.models.resnet18,
+}
+
+
+def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
+    """Build a randomly initialised torchvision ResNet (`weights=None`).
+
+    The `cifar` stem swaps the 7x7/2 convolution and the max-pool for a 3x3/1 convolution, the
+    usual adaptation for 32x32 inputs (He et al. 2016, section 4.2): on small images the
+    ImageNet stem would shrink a 32x32 input to 8x8 before the first residual stage.
+    torchvision's own initialisation (Kaiming normal, fan_out) is applied to the new conv so
+    both stems start from the same distribution.
+    """
+    if spec.name not in _ARCHITECTURES:
+        raise ValueError(
+            f"model name {spec.name!r} is not supported; accepted: {', '.join(MODELS)}"
+        )
+    if spec.stem not in STEMS:
+        raise ValueError(f"model stem {spec.stem!r} is not supported; accepted: {', '.join(STEMS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    model = _ARCHITECTURES[spec.name](weights=None, num_classes=num_classes)
+    if spec.stem == "cifar":
+        stem_conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(stem_conv.weight, mode="fan_out", nonlinearity="relu")
+        model.conv1 = stem_conv
+        model.maxpool = nn.Identity()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (ResNet-50, 1000 classes: 25,557,032)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
