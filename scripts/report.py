@@ -560,7 +560,7 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
                 md_escape(str(device)),
                 fmt_num(peaks["cuda_allocated_mb"], 1),
                 fmt_num(peaks["cuda_reserved_mb"], 1),
-                fmt_num(peaks["cpu_rss_mb"], 1),
+                fmt_num(peaks["cpu_rss_mb"], 1) + (" †" if peaks["cpu_rss_lifetime"] else ""),
                 fmt_num(state["optimizer_per_param"], 2),
                 fmt_num(state["pruning_per_prunable_param"], 2),
                 fmt_num(state["extra_per_prunable_param"], 2),
@@ -574,7 +574,8 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
         "*CPU peak RSS* is the resident set of the whole training process (interpreter, "
         "libraries, data), not comparable with CUDA allocations. State bytes are measured from "
         "the tensors: optimizer state per parameter, pruning state (masks, scores) per prunable "
-        "parameter, and the bytes beyond AdamW's `m` and `v` per prunable parameter.",
+        "parameter, and the bytes beyond AdamW's `m` and `v` per prunable parameter. "
+        "Device-wide figures (NVML) include other processes and are never shown as a run's own.",
         "",
     ]
     if not rows:
@@ -613,6 +614,11 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
             rows,
         )
     )
+    if any(r.peak_memory()["cpu_rss_lifetime"] for r in results.runs):
+        lines += [
+            "",
+            "† The process's lifetime peak RSS: this system could not reset the peak per epoch.",
+        ]
     lines += ["", "</details>"]
     return "\n".join(lines)
 

@@ -33,8 +33,12 @@ STATUS_UNREADABLE = "unreadable"  # metrics.json exists but is corrupt or of ano
 # What a report says about runs that are not (yet) part of the numbers, in this order.
 UNFINISHED_ORDER = (STATUS_FAILED, STATUS_UNREADABLE, STATUS_RUNNING, STATUS_PENDING)
 
+# lib.memory's `memory_kind` values. The lifetime RSS is the process's peak since it started
+# (where the per-epoch peak cannot be reset); it is still the run's own process.
 MEMORY_CUDA = "cuda_allocated"
 MEMORY_CPU_RSS = "cpu_rss"
+MEMORY_CPU_RSS_LIFETIME = "cpu_rss_lifetime"
+MEMORY_CPU_KINDS = (MEMORY_CPU_RSS, MEMORY_CPU_RSS_LIFETIME)
 
 
 class ReportError(Exception):
@@ -86,12 +90,15 @@ class RunResult:
         cpu_rss = [
             e["peak_memory_mb"]
             for e in self.epochs
-            if e.get("memory_kind") == MEMORY_CPU_RSS and e.get("peak_memory_mb") is not None
+            if e.get("memory_kind") in MEMORY_CPU_KINDS and e.get("peak_memory_mb") is not None
         ]
         return {
             "cuda_allocated_mb": max(cuda_allocated) if cuda_allocated else None,
             "cuda_reserved_mb": max(cuda_reserved) if cuda_reserved else None,
             "cpu_rss_mb": max(cpu_rss) if cpu_rss else None,
+            "cpu_rss_lifetime": any(
+                e.get("memory_kind") == MEMORY_CPU_RSS_LIFETIME for e in self.epochs
+            ),
         }
 
     def state_bytes_per_param(self) -> dict[str, float | None]:
@@ -228,7 +235,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
     # (a run killed from outside still says `running` in its metrics.json).
     if summary_status in (STATUS_COMPLETED, STATUS_FAILED):
         status = summary_status
-    elif planned_status in (STATUS_FAILED, STATUS_RUNNING):
+    elif planned_status in (STATUS_FAILED, STATUS_RUNNING, STATUS_PENDING):
         status = planned_status
     else:
         status = STATUS_RUNNING
@@ -237,13 +244,18 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         error = _first_line(entry.get("log_tail")) or "no error recorded"
     result.status = status
     result.reason = error if status == STATUS_FAILED else None
+    if status == STATUS_PENDING and metrics["epochs"]:
+        result.reason = (
+            f"interrupted after {len(metrics['epochs'])} epochs; `make continue` resumes it"
+        )
     result.epochs = sorted(metrics["epochs"], key=lambda e: e["epoch"])
     try:
         result.summary = summarize(
             result.epochs,
             target,
-            status=status,
-            error=result.reason,
+            # An interrupted (pending) run's summary is the trainer's last word: running.
+            status=STATUS_RUNNING if status == STATUS_PENDING else status,
+            error=result.reason if status == STATUS_FAILED else None,
             total_seconds=(metrics.get("summary") or {}).get("total_seconds"),
         )
     except (KeyError, TypeError) as e:

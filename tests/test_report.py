@@ -610,3 +610,28 @@ def test_compare_rejects_baseline_and_unknown_matrix(tmp_path: Path, capsys) -> 
     args = ["--results-dir", str(tmp_path), "--compare", "ma", "ma", "--baseline", BASELINE]
     assert report.main(args) == 2
     assert "not accepted with --compare" in capsys.readouterr().err
+
+
+def test_interrupted_run_and_lifetime_rss_are_labelled(tmp_path: Path) -> None:
+    runs = seed_like_runs()[:1]
+    # Interrupted: the trainer's file still says running, the runner set it back to pending.
+    runs.append(
+        FakeRun(
+            "adamwspam", "magnitude", 0.5, 0, [50.0, 55.0], status="running",
+            plan_status="pending", planned_epochs=12, memory_kind="cpu_rss_lifetime",
+            peak_mb=2048.0,
+        )
+    )  # fmt: skip
+    text = report.write_report(write_matrix(tmp_path, "interrupted", runs)).read_text()
+    row = row_for(
+        table_rows(text, "## Unfinished and failed runs"),
+        "`resnet50_adamwspam_magnitude_s50_seed0`",
+    )
+    assert row[1:] == [
+        "**pending**",
+        "2/12",
+        "interrupted after 2 epochs; `make continue` resumes it",
+    ]
+    memory = row_for(table_rows(text, "#### Memory per run"), row[0])
+    assert memory[2:5] == ["—", "—", "2,048.0 †"]
+    assert "† The process's lifetime peak RSS" in text
