@@ -116,7 +116,16 @@ def _status_rank(status: str) -> int:
     return order.index(status) if status in order else len(order)
 
 
+def dense_key_of(key: str) -> str:
+    """The dense method of the same optimizer: `adamwspam_magnitude` -> `adamwspam_dense`."""
+    return key.partition("_")[0] + "_dense"
+
+
 def build_cell(results: MatrixResults, key: str, sparsity: float) -> Cell:
+    """The replicates of `key` at `sparsity`. At 0% a pruning method *is* its optimizer's
+    dense run, so a pruned method's 0% cell is that dense run (and `Cell.key` says so)."""
+    if sparsity == 0 and not results.cell(key, 0.0):
+        key = dense_key_of(key)
     runs = tuple(sorted(results.cell(key, sparsity), key=lambda r: r.seed))
     # Only finished runs are numbers: a running run's best so far is not its result.
     done = [r for r in runs if r.completed and r.summary]
@@ -146,7 +155,8 @@ def fmt_estimate(value: Estimate | None, cell: Cell, bold: bool = False) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    methods: list[str]  # column order: candidate, baseline, then the rest as planned
+    methods: list[str]  # every method: candidate, baseline, then the rest as planned
+    columns: list[str]  # the accuracy tables' columns: `methods` less the folded dense ones
     baseline: str | None
     candidate: str | None
     notes: list[str]
@@ -184,13 +194,22 @@ def resolve_comparison(
             notes.append(f"The configured candidate `{candidate}` has no runs in this matrix.")
             candidate = None
         if candidate is None:
-            candidate = next((k for k in keys if k.startswith(ADAMWPRUNE_PREFIX)), None)
+            # The first AdamWPrune method that prunes; its dense control is not a candidate.
+            adamwprune = [k for k in keys if k.startswith(ADAMWPRUNE_PREFIX)]
+            pruning = [k for k in adamwprune if not k.endswith("_dense")]
+            candidate = (pruning or adamwprune or [None])[0]
     if candidate is not None and candidate == baseline:
         notes.append("Candidate and baseline are the same method; no Improvement column.")
         baseline = None
     ordered = [k for k in (candidate, baseline) if k is not None]
     ordered += [k for k in keys if k not in ordered]
-    return Comparison(methods=ordered, baseline=baseline, candidate=candidate, notes=notes)
+    # A dense method whose optimizer also has a pruning column is that column's 0% row.
+    pruned_keys = [k for k in ordered if not k.endswith("_dense")]
+    folded = {dense_key_of(k) for k in pruned_keys}
+    columns = [k for k in ordered if k not in folded or k in (candidate, baseline)]
+    return Comparison(
+        methods=ordered, columns=columns, baseline=baseline, candidate=candidate, notes=notes
+    )
 
 
 # --------------------------------------------------------------------------- sections
@@ -281,13 +300,15 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
     return "\n".join(lines)
 
 
+def _distinct_scored(cells: list[Cell], attr: str) -> list[Cell]:
+    """Cells with a number, best first, each method once (dense runs can fill two columns)."""
+    unique = {c.key: c for c in cells if getattr(c, attr) is not None}
+    return sorted(unique.values(), key=lambda c: getattr(c, attr).mean, reverse=True)
+
+
 def _row_leader(cells: list[Cell], attr: str) -> Cell | None:
     """The cell with the highest mean; None for fewer than two numbers or a tie as shown."""
-    scored = sorted(
-        (c for c in cells if getattr(c, attr) is not None),
-        key=lambda c: getattr(c, attr).mean,
-        reverse=True,
-    )
+    scored = _distinct_scored(cells, attr)
     if len(scored) < 2:
         return None
     if round(getattr(scored[0], attr).mean, 2) == round(getattr(scored[1], attr).mean, 2):
@@ -320,7 +341,7 @@ def _cells_by_sparsity(
     results: MatrixResults, comparison: Comparison
 ) -> list[tuple[float, dict[str, Cell]]]:
     return [
-        (s, {k: build_cell(results, k, s) for k in comparison.methods})
+        (s, {k: build_cell(results, k, s) for k in comparison.columns})
         for s in results.sparsities()
     ]
 
@@ -336,7 +357,7 @@ def _multi_seed(grid: list[tuple[float, dict[str, Cell]]]) -> bool:
 def accuracy_table(
     grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison, attr: str
 ) -> str:
-    header = ["Sparsity"] + [method_display_name(k) for k in comparison.methods]
+    header = ["Sparsity"] + [method_display_name(k) for k in comparison.columns]
     with_improvement = comparison.candidate is not None and comparison.baseline is not None
     if with_improvement:
         header.append("Improvement")
@@ -345,30 +366,35 @@ def accuracy_table(
         if all(not c.runs for c in cells.values()):
             continue
         leader = _row_leader(list(cells.values()), attr)
+        candidate_leads = (
+            leader is not None
+            and comparison.candidate is not None
+            and cells[comparison.candidate].key == leader.key
+        )
         label = fmt_sparsity(sparsity)
-        if leader is not None and leader.key == comparison.candidate:
+        if candidate_leads:
             label = f"**{label}**"
         row = [label]
-        for key in comparison.methods:
+        for key in comparison.columns:
             cell = cells[key]
-            row.append(fmt_estimate(getattr(cell, attr), cell, bold=cell is leader))
+            bold = leader is not None and cell.key == leader.key
+            row.append(fmt_estimate(getattr(cell, attr), cell, bold=bold))
         if with_improvement:
             diff = _difference(cells, comparison, attr)
-            candidate_leads = leader is not None and leader.key == comparison.candidate
             row.append(_improvement_text(diff, bold=candidate_leads))
         rows.append(row)
     return md_table(header, rows)
 
 
 def interval_table(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
-    header = ["Sparsity"] + [method_display_name(k) for k in comparison.methods]
+    header = ["Sparsity"] + [method_display_name(k) for k in comparison.columns]
     with_improvement = comparison.candidate is not None and comparison.baseline is not None
     if with_improvement:
         header.append("Improvement (Welch)")
     rows = []
     for sparsity, cells in grid:
         row = [fmt_sparsity(sparsity)]
-        for key in comparison.methods:
+        for key in comparison.columns:
             best = cells[key].best
             if best is None:
                 row.append("—")
@@ -413,11 +439,7 @@ def section_executive_summary(
     lines = ["## Executive Summary", ""]
     any_numbers = False
     for sparsity, cells in grid:
-        scored = sorted(
-            (c for c in cells.values() if c.best is not None),
-            key=lambda c: c.best.mean,
-            reverse=True,
-        )
+        scored = _distinct_scored(list(cells.values()), "best")
         where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
         if not scored:
             continue
@@ -498,17 +520,29 @@ def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comp
         accuracy_table(grid, comparison, "best"),
         "",
     ]
+    folded = sorted(
+        {c.key for s, cells in grid if s == 0 for k, c in cells.items() if c.key != k and c.runs}
+    )
+    if folded:
+        names = ", ".join(method_display_name(k) for k in folded)
+        lines += [
+            "",
+            "The 0% (dense) row shows each optimizer's dense run under its pruning methods' "
+            f"columns ({names}): without pruning the methods are the same training.",
+        ]
     if comparison.baseline and comparison.candidate:
-        lines.append(
+        lines += [
+            "",
             f"*Improvement* = {method_display_name(comparison.candidate)} − "
-            f"{method_display_name(comparison.baseline)}, in percentage points."
-        )
+            f"{method_display_name(comparison.baseline)}, in percentage points.",
+        ]
     if multi:
-        lines.append(
+        lines += [
+            "",
             "Cells with several seeds show mean ± sample standard deviation (ddof=1). "
             "*(n.s.)*: not significant — the 95% confidence interval of the difference "
-            "(Welch) includes 0."
-        )
+            "(Welch) includes 0.",
+        ]
         lines += [
             "",
             "#### 95% confidence intervals",
@@ -520,10 +554,11 @@ def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comp
             interval_table(grid, comparison),
         ]
     else:
-        lines.append(
+        lines += [
+            "",
             "**One seed per cell: no noise estimate exists.** Differences between methods "
-            "cannot be compared with seed-to-seed variation; run more seeds to judge them."
-        )
+            "cannot be compared with seed-to-seed variation; run more seeds to judge them.",
+        ]
     lines += [
         "",
         "### Final Accuracy",
@@ -734,7 +769,16 @@ def section_unfinished(results: MatrixResults, comparison: Comparison) -> str:
     lines.append(md_table(["Run", "Status", "Epochs done", "Reason"], rows))
     tails = [r for r in runs if r.status == STATUS_FAILED and r.log_tail]
     for run in tails:
-        lines += ["", f"Last log lines of `{run.run_id}`:", "", "```", run.log_tail.rstrip(), "```"]
+        lines += [
+            "",
+            f"<details><summary>Last log lines of <code>{run.run_id}</code></summary>",
+            "",
+            "```",
+            run.log_tail.rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
     return "\n".join(lines)
 
 

@@ -635,3 +635,19 @@ def test_interrupted_run_and_lifetime_rss_are_labelled(tmp_path: Path) -> None:
     memory = row_for(table_rows(text, "#### Memory per run"), row[0])
     assert memory[2:5] == ["—", "—", "2,048.0 †"]
     assert "† The process's lifetime peak RSS" in text
+
+
+def test_dense_runs_fill_the_zero_row_and_are_never_the_default_candidate(tmp_path: Path) -> None:
+    runs = [
+        FakeRun("adamwprune", "none", 0.0, 0, [76.0] * 3),  # the candidate's dense control
+        FakeRun("adamwspam", "none", 0.0, 0, [75.5] * 3),
+        FakeRun("adamwprune", "state", 0.5, 0, [74.0] * 3),
+        FakeRun("adamwspam", "magnitude", 0.5, 0, [73.0] * 3),
+    ]
+    text = report.write_report(write_matrix(tmp_path, "dense", runs)).read_text()
+    rows = table_rows(text, "### Accuracy Comparison")
+    assert rows == [
+        ["**0% (dense)**", "**76.00%**", "75.50%", "**+0.50%**"],
+        ["**50%**", "**74.00%**", "73.00%", "**+1.00%**"],
+    ]
+    assert "— candidate" in text.split("`adamwprune-adamw_state-hybrid`")[1].splitlines()[0]
