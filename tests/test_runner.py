@@ -338,6 +338,7 @@ def test_corrupt_metrics_is_set_aside_and_only_that_run_reruns(tmp_path, monkeyp
 
 LOCK_HOLDER = """
 import sys, time
+from lib.lock import MatrixLock
 MatrixLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
