@@ -463,6 +463,11 @@ def render_plots(
             f"{', '.join(PLOT_KINDS)}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Plots of an earlier render that this one does not draw (a sparsity level dropped, a plot
+    # switched off) would otherwise sit next to the report as if they were current.
+    for stale in out_dir.glob("*.png"):
+        if any(stale.name.startswith(kind) for kind in PLOT_KINDS):
+            stale.unlink()
     files: list[PlotFile] = []
     for kind in kinds:
         files += PLOTTERS[kind](results, methods, out_dir)

@@ -491,6 +491,9 @@ def test_plots_are_written_embedded_and_non_empty(seed_matrix: Path) -> None:
 
 def test_plot_selection_follows_matrix_json(tmp_path: Path) -> None:
     matrix = write_matrix(tmp_path, "fewplots", seed_like_runs(), plots=["memory"])
+    stale = matrix / "plots" / "accuracy_evolution_s30.png"  # from an earlier render
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
     report.write_report(matrix)
     assert [p.name for p in (matrix / "plots").glob("*.png")] == ["memory.png"]
 
