@@ -535,9 +535,10 @@ class _Runner:
             run.status = STATUS_PENDING
             run.interrupted = True
             run.finished_at = None
+            signum = returncode - 128 if returncode > 0 else -returncode
             self.say(
-                f"{run.spec.run_id}: stopped after epoch {run.epochs_done} "
-                f"({describe_exit(returncode)}); make continue resumes it"
+                f"{run.spec.run_id}: stopped by {signal.Signals(signum).name} after epoch "
+                f"{run.epochs_done}; make continue resumes it"
             )
             return
         run.log_tail = self.read_log_tail(run)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,7 +198,7 @@ def test_runner_killed_with_sigkill_then_continue_completes_each_run_once(tmp_pa
     child_pid = int(events(second)[0][1])
     assert count(matrix_dir / specs[2].run_id, "start") == 0
     # The child must not outlive its runner: a later runner would race it for the same files.
-    wait_for(lambda: not pid_alive(child_pid), timeout=1.0, what="the orphaned child to die")
+    wait_for(lambda: not pid_alive(child_pid), timeout=2.0, what="the orphaned child to die")
     assert count(second, "completed") == 0
     assert manifest(matrix_dir)["runs"][1]["status"] == "running"  # as the dead runner left it
 
@@ -242,6 +243,12 @@ def test_sigterm_to_the_runner_checkpoints_children_and_exits_130(tmp_path):
         runner.kill()
     assert runner.returncode == EXIT_INTERRUPTED, output
     assert "received SIGTERM" in output and "make continue" in output
+    # Progress: counts, each running run's epoch and accuracy, and an ETA from epoch timings.
+    progress = [line for line in output.splitlines() if "2 running" in line]
+    assert any(
+        f"{specs[0].run_id} 1/3 50.0%" in line and re.search(r"ETA \d+s$", line)
+        for line in progress
+    ), output
     for d in dirs:
         assert count(d, "interrupted") == 1 and count(d, "completed") == 0
         assert read_metrics(d / "metrics.json")["summary"]["status"] == STATUS_RUNNING
@@ -406,7 +413,7 @@ def test_one_run_per_gpu_and_the_next_starts_when_a_slot_frees(tmp_path, monkeyp
     specs = [make_spec(seed, epochs=1) for seed in range(4)]
     fake_plan(
         monkeypatch,
-        **{specs[0].run_id: {"epoch_seconds": 2.0}},
+        **{specs[0].run_id: {"epoch_seconds": 3.0}},
         **{"*": {"epoch_seconds": 0.05}},
     )
     matrix_dir = tmp_path / "m"
