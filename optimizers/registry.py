@@ -1,0 +1,119 @@
+"""Build any optimizer x pruning combination from the typed config: one `torch.optim.Optimizer`.
+
+The training loop calls `build_optimizer` and then only `step()` / `zero_grad()` (directly or
+through GradScaler) and an LR scheduler: everything pruning needs happens inside `step()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lib.pruning import Pruner, PruningSchedule, prunable_parameters
+from lib.spec import OPTIMIZERS, PRUNING_METHODS, OptimizerSpec, PruningSpec
+from optimizers.adamwprune import AdamWPrune
+from optimizers.masked import MaskedAdam, MaskedAdamW, MaskedAdamWSPAM, MaskedSGD
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights (ndim > 1); none on biases and normalisation parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+def check_combination(opt: OptimizerSpec, pruning: PruningSpec) -> None:
+    """ValueError naming the invalid optimizer x pruning combination."""
+    if opt.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer={opt.name!r}: must be one of {', '.join(OPTIMIZERS)}")
+    if pruning.method not in PRUNING_METHODS:
+        raise ValueError(
+            f"pruning method={pruning.method!r}: must be one of {', '.join(PRUNING_METHODS)}"
+        )
+    if pruning.method == "state" and opt.name != "adamwprune":
+        raise ValueError(
+            f"optimizer={opt.name!r} with pruning 'state': state pruning needs adamwprune"
+        )
+    if opt.name == "adamwprune" and pruning.method in ("magnitude", "movement"):
+        raise ValueError(
+            f"optimizer 'adamwprune' with pruning {pruning.method!r}: adamwprune prunes by its "
+            "own state (pruning 'state') or runs dense (pruning 'none')"
+        )
+
+
+def build_optimizer(
+    model: nn.Module,
+    opt: OptimizerSpec,
+    pruning: PruningSpec,
+    *,
+    steps_per_epoch: int,
+    keep_ends_dense: bool = False,
+) -> torch.optim.Optimizer:
+    """The optimizer for one run, pruning included (see docs/algorithms.md)."""
+    check_combination(opt, pruning)
+    groups = parameter_groups(model, opt.weight_decay)
+    schedule = PruningSchedule(
+        final_sparsity=pruning.sparsity,
+        start_step=pruning.start_step,
+        end_step=pruning.end_step(steps_per_epoch),
+        interval=pruning.interval,
+        kind=pruning.schedule,
+    )
+    prunable = [p for _, p in prunable_parameters(model, keep_ends_dense)]
+    betas = (opt.beta1, opt.beta2)
+    spam = {
+        "theta": opt.spam_theta,
+        "interval": opt.spam_interval,
+        "warmup_steps": opt.spam_warmup_steps,
+        "clip_delay": opt.spam_clip_delay,
+    }
+
+    if opt.name == "adamwprune":
+        return AdamWPrune(
+            groups,
+            lr=opt.lr,
+            betas=betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            amsgrad=opt.amsgrad,
+            base=opt.prune_base,
+            score=opt.prune_score,
+            sparsity=pruning.sparsity if pruning.method == "state" else 0.0,
+            schedule=pruning.schedule,
+            start_step=schedule.start_step,
+            end_step=schedule.end_step,
+            interval=schedule.interval,
+            scope=pruning.scope,
+            prunable=prunable,
+            foreach=True,
+            **{f"spam_{key}": value for key, value in spam.items()},
+        )
+
+    pruner = None
+    if pruning.enabled:
+        pruner = Pruner(prunable, schedule, score=pruning.method, scope=pruning.scope, eps=opt.eps)
+    if opt.name == "sgd":
+        return MaskedSGD(
+            groups,
+            lr=opt.lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov,
+            foreach=True,
+            pruner=pruner,
+        )
+    if opt.name == "adamwspam":
+        return MaskedAdamWSPAM(groups, lr=opt.lr, betas=betas, eps=opt.eps, pruner=pruner, **spam)
+    adam_class = MaskedAdam if opt.name == "adam" else MaskedAdamW
+    return adam_class(
+        groups,
+        lr=opt.lr,
+        betas=betas,
+        eps=opt.eps,
+        amsgrad=opt.amsgrad or opt.name == "adamwadv",
+        foreach=True,
+        pruner=pruner,
+    )
