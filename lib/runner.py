@@ -497,7 +497,12 @@ class _Runner:
         run.error = run.log_tail = None
         run.interrupted = False
         where = f" on GPU {slot}" if slot is not None else ""
-        state = f"resuming after epoch {run.epochs_done}" if resuming else "starting"
+        if not resuming:
+            state = "starting"
+        elif run.epochs_done:
+            state = f"resuming after epoch {run.epochs_done}"
+        else:  # its metrics.json was set aside: the checkpoint knows how far it got
+            state = f"resuming from {LAST_CHECKPOINT}"
         self.say(f"{run.spec.run_id}: {state}{where} (attempt {run.attempts})")
         if self.stop_signal is not None:  # the signal came while the child was being created
             _signal_child(run, self.stop_signal)

@@ -487,6 +487,7 @@ def test_format_plan_shows_states_counts_and_an_estimate(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_trainer_runs_a_tiny_matrix(tmp_path):
     specs = [make_spec(0, epochs=2), make_spec(1, epochs=1, sparsity=0.5)]
     # Prune from the first step, so the tiny run reaches its target.
