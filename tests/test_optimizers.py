@@ -1,0 +1,184 @@
+"""The registry: every optimizer x pruning combination from the typed config, as the loop uses it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity
+from lib.spec import OPTIMIZERS, PRUNE_BASES, OptimizerSpec, PruningSpec
+from optimizers import AdamWPrune, AdamWSPAM, build_optimizer
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+STEPS_PER_EPOCH = 4
+# Pruning from step 2 to the end of epoch 2 (step 8), masks every 2 steps.
+PRUNING = {"sparsity": 0.6, "start_step": 2, "end_epoch": 2, "interval": 2}
+
+VALID = [(name, "none") for name in OPTIMIZERS]
+VALID += [(name, method) for name in OPTIMIZERS if name != "adamwprune"
+          for method in ("magnitude", "movement")]  # fmt: skip
+VALID += [("adamwprune", "state")]
+
+
+def loop_like_train(model, optimizer, steps, scaler=None, clip=1.0):
+    """What lib/train does: backward, unscale + clip, (scaler.)step, zero_grad, LambdaLR."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    generator = torch.Generator().manual_seed(5)
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 8, 8, generator=generator)
+        y = torch.randint(0, 10, (4,), generator=generator)
+        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    return scheduler
+
+
+@pytest.mark.parametrize("name, method", VALID)
+def test_every_valid_combination_is_one_optimizer_that_prunes_inside_step(name, method):
+    model = tiny_model()
+    spec = OptimizerSpec(name=name)
+    pruning = PruningSpec(method=method, **PRUNING)
+    optimizer = build_optimizer(model, spec, pruning, steps_per_epoch=STEPS_PER_EPOCH)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == spec.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+    scheduler = loop_like_train(model, optimizer, steps=10)
+    sparsity, _ = measure_sparsity(model)
+    if method == "none":
+        assert sparsity == 0.0 and scheduled_sparsity(optimizer) == 0.0
+    else:
+        total = sum(p.numel() for _, p in prunable_parameters(model))
+        assert sparsity == (total - round(0.4 * total)) / total
+        assert scheduled_sparsity(optimizer) == 0.6
+    assert scheduler.get_last_lr()[0] == pytest.approx(spec.lr / 11)
+
+
+def test_the_optimizer_classes_behind_the_names():
+    model = tiny_model()
+
+    def build(name, method="none", **fields):
+        return build_optimizer(model, OptimizerSpec(name=name, **fields),
+                               PruningSpec(method=method, **PRUNING), steps_per_epoch=4)  # fmt: skip
+
+    assert isinstance(build("sgd"), torch.optim.SGD)
+    assert build("sgd").param_groups[0]["momentum"] == 0.9
+    adam = build("adam")
+    assert isinstance(adam, torch.optim.Adam) and not isinstance(adam, torch.optim.AdamW)
+    adamwadv = build("adamwadv")
+    assert isinstance(adamwadv, torch.optim.AdamW) and adamwadv.param_groups[0]["amsgrad"]
+    assert not build("adamw").param_groups[0]["amsgrad"]
+    spam = build("adamwspam", spam_theta=50.0, spam_interval=1000, spam_warmup_steps=100)
+    assert isinstance(spam, AdamWSPAM)
+    assert (spam.clock.theta, spam.clock.interval, spam.clock.warmup_steps) == (50.0, 1000, 100)
+    for base in PRUNE_BASES:
+        pruned = build("adamwprune", "state", prune_base=base, prune_score="variance")
+        assert isinstance(pruned, AdamWPrune) and pruned.base == base
+        assert pruned.pruner.score == "variance"
+        assert pruned.pruner.schedule.end_step == 2 * 4
+    assert build("adamwprune").pruner is None  # pruning none: the dense base optimizer
+    assert build("adamw", "magnitude").pruner.score == "magnitude"
+
+
+def test_keep_ends_dense_with_nothing_left_to_prune_is_refused():
+    # the tiny model has only a stem and a classifier
+    with pytest.raises(ValueError, match="^prunable: no parameters to prune"):
+        build_optimizer(tiny_model(), OptimizerSpec(name="adamwprune"),
+                        PruningSpec(method="state", **PRUNING), steps_per_epoch=4,
+                        keep_ends_dense=True)  # fmt: skip
+
+
+def test_keep_ends_dense_on_a_deeper_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 3, 8, 8))
+    optimizer = build_optimizer(model, OptimizerSpec(name="sgd"),
+                                PruningSpec(method="magnitude", **PRUNING), steps_per_epoch=4,
+                                keep_ends_dense=True)  # fmt: skip
+    assert optimizer.pruner.params == [model[1].weight]
+    loop_like_train(model, optimizer, steps=9)
+    assert torch.count_nonzero(model[0].weight) == model[0].weight.numel()
+    assert torch.count_nonzero(model[3].weight) == model[3].weight.numel()
+    assert int((model[1].weight == 0).sum()) == 144 - round(0.4 * 144)
+
+
+@pytest.mark.parametrize(
+    "name, method, message",
+    [
+        ("adamw", "state", "optimizer='adamw' with pruning 'state'"),
+        ("sgd", "state", "optimizer='sgd' with pruning 'state'"),
+        ("adamwprune", "magnitude", "optimizer 'adamwprune' with pruning 'magnitude'"),
+        ("adamwprune", "movement", "optimizer 'adamwprune' with pruning 'movement'"),
+        ("lion", "none", "optimizer='lion'"),
+        ("adamw", "snip", "pruning method='snip'"),
+    ],
+)
+def test_invalid_combinations_are_refused_by_name(name, method, message):
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(tiny_model(), OptimizerSpec(name=name), PruningSpec(method=method),
+                        steps_per_epoch=4)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "opt_fields, pruning_fields, name",
+    [
+        ({"name": "adamwprune", "lr": -1.0}, {}, "lr"),
+        ({"name": "adamwprune", "beta1": 1.0}, {}, "betas[0]"),
+        ({"name": "adamwspam", "beta2": 1.5}, {}, "betas[1]"),
+        ({"name": "adamwprune", "prune_base": "sgd"}, {"method": "state"}, "base"),
+        ({"name": "adamwprune", "prune_score": "fisher"}, {"method": "state"}, "score"),
+        ({"name": "adamw"}, {"method": "magnitude", "sparsity": 1.0}, "sparsity"),
+    ],
+)
+def test_bad_hyperparameters_name_the_argument(opt_fields, pruning_fields, name):
+    pruning = {"sparsity": 0.5, **pruning_fields}
+    with pytest.raises(ValueError, match=name.replace("[", r"\[").replace("]", r"\]")):
+        build_optimizer(tiny_model(), OptimizerSpec(**opt_fields), PruningSpec(**pruning),
+                        steps_per_epoch=4)  # fmt: skip
+
+
+@pytest.mark.parametrize("name, method", [("adamwprune", "state"), ("adamwspam", "movement"),
+                                          ("sgd", "magnitude")])  # fmt: skip
+def test_checkpoint_resume_through_the_registry_is_bit_identical(name, method):
+    def build(model):
+        return build_optimizer(model, OptimizerSpec(name=name, prune_base="adamwspam"),
+                               PruningSpec(method=method, **PRUNING), steps_per_epoch=4)  # fmt: skip
+
+    model = tiny_model()
+    optimizer = build(model)
+    loop_like_train(model, optimizer, steps=5)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    loop_like_train(model, optimizer, steps=6)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = tiny_model(seed=9)
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer = build(resumed)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    loop_like_train(resumed, resumed_optimizer, steps=6)
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)

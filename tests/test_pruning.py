@@ -1,0 +1,353 @@
+"""The shared pruning machinery: schedule, exact selection, masking, accounting."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lib.pruning import (
+    Pruner,
+    PruningSchedule,
+    measure_sparsity,
+    prunable_parameters,
+    scheduled_sparsity,
+    select_pruned,
+    state_memory,
+)
+from optimizers import AdamWPrune, AdamWSPAM, MaskedAdam, MaskedAdamW, MaskedAdamWSPAM, MaskedSGD
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def batches(count: int, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(4, 3, 8, 8, generator=generator),
+            torch.randint(0, 10, (4,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def train(model, optimizer, data, after_step=None):
+    for x, y in data:
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step()
+
+
+def groups(model, weight_decay):
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["cubic", "linear"])
+def test_schedule_equals_the_closed_form_at_every_step(kind):
+    schedule = PruningSchedule(0.9, start_step=10, end_step=70, interval=7, kind=kind)
+    for t in range(0, 100):
+        if t <= 10:
+            expected = 0.0
+        elif t >= 70:
+            expected = 0.9
+        else:
+            p = (t - 10) / 60
+            expected = 0.9 * (1 - (1 - p) ** 3) if kind == "cubic" else 0.9 * p
+        assert schedule.sparsity_at(t) == pytest.approx(expected, abs=1e-15), t
+    updates = [t for t in range(100) if schedule.is_update_step(t)]
+    # every `interval` steps from the start, and the end step itself (70 - 10 is not a multiple)
+    assert updates == [10, 17, 24, 31, 38, 45, 52, 59, 66, 70]
+
+
+def test_cubic_is_zhu_gupta_not_the_inverse():
+    schedule = PruningSchedule(0.8, start_step=0, end_step=100)
+    # Fast early: half-way, 7/8 of the final sparsity (the inverse p^3 would give 1/8).
+    assert schedule.sparsity_at(50) == pytest.approx(0.8 * 7 / 8)
+
+
+def test_degenerate_schedule_prunes_to_the_target_at_its_single_update():
+    schedule = PruningSchedule(0.5, start_step=100, end_step=20, interval=50)
+    assert [t for t in range(200) if schedule.is_update_step(t)] == [20]
+    assert schedule.sparsity_at(19) == 0.0
+    assert schedule.sparsity_at(20) == 0.5
+    assert PruningSchedule(0.5, start_step=5, end_step=0).is_update_step(1)
+
+
+# -- exact selection ------------------------------------------------------------------------------
+
+
+def stable_reference(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The definition: the `count` lowest scores, ties broken by position."""
+    order = torch.sort(scores, stable=True).indices
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask[order[:count]] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "name, scores",
+    [
+        ("gaussian", torch.randn(1_200_000, generator=torch.Generator().manual_seed(0))),
+        # few distinct values: huge ties at the threshold
+        ("ties", torch.randint(0, 7, (1_100_000,), generator=torch.Generator().manual_seed(1))),
+        # sorted data defeats a strided sample; -inf mimics already-pruned weights
+        ("sorted", torch.cat([torch.full((300_000,), -torch.inf), torch.arange(900_000.0)])),
+        ("constant", torch.ones(600_000)),
+        # periodic with the sampling stride: the sample sees only the zeros, so the bracket
+        # misses rank k and the exact fallback must run
+        ("periodic", torch.where(torch.arange(1_100_000) % 16 == 0, 0.0, torch.rand(1_100_000))),
+        ("small", torch.tensor([3.0, 1.0, 2.0, 1.0, 5.0])),
+    ],
+)
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.7, 0.999, 1.0])
+def test_select_pruned_is_exact_with_ties_by_position(name, scores, fraction):
+    scores = scores.float()
+    count = round(fraction * scores.numel())
+    mask = select_pruned(scores, count)
+    assert int(mask.sum()) == count
+    assert torch.equal(mask, stable_reference(scores, count))
+
+
+# -- prunable set and measurement -----------------------------------------------------------------
+
+
+def test_prunable_parameters_of_resnet():
+    model = torchvision.models.resnet18(num_classes=10)
+    names = [name for name, _ in prunable_parameters(model)]
+    assert names[0] == "conv1.weight" and names[-1] == "fc.weight"
+    assert "layer1.0.conv1.weight" in names and "layer2.0.downsample.0.weight" in names
+    assert not any("bn" in n or n.endswith("bias") or "downsample.1" in n for n in names)
+    assert len(names) == 21  # 20 convolutions + the classifier
+    dense_ends = [name for name, _ in prunable_parameters(model, keep_ends_dense=True)]
+    assert dense_ends == names[1:-1]
+
+
+def test_measure_sparsity_from_the_weights():
+    model = tiny_model()
+    with torch.no_grad():
+        model[0].weight.view(-1)[:81].zero_()  # 81 of 216
+    sparsity, per_layer = measure_sparsity(model)
+    assert per_layer == {"0.weight": 81 / 216, "3.weight": 0.0, "8.weight": 0.0}
+    assert sparsity == 81 / (216 + 1152 + 160)
+    assert measure_sparsity(model, keep_ends_dense=True) == (0.0, {"3.weight": 0.0})
+
+
+# -- magnitude and movement with every optimizer --------------------------------------------------
+
+MASKED = {
+    "sgd": lambda g, pruner: MaskedSGD(g, lr=0.05, momentum=0.9, pruner=pruner),
+    "sgd-nesterov": lambda g, pruner: MaskedSGD(
+        g, lr=0.05, momentum=0.9, nesterov=True, pruner=pruner
+    ),
+    "adam": lambda g, pruner: MaskedAdam(g, lr=1e-2, pruner=pruner),
+    "adamw": lambda g, pruner: MaskedAdamW(g, lr=1e-2, pruner=pruner),
+    "adamwadv": lambda g, pruner: MaskedAdamW(g, lr=1e-2, amsgrad=True, pruner=pruner),
+    "adamwspam": lambda g, pruner: MaskedAdamWSPAM(
+        g, lr=1e-2, interval=4, clip_delay=1, warmup_steps=2, pruner=pruner
+    ),
+}
+
+
+@pytest.mark.parametrize("optimizer_name", sorted(MASKED))
+@pytest.mark.parametrize("method", ["magnitude", "movement"])
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_methods_prune_exactly_and_keep_weights_and_state_zero(optimizer_name, method, scope):
+    """With weight decay and eps in play, a pruned weight, its gradient and its state stay 0."""
+    model = tiny_model()
+    prunable = [p for _, p in prunable_parameters(model)]
+    schedule = PruningSchedule(0.75, start_step=2, end_step=9, interval=2)
+    pruner = Pruner(prunable, schedule, score=method, scope=scope)
+    optimizer = MASKED[optimizer_name](groups(model, 0.1), pruner)
+
+    previous = []
+
+    def check():
+        zeros = [p == 0 for p in prunable]
+        if previous:
+            for old, new in zip(previous, zeros, strict=True):
+                assert torch.all(old <= new)  # monotone
+        previous[:] = zeros
+        for i, (p, z) in enumerate(zip(prunable, zeros, strict=True)):
+            for key, value in optimizer.state[p].items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    assert torch.all(value[z] == 0), key
+            if pruner.movement_scores is not None:
+                assert torch.all(pruner.movement_scores[i][z] == 0)
+
+    train(model, optimizer, batches(14), after_step=check)
+    if scope == "global":
+        total = sum(p.numel() for p in prunable)
+        assert sum(int((p == 0).sum()) for p in prunable) == total - round(0.25 * total)
+    else:
+        for p in prunable:
+            assert int((p == 0).sum()) == p.numel() - round(0.25 * p.numel())
+    assert scheduled_sparsity(optimizer) == 0.75
+
+
+def test_movement_score_is_minus_the_sum_of_gradient_times_weight():
+    model = tiny_model()
+    prunable = [p for _, p in prunable_parameters(model)]
+    pruner = Pruner(prunable, PruningSchedule(0.5, start_step=50, end_step=60), score="movement")
+    optimizer = MaskedSGD(model.parameters(), lr=0.1, pruner=pruner)
+    expected = [torch.zeros_like(p) for p in prunable]
+    for x, y in batches(3):
+        nn.functional.cross_entropy(model(x), y).backward()
+        for e, p in zip(expected, prunable, strict=True):
+            e -= p.grad * p.detach()  # with the weights the gradient was computed at
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for e, s in zip(expected, pruner.movement_scores, strict=True):
+        torch.testing.assert_close(s, e, rtol=1e-6, atol=1e-7)
+
+
+def test_movement_keeps_the_highest_scores_not_the_largest_weights():
+    w = nn.Parameter(torch.tensor([[5.0, 4.0, 0.1, 0.2]]))
+    pruner = Pruner([w], PruningSchedule(0.5, start_step=1, end_step=1), score="movement")
+    optimizer = MaskedSGD([w], lr=0.0, pruner=pruner)
+    # S = -g * w: the two small weights move away from zero, the two large ones towards it.
+    w.grad = torch.tensor([[1.0, 1.0, -10.0, -10.0]])
+    optimizer.step()
+    assert torch.equal(w.detach() != 0, torch.tensor([[False, False, True, True]]))
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adamwspam"])
+def test_round_trip_mid_schedule_with_movement(optimizer_name):
+    def make(model):
+        prunable = [p for _, p in prunable_parameters(model)]
+        pruner = Pruner(prunable, PruningSchedule(0.8, 2, 12, 2), score="movement")
+        return MASKED[optimizer_name](groups(model, 0.05), pruner)
+
+    data = batches(16)
+    model = tiny_model()
+    optimizer = make(model)
+    train(model, optimizer, data[:5])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    train(model, optimizer, data[5:])
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = tiny_model(seed=7)
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer = make(resumed)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    train(resumed, resumed_optimizer, data[5:])
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for s, t in zip(optimizer.pruner.movement_scores, resumed_optimizer.pruner.movement_scores,
+                    strict=True):  # fmt: skip
+        assert torch.equal(s, t)
+
+
+def test_a_pruning_optimizer_refuses_a_checkpoint_without_pruning_state():
+    model = tiny_model()
+    plain = torch.optim.AdamW(model.parameters())
+    train(model, plain, batches(1))
+    pruner = Pruner([model[0].weight], PruningSchedule(0.5, 1, 2))
+    with pytest.raises(ValueError, match="no 'pruning' entry"):
+        MaskedAdamW(model.parameters(), pruner=pruner).load_state_dict(plain.state_dict())
+
+
+def test_pruner_must_prune_parameters_of_its_optimizer():
+    model, other = tiny_model(), tiny_model()
+    pruner = Pruner([other[0].weight], PruningSchedule(0.5, 1, 2))
+    with pytest.raises(ValueError, match="^prunable:"):
+        MaskedSGD(model.parameters(), lr=0.1, pruner=pruner)
+
+
+# -- memory accounting ----------------------------------------------------------------------------
+
+
+def test_state_memory_counts_held_tensors():
+    def measured(make_optimizer):
+        model = tiny_model()
+        optimizer = make_optimizer(model)
+        train(model, optimizer, batches(3))
+        return state_memory(optimizer, model), model
+
+    prunable_count = 216 + 1152 + 160
+    all_count = sum(p.numel() for p in tiny_model().parameters())
+
+    dense, _ = measured(lambda m: torch.optim.AdamW(m.parameters()))
+    assert dense == {
+        "optimizer_state_bytes": 8 * all_count,
+        "pruning_state_bytes": 0,
+        "extra_bytes_per_prunable_param": 0.0,
+    }
+
+    def prunable_of(m):
+        return [p for _, p in prunable_parameters(m)]
+
+    state, _ = measured(lambda m: AdamWPrune(m.parameters(), sparsity=0.5, start_step=1,
+                                             end_step=2, prunable=prunable_of(m)))  # fmt: skip
+    assert state == dense  # no buffer of any kind beyond AdamW's
+
+    magnitude, _ = measured(lambda m: MaskedAdamW(
+        m.parameters(), pruner=Pruner(prunable_of(m), PruningSchedule(0.5, 1, 2))))  # fmt: skip
+    assert magnitude == dense
+
+    movement, _ = measured(lambda m: MaskedAdamW(
+        m.parameters(), pruner=Pruner(prunable_of(m), PruningSchedule(0.5, 1, 2), "movement")))  # fmt: skip
+    assert movement["pruning_state_bytes"] == 4 * prunable_count
+    assert movement["extra_bytes_per_prunable_param"] == 4.0
+
+    spam, _ = measured(lambda m: AdamWSPAM(m.parameters()))
+    assert spam["extra_bytes_per_prunable_param"] == 0.0
+
+    amsgrad, _ = measured(lambda m: torch.optim.AdamW(m.parameters(), amsgrad=True))
+    assert amsgrad["extra_bytes_per_prunable_param"] == 4 * all_count / prunable_count
+
+
+def test_scheduled_sparsity_is_zero_for_dense_optimizers():
+    model = tiny_model()
+    assert scheduled_sparsity(torch.optim.SGD(model.parameters(), lr=0.1)) == 0.0
+    assert scheduled_sparsity(AdamWPrune(model.parameters())) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"final_sparsity": 1.0}, "sparsity"),
+        ({"final_sparsity": -0.5}, "sparsity"),
+        ({"kind": "exp"}, "schedule"),
+        ({"interval": 0}, "interval"),
+        ({"start_step": -1}, "start_step"),
+    ],
+)
+def test_bad_schedule_arguments_name_the_argument(kwargs, name):
+    arguments = {"final_sparsity": 0.5, "start_step": 1, "end_step": 10, **kwargs}
+    with pytest.raises(ValueError, match=f"^{name}="):
+        PruningSchedule(**arguments)
+
+
+def test_unknown_score_and_scope_are_refused():
+    w = [nn.Parameter(torch.ones(2, 2))]
+    with pytest.raises(ValueError, match="^score="):
+        Pruner(w, PruningSchedule(0.5, 1, 2), score="snip")
+    with pytest.raises(ValueError, match="^scope="):
+        Pruner(w, PruningSchedule(0.5, 1, 2), scope="row")
