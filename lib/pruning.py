@@ -157,34 +157,36 @@ def _kth_smallest(values: Tensor, k: int) -> Tensor:
     return torch.topk(values, n - k + 1, largest=True, sorted=False).values.min()
 
 
-def _bracketed_kth_smallest(scores: Tensor, k: int) -> Tensor:
-    """Exact k-th smallest value, reading the full tensor in a few cheap elementwise passes.
+def _select_bracketed(scores: Tensor, k: int) -> tuple[Tensor, int, Tensor] | None:
+    """The k-th smallest value, how many scores are below it, and the positions of those equal.
 
     A strided sample estimates the rank-k value; two sample order statistics `lo <= hi`, a few
-    binomial standard deviations either side, bracket it. If the bracket provably contains rank
-    k (counted exactly on the full tensor) the selection runs on the bracket's contents only;
-    otherwise (structured or adversarial data) on everything. The result is exact either way.
+    binomial standard deviations either side, bracket it. The counts are exact (made on the
+    full tensor), so if the bracket provably holds rank k the answer is exact; otherwise
+    (structured or adversarial data) None, and the caller selects over everything.
     """
     n = scores.numel()
-    stride = max(1, n // _SAMPLE_SIZE)
+    stride = n // _SAMPLE_SIZE
     if stride < 8:
-        return _kth_smallest(scores, k)
+        return None
     sample = scores[::stride]
     m = sample.numel()
     quantile = k / n
     margin = _BRACKET_SIGMAS * math.sqrt(m * quantile * (1 - quantile)) + 8
-    lo_rank = max(1, int(quantile * m - margin))
-    hi_rank = min(m, int(quantile * m + margin) + 1)
     ordered = torch.sort(sample).values
-    lo, hi = ordered[lo_rank - 1], ordered[hi_rank - 1]
+    lo = ordered[max(0, int(quantile * m - margin))]
+    hi = ordered[min(m - 1, int(quantile * m + margin))]
     below = scores < lo
     count_below = int(torch.count_nonzero(below))
     inside = scores <= hi
-    inside.logical_xor_(below)  # lo <= score <= hi (below is a subset of inside)
-    candidates = scores[inside]
-    if count_below < k <= count_below + candidates.numel():
-        return _kth_smallest(candidates, k - count_below)
-    return _kth_smallest(scores, k)
+    inside.logical_xor_(below)  # lo <= score <= hi (below is a subset)
+    positions = torch.nonzero(inside).flatten()  # ascending
+    values = scores[positions]
+    if not count_below < k <= count_below + values.numel():
+        return None
+    threshold = _kth_smallest(values, k - count_below)
+    count_below += int(torch.count_nonzero(values < threshold))
+    return threshold, count_below, positions[values == threshold]
 
 
 @torch.no_grad()
@@ -192,19 +194,27 @@ def select_pruned(scores: Tensor, prune_count: int) -> Tensor:
     """Bool mask of exactly `prune_count` entries of the 1-D `scores`: the lowest ones.
 
     Ties at the threshold are broken by position (lower index pruned first), so the count is
-    exact whatever the data. Never `torch.quantile` (limited to 2^24 elements).
+    exact whatever the data. Never `torch.quantile` (limited to 2^24 elements). About three
+    elementwise passes over the scores plus a selection over the ~2% inside a sampled bracket.
     """
     n = scores.numel()
     if prune_count <= 0:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
     if prune_count >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
-    threshold = _bracketed_kth_smallest(scores, prune_count)
-    pruned = scores < threshold
-    missing = prune_count - int(torch.count_nonzero(pruned))
+    bracketed = _select_bracketed(scores, prune_count)
+    if bracketed is None:
+        threshold = _kth_smallest(scores, prune_count)
+        pruned = scores < threshold
+        count_below, ties = int(torch.count_nonzero(pruned)), None
+    else:
+        threshold, count_below, ties = bracketed
+        pruned = scores < threshold
+    missing = prune_count - count_below
     if missing > 0:
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        pruned[ties] = True
+        if ties is None:
+            ties = torch.nonzero(scores == threshold).flatten()
+        pruned[ties[:missing]] = True
     return pruned
 
 
@@ -292,12 +302,14 @@ class Pruner:
                 [self.params[i] for i in with_grad],
                 value=-1.0,
             )
-        if self.sparsity > 0.0:
-            # One compare and one multiply per weight; with the weight, its moments and its
-            # gradient all 0, no optimizer here can move a pruned weight (no weight re-masking).
-            for i in with_grad:
-                p = self.params[i]
-                p.grad.mul_(p != 0)
+        if self.sparsity > 0.0 and with_grad:
+            # g <- g * |sign(w)|: exact (a product with 1 or 0), and float-only, so it stays on
+            # vectorised kernels (about twice as fast as g.mul_(w != 0) with its bool operand).
+            # With the weight, its moments and its gradient all 0, no optimizer here can move a
+            # pruned weight, so weights are never re-masked (tests/test_pruning.py).
+            keep = torch._foreach_sign([self.params[i].detach() for i in with_grad])
+            torch._foreach_abs_(keep)
+            torch._foreach_mul_([self.params[i].grad for i in with_grad], keep)
 
     @torch.no_grad()
     def after_step(self, optimizer_state: dict[Tensor, dict[str, Any]]) -> None:
