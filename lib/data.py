@@ -22,6 +22,7 @@ import gzip
 import importlib.util
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,15 @@ class EpochSampler(Sampler):
             yield index, (base + index) % (2**63)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: SIGINT/SIGTERM are for the trainer, which stops at a step
+    boundary. A Ctrl-C in a terminal reaches the whole process group; a worker that died of it
+    would turn a clean interruption into a "worker exited unexpectedly" failure. Workers still
+    exit with their parent (DataLoader's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class EpochLoader:
     """A DataLoader whose epoch is set explicitly so order and augmentation replay on resume."""
 
@@ -151,6 +161,7 @@ class EpochLoader:
             pin_memory=data.pin_memory and torch.cuda.is_available(),
             persistent_workers=data.persistent_workers and workers > 0,
             drop_last=False,
+            worker_init_fn=ignore_stop_signals,
         )
 
     @property

@@ -55,7 +55,7 @@ def make_tiny_spec(tmp_path: Path, **overrides: Any) -> RunSpec:
     return RunSpec(**parts, **fields)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_spec():
     """`tiny_spec(tmp_path, **overrides) -> RunSpec`; see `make_tiny_spec`."""
     return make_tiny_spec

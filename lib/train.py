@@ -1,0 +1,702 @@
+"""The one training loop every run uses: `train(spec) -> metrics document`.
+
+    python -m lib.train results/<matrix>/<run-id>/run.json
+
+Output in `spec.out_dir`:
+- `metrics.json`: written atomically at the start, after every epoch and at the end.
+- `checkpoint_last.pt`: after every epoch (model, optimizer incl. pruning state, LR scheduler,
+  GradScaler, RNG states, epoch records). If it exists at start, the run resumes from it.
+- `checkpoint_best.pt`: model weights of the best test top-1 among epochs at target sparsity.
+
+Resuming is exact (on CPU): the data order and augmentation of an epoch depend only on the run
+seed and the epoch (lib.data), and every other RNG is restored from the checkpoint, so a killed
+and relaunched run ends with the metrics an uninterrupted run would have had (timings aside).
+Work is saved at epoch boundaries: an interrupted epoch is replayed from its start.
+
+Exit codes of the CLI: 0 completed, 1 failed (metrics.json has status `failed` and a one-line
+`error`), 2 unreadable run.json, 130 / 143 interrupted by SIGINT / SIGTERM (the run stops at a
+step boundary; checkpoint and metrics.json on disk describe the last finished epoch, status
+`running`; relaunching continues).
+
+The learning-rate schedule is stepped once per optimizer step (see `lr_factor`), so warmup and
+cosine decay are smooth within an epoch and independent of the number of steps per epoch.
+
+Nothing in the step waits for the device: loss and accuracy are accumulated in device tensors
+and read at epoch end and at the occasional progress line, where a non-finite loss is detected
+(with the exact step it happened at) and the run stops as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.data import DataError, build_loaders
+from lib.environment import capture_environment
+from lib.memory import PeakMemoryMeter
+from lib.metrics import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    MetricsError,
+    atomic_write_json,
+    build_document,
+    read_metrics,
+    summarize,
+)
+from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity, state_memory
+from lib.spec import LR_SCHEDULES, PRECISIONS, RunSpec, TrainSpec
+from models import build_model, count_parameters
+from optimizers import build_optimizer
+
+METRICS_FILE = "metrics.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+CHECKPOINT_FORMAT = 1
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+
+# Seconds between in-epoch progress lines; each one reads the device once.
+PROGRESS_SECONDS = 30.0
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as configured (one-line message)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; the run stopped at a step boundary with its state on disk."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("train device 'cuda' requested but CUDA is not available; use auto or cpu")
+    if name not in ("cuda", "cpu"):
+        raise RunError(f"train device {name!r} is not supported; accepted: auto, cuda, cpu")
+    return torch.device(name)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    # cuBLAS needs its workspace fixed before its first use to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: a few CUDA backward kernels have no deterministic version (adaptive pooling);
+    # they warn instead of stopping the run. CPU training is fully deterministic.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, train: TrainSpec, steps_per_epoch: int) -> float:
+    """Multiplier of the base LR for optimizer step `step` (0-based), applied per step.
+
+    Linear warmup over `warmup_epochs` (from lr/W to lr), then
+    - cosine: half-cosine from lr to 0 over the remaining steps;
+    - step: x`step_gamma` every `step_size` epochs counted after warmup;
+    - constant: lr.
+    """
+    warmup_steps = train.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    after = step - warmup_steps
+    if train.lr_schedule == "cosine":
+        decay_steps = max(1, train.epochs * steps_per_epoch - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, after / decay_steps)))
+    if train.lr_schedule == "step":
+        return train.step_gamma ** ((after // steps_per_epoch) // train.step_size)
+    return 1.0
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSpec, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    if train.lr_schedule not in LR_SCHEDULES:
+        raise RunError(
+            f"train lr_schedule {train.lr_schedule!r} is not supported; accepted: "
+            f"{', '.join(LR_SCHEDULES)}"
+        )
+    # A plain function (not a callable object) keeps LambdaLR's state_dict free of the TrainSpec,
+    # so checkpoints stay loadable with weights_only=True; the schedule is rebuilt from the spec.
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, train, steps_per_epoch)
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [
+            np_name,
+            torch.from_numpy(np_keys.astype(np.int64)),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(
+        (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
+    )
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file + fsync + rename: the old file or the new, never torn."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    first = text.splitlines()[0]
+    if isinstance(error, (DataError, RunError, TrainingDiverged)):
+        return first
+    return f"{type(error).__name__}: {first}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class _StopOnSignals:
+    """Turns the first SIGINT / SIGTERM into a flag the loop checks at step boundaries.
+
+    A second signal of the same kind gets the default behaviour (SIGINT: KeyboardInterrupt,
+    SIGTERM: termination), so an impatient user or runner can still stop the process at once.
+    Handlers are only installed from the main thread (Python's rule); elsewhere the flag stays
+    unset and signals behave as usual.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        print(
+            f"received {signal.Signals(signum).name}: stopping at the next step boundary",
+            flush=True,
+        )
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, stop: _StopOnSignals) -> None:
+        self.spec = spec
+        self.stop = stop
+        self.out_dir = Path(spec.out_dir)
+        self.metrics_path = self.out_dir / METRICS_FILE
+        self.last_path = self.out_dir / LAST_CHECKPOINT
+        self.best_path = self.out_dir / BEST_CHECKPOINT
+        self.epochs: list[dict[str, Any]] = []
+        self.environment: dict[str, Any] = {}
+        self.model_info: dict[str, Any] = {}
+        self.state_memory: dict[str, Any] = {}
+
+    # -- metrics.json ---------------------------------------------------------------------------
+
+    def document(self, status: str, error: str | None = None) -> dict[str, Any]:
+        return build_document(
+            self.spec,
+            self.epochs,
+            status=status,
+            error=error,
+            environment=self.environment,
+            model_info=self.model_info,
+            state_memory=self.state_memory,
+        )
+
+    def write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
+        doc = self.document(status, error)
+        atomic_write_json(self.metrics_path, doc)
+        return doc
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        # Outside the failure handling: a checkpoint of another configuration must not get this
+        # run's metrics.json written over it.
+        checkpoint = self.load_last_checkpoint()
+        if checkpoint is not None:
+            self.epochs = list(checkpoint["epochs"])
+        try:
+            self.setup(checkpoint)
+            del checkpoint  # up to a few hundred MB of host memory for the whole run
+            self.loop()
+        except RunInterrupted as interrupted:
+            self.write_metrics(STATUS_RUNNING)
+            print(f"{interrupted}; state saved after epoch {len(self.epochs)}", flush=True)
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure is recorded, then reported
+            if not isinstance(error, (DataError, RunError, TrainingDiverged)):
+                traceback.print_exc(file=sys.stderr)
+            message = one_line(error)
+            print(f"run failed: {message}", flush=True)
+            return self.write_metrics(STATUS_FAILED, message)
+        doc = self.write_metrics(STATUS_COMPLETED)
+        summary = doc["summary"]
+        best = summary["best_top1"]
+        print(
+            f"completed {self.spec.run_id}: final top-1 {summary['final_top1']:.2f}%, best "
+            + (f"{best:.2f}% (epoch {summary['best_epoch']})" if best is not None else "n/a")
+            + f", total {format_duration(summary['total_seconds'])}",
+            flush=True,
+        )
+        return doc
+
+    def setup(self, checkpoint: dict[str, Any] | None) -> None:
+        spec, train = self.spec, self.spec.train
+        self.device = resolve_device(train.device)
+        if train.precision not in PRECISIONS:
+            raise RunError(
+                f"train precision {train.precision!r} is not supported; accepted: "
+                f"{', '.join(PRECISIONS)}"
+            )
+        if train.precision == "bf16" and self.device.type == "cuda":
+            if not torch.cuda.is_bf16_supported():
+                raise RunError("train precision 'bf16' is not supported by this GPU; use fp16")
+        configure_determinism(train.deterministic)
+        self.environment = capture_environment(self.device)
+        self.write_metrics(STATUS_RUNNING)
+
+        num_classes = spec.data.num_classes
+        seed_everything(spec.seed)
+        self.model = build_model(spec.model, num_classes)
+        parameters = count_parameters(self.model)
+        print(
+            f"run {spec.run_id}: {spec.model.name} ({spec.model.stem} stem, {num_classes} "
+            f"classes), {parameters:,} parameters, {spec.data.name} {spec.data.image_size}px, "
+            f"{spec.optimizer.label}, pruning {spec.pruning.method} "
+            f"{spec.pruning.sparsity:g}, seed {spec.seed}, device {self.device} "
+            f"({self.environment['device_name']})",
+            flush=True,
+        )
+        self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+
+        self.train_loader, self.test_loader = build_loaders(spec, self.device)
+        full_steps = len(self.train_loader)
+        cap = train.max_steps_per_epoch
+        self.steps_per_epoch = min(full_steps, cap) if cap > 0 else full_steps
+        self.eval_steps = min(len(self.test_loader), cap) if cap > 0 else len(self.test_loader)
+        if self.steps_per_epoch < 1:
+            raise RunError(f"{spec.data.name}: the training set is empty")
+
+        self.optimizer = build_optimizer(
+            self.model,
+            spec.optimizer,
+            spec.pruning,
+            steps_per_epoch=self.steps_per_epoch,
+            keep_ends_dense=spec.model.keep_ends_dense,
+        )
+        self.scheduler = build_lr_scheduler(self.optimizer, train, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision)
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=autocast_dtype))
+            if autocast_dtype is not None
+            else nullcontext
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+        self.meter = PeakMemoryMeter(self.device)
+
+        prunable = prunable_parameters(self.model, spec.model.keep_ends_dense)
+        self.model_info = {
+            "parameters": parameters,
+            "prunable_parameters": sum(p.numel() for _, p in prunable),
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_images": self.train_loader.num_samples,
+            "test_images": self.test_loader.num_samples,
+        }
+        if checkpoint is not None:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
+            set_rng_state(checkpoint["rng"])
+            print(f"resumed from {self.last_path} after epoch {len(self.epochs)}", flush=True)
+        self.forward_model = torch.compile(self.model) if train.compile else self.model
+        self.write_metrics(STATUS_RUNNING)
+
+    def load_last_checkpoint(self) -> dict[str, Any] | None:
+        if not self.last_path.exists():
+            return None
+        try:
+            checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a torn/foreign file must not be trained on
+            raise RunError(f"cannot load {self.last_path} ({type(e).__name__}: {e})") from None
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(
+                f"{self.last_path} has checkpoint format {checkpoint.get('format')!r}, "
+                f"expected {CHECKPOINT_FORMAT}"
+            )
+        if checkpoint["identity"] != self.spec.identity():
+            raise RunError(
+                f"{self.last_path} belongs to a different configuration than {self.spec.run_id}; "
+                "move it away or use another results directory"
+            )
+        return checkpoint
+
+    def save_last_checkpoint(self) -> None:
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": self.spec.identity(),
+                "epoch": len(self.epochs),
+                "epochs": self.epochs,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+            },
+            self.last_path,
+        )
+
+    def save_best_checkpoint(self, record: dict[str, Any]) -> None:
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": self.spec.identity(),
+                "epoch": record["epoch"],
+                "record": record,
+                "model": self.model.state_dict(),
+            },
+            self.best_path,
+        )
+
+    # -- epochs ---------------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        spec = self.spec
+        total_epochs = spec.train.epochs
+        launch_seconds: list[float] = []
+        for epoch in range(len(self.epochs) + 1, total_epochs + 1):
+            self.stop.check()
+            self.meter.reset()
+            started = time.perf_counter()
+            train_stats = self.train_one_epoch(epoch)
+            train_seconds = time.perf_counter() - started
+            test_stats = self.evaluate(epoch)
+            epoch_seconds = time.perf_counter() - started
+            sparsity, per_layer = measure_sparsity(self.model, spec.model.keep_ends_dense)
+            record = {
+                "epoch": epoch,
+                **train_stats,
+                **test_stats,
+                "sparsity": sparsity,
+                "sparsity_per_layer": per_layer,
+                "scheduled_sparsity": scheduled_sparsity(self.optimizer),
+                "epoch_seconds": epoch_seconds,
+                "train_seconds": train_seconds,
+                "images_per_second": train_stats["train_images"] / train_seconds,
+                **self.meter.read(),
+            }
+            self.epochs.append(record)
+            self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
+            target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
+            summary = summarize(self.epochs, target, status=STATUS_RUNNING)
+            if spec.train.checkpoint:
+                if summary["best_epoch"] == epoch:
+                    self.save_best_checkpoint(record)
+                self.save_last_checkpoint()
+            self.write_metrics(STATUS_RUNNING)
+
+            launch_seconds.append(epoch_seconds)
+            remaining = total_epochs - epoch
+            eta = remaining * sum(launch_seconds) / len(launch_seconds)
+            print(
+                f"epoch {epoch}/{total_epochs} | train loss {record['train_loss']:.4f} "
+                f"top-1 {record['train_top1']:.2f}% | test loss {record['test_loss']:.4f} "
+                f"top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}% | "
+                f"sparsity {sparsity:.4f} (scheduled {record['scheduled_sparsity']:.4f}) | "
+                f"lr {record['lr']:.3g} | {record['images_per_second']:.1f} img/s | "
+                f"{format_duration(epoch_seconds)} | ETA {format_duration(eta)}",
+                flush=True,
+            )
+
+    def to_device(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # contiguous(): mnist5k's grey images arrive channel-expanded (stride 0), which .to()
+        # would pass through unchanged and every convolution would then read slowly.
+        images = images.to(self.device, non_blocking=True)
+        images = images.contiguous(memory_format=self.memory_format)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def _check_finite(self, losses: torch.Tensor, count: int, epoch: int, offset: int) -> None:
+        finite = torch.isfinite(losses[:count])
+        if bool(finite.all()):
+            return
+        bad = int((~finite).nonzero()[0, 0])
+        value = float(losses[bad])
+        raise TrainingDiverged(f"loss is {value} at epoch {epoch} step {offset + bad + 1}")
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        model, optimizer, scaler, device = (
+            self.forward_model,
+            self.optimizer,
+            self.scaler,
+            self.device,
+        )
+        clip = self.spec.train.grad_clip
+        steps = self.steps_per_epoch
+        # Per-step results stay on the device; one copy kernel per step, read at progress lines.
+        step_losses = torch.zeros(steps, device=device)
+        step_correct = torch.zeros(steps, device=device, dtype=torch.int64)
+        batch_sizes: list[int] = []
+        self.train_loader.set_epoch(epoch)
+        model.train()
+        started = last_report = time.perf_counter()
+        reported_steps = 0
+        last_lr = optimizer.param_groups[0]["lr"]
+        for step, (images, targets) in enumerate(self.train_loader):
+            if step >= steps:
+                break
+            self.stop.check()
+            images, targets = self.to_device(images, targets)
+            with self.autocast():
+                logits = model(images)
+                loss = self.criterion(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            last_lr = optimizer.param_groups[0]["lr"]  # the LR this step used
+            self.scheduler.step()
+            step_losses[step].copy_(loss.detach())
+            step_correct[step].copy_((logits.detach().argmax(dim=1) == targets).sum())
+            batch_sizes.append(targets.shape[0])
+
+            now = time.perf_counter()
+            if now - last_report >= PROGRESS_SECONDS:
+                done = step + 1
+                self._check_finite(step_losses, done, epoch, 0)
+                window = slice(reported_steps, done)
+                window_images = sum(batch_sizes[window])
+                loss_avg = float(step_losses[window].mean())
+                top1 = 100.0 * float(step_correct[window].sum()) / window_images
+                rate = sum(batch_sizes) / (now - started)
+                eta = (steps - done) * (now - started) / done
+                print(
+                    f"  epoch {epoch} step {done}/{steps} | loss {loss_avg:.4f} top-1 "
+                    f"{top1:.2f}% | lr {optimizer.param_groups[0]['lr']:.3g} | {rate:.1f} img/s "
+                    f"| epoch ETA {format_duration(eta)}",
+                    flush=True,
+                )
+                last_report, reported_steps = now, done
+        done = len(batch_sizes)
+        self._check_finite(step_losses, done, epoch, 0)
+        sizes = torch.tensor(batch_sizes, device=device, dtype=step_losses.dtype)
+        images_seen = sum(batch_sizes)
+        loss_sum, correct = torch.stack(
+            [(step_losses[:done] * sizes).sum(), step_correct[:done].sum().to(sizes.dtype)]
+        ).tolist()
+        return {
+            "train_loss": loss_sum / images_seen,
+            "train_top1": 100.0 * correct / images_seen,
+            "train_images": images_seen,
+            "lr": last_lr,
+        }
+
+    @torch.inference_mode()
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """Test loss (plain cross-entropy, comparable across label-smoothing settings), top-1, top-5."""
+        model, device = self.forward_model, self.device
+        model.eval()
+        self.test_loader.set_epoch(epoch)
+        totals = torch.zeros(3, device=device, dtype=torch.float64)
+        count = 0
+        for step, (images, targets) in enumerate(self.test_loader):
+            if step >= self.eval_steps:
+                break
+            self.stop.check()
+            images, targets = self.to_device(images, targets)
+            with self.autocast():
+                logits = model(images)
+            logits = logits.float()
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            hits = topk == targets.unsqueeze(1)
+            totals += torch.stack(
+                [
+                    F.cross_entropy(logits, targets, reduction="sum").double(),
+                    hits[:, 0].sum().double(),
+                    hits.any(dim=1).sum().double(),
+                ]
+            )
+            count += targets.shape[0]
+        loss_sum, top1, top5 = totals.tolist()
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"test loss is {loss_sum} at epoch {epoch}")
+        return {
+            "test_loss": loss_sum / count,
+            "test_top1": 100.0 * top1 / count,
+            "test_top5": 100.0 * top5 / count,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _spec_identity(document: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return RunSpec.from_dict(document["spec"]).identity()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def train(spec: RunSpec) -> dict[str, Any]:
+    """Train one run and return its metrics document (also in `spec.out_dir/metrics.json`).
+
+    A run whose metrics.json says `completed` is returned as it is. Failures (divergence, bad
+    data, ...) are recorded as status `failed` with a one-line error and returned. SIGINT /
+    SIGTERM raise `RunInterrupted` after the state of the last finished epoch is on disk.
+    """
+    if not spec.out_dir:
+        raise RunError(f"run {spec.run_id} has no out_dir; the planner sets it")
+    out_dir = Path(spec.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / METRICS_FILE
+    if metrics_path.exists():
+        try:
+            previous = read_metrics(metrics_path)
+        except MetricsError:
+            previous = None  # torn or foreign: rebuilt from the checkpoint below
+        if previous is not None and _spec_identity(previous) != spec.identity():
+            raise RunError(
+                f"{metrics_path} belongs to a different run than {spec.run_id}; move it away "
+                "or use another results directory"
+            )
+        if previous is not None and previous["summary"]["status"] == STATUS_COMPLETED:
+            print(f"run {spec.run_id} already completed; nothing to do", flush=True)
+            return previous
+    with _StopOnSignals() as stop:
+        return _Run(spec, stop).execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.train", description="Train one run described by a run.json."
+    )
+    parser.add_argument("run_json", help="path to the run's run.json (a serialised RunSpec)")
+    args = parser.parse_args(argv)
+    path = Path(args.run_json)
+    try:
+        spec = RunSpec.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: cannot read run spec {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    if not spec.out_dir:
+        # A run.json lives in its run's directory; an empty out_dir means "here".
+        spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(path.parent)})
+    try:
+        doc = train(spec)
+    except RunInterrupted as interrupted:
+        return interrupted.exit_code
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_COMPLETED if doc["summary"]["status"] == STATUS_COMPLETED else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
