@@ -1,12 +1,16 @@
 """What pruning costs on the training step: every method against torch.optim.AdamW (foreach).
 
+Methods are built by `optimizers.build_optimizer`, as the training loop gets them (Adam family
+on torch's fused kernel); the baseline is torch.optim.AdamW(foreach=True), as the issue asks,
+and a second column compares against AdamW on the same fused kernel.
+
     python benchmarks/bench_optimizers.py            # ResNet-50, batch 32, 64x64, CPU
     python benchmarks/bench_optimizers.py --quick    # tiny smoke version (ResNet-18, 32x32)
 
 On a GPU (`--device cuda`): batch 128, 224x224, bf16 autocast. All models train side by side in
 one process, one step each in turn (round robin), so machine drift hits every method alike; the
 ratio of a method is the median over rounds of its step time divided by AdamW's in the same
-round. Pruning is active during the timed steps (masks already at 35%, gradients masked every
+round. Pruning is active during the timed steps (masks already at 65%, gradients masked every
 step); a mask update (scores + exact threshold + zeroing) is timed separately at the configured
 interval's sparsities and amortised over `--interval` steps. Also prints the threshold selection
 against torch.kthvalue over the same number of scores, and the state bytes per parameter.
@@ -28,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.pruning import prunable_parameters, select_pruned, state_memory  # noqa: E402
 from lib.spec import OptimizerSpec, PruningSpec  # noqa: E402
-from optimizers import build_optimizer  # noqa: E402
+from optimizers import build_optimizer, parameter_groups  # noqa: E402
 
 # (label, optimizer spec, pruning method, target step-time ratio vs AdamW)
 METHODS = [
-    ("AdamW (foreach, baseline)", OptimizerSpec(name="adamw"), "none", None),
+    ("torch AdamW foreach (baseline)", None, "none", None),
+    ("AdamW as built (fused kernel)", OptimizerSpec(name="adamw"), "none", None),
     ("AdamWPrune hybrid, state pruning", OptimizerSpec(name="adamwprune"), "state", 1.03),
     ("AdamWSPAM", OptimizerSpec(name="adamwspam"), "none", 1.10),
     ("AdamW + magnitude pruning", OptimizerSpec(name="adamw"), "magnitude", 1.05),
@@ -56,6 +61,9 @@ def build(spec, method, args, device, seed=0):
         end_epoch=1,
         interval=args.interval,
     )
+    if spec is None:  # the issue's reference point, with the registry's two parameter groups
+        groups = parameter_groups(model, OptimizerSpec().weight_decay)
+        return model, torch.optim.AdamW(groups, foreach=True)
     # One "epoch" far longer than the benchmark: the schedule stays active throughout.
     optimizer = build_optimizer(model, spec, pruning, steps_per_epoch=1_000_000)
     return model, optimizer
@@ -108,8 +116,8 @@ def bench_steps(args, device) -> None:
             train_step(model, optimizer, batch, device, autocast)
         update_seconds = 0.0
         if getattr(optimizer, "pruner", None) is not None:
+            # Leaves the masks at 65%: pruning is active during the timed steps.
             update_seconds = time_mask_updates(optimizer, args, device)
-            optimizer.pruner.update_masks(optimizer.state, 0.35)  # active, mid-schedule
         runs.append(
             {
                 "label": label,
@@ -128,7 +136,7 @@ def bench_steps(args, device) -> None:
             run["opt"].append(opt)
         print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
 
-    base = runs[0]
+    base, built = runs[0], runs[1]
     print(
         f"\nTraining step, {'ResNet-18' if args.quick else 'ResNet-50'}, batch {args.batch}, "
         f"{args.size}x{args.size}, {device.type}, {torch.get_num_threads()} threads, "
@@ -137,7 +145,7 @@ def bench_steps(args, device) -> None:
     )
     header = (
         f"{'method':36s} {'step s':>8s} {'opt.step s':>10s} {'update s':>9s} "
-        f"{'ratio':>7s} {'amortised':>9s} {'target':>7s}"
+        f"{'ratio':>7s} {'amortised':>9s} {'target':>7s}    {'vs fused AdamW':>14s}"
     )
     print(header)
     print("-" * len(header))
@@ -148,11 +156,19 @@ def bench_steps(args, device) -> None:
         amortised = ratio + run["update"] / args.interval / statistics.median(base["step"])
         target = run["target"]
         verdict = "" if target is None else ("ok" if amortised <= target else "OVER")
+        same_path = statistics.median(
+            [s / b for s, b in zip(run["step"], built["step"], strict=True)]
+        ) + run["update"] / args.interval / statistics.median(built["step"])
         print(
             f"{run['label']:36s} {step:8.3f} {statistics.median(run['opt']):10.4f} "
             f"{run['update']:9.3f} {ratio:7.3f} {amortised:9.3f} "
-            f"{'' if target is None else f'<={target:.2f}':>7s} {verdict}"
+            f"{'' if target is None else f'<={target:.2f}':>7s} {verdict:4s} {same_path:10.3f}"
         )
+    print(
+        "ratio: median over rounds of step time / baseline step time in the same round; "
+        "amortised: plus one mask update per interval; last column: amortised against AdamW "
+        "on the same fused kernel (the cost of pruning alone)."
+    )
 
     print("\nPersistent state (bytes per prunable weight beyond AdamW's m and v)")
     for run in runs:
@@ -212,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batch, args.size, args.warmup, args.selection_repeats = 8, 32, 1, 3
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 9
+        args.rounds = 3 if args.quick else 7
     bench_steps(args, device)
     bench_threshold(args, device)
 

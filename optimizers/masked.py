@@ -26,6 +26,10 @@ class PruningMixin:
 
     def __init__(self, *args: Any, pruner: Pruner | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # A fused torch Adam asks GradScaler to hand it still-scaled gradients and to skip
+        # inf steps inside the kernel; the pruner must see unscaled gradients and count only
+        # steps taken, so the scaler keeps its ordinary unscale-check-step path here.
+        self._step_supports_amp_scaling = False
         self._attach_pruner(pruner)
 
     def _attach_pruner(self, pruner: Pruner | None) -> None:

@@ -1,5 +1,8 @@
 """Build any optimizer x pruning combination from the typed config: one `torch.optim.Optimizer`.
 
+Adam-family optimizers run on torch's fused kernels where available (`fast_path`), SGD on the
+multi-tensor path, AdamWSPAM on its own multi-tensor implementation.
+
 The training loop calls `build_optimizer` and then only `step()` / `zero_grad()` (directly or
 through GradScaler) and an LR scheduler: everything pruning needs happens inside `step()`.
 """
@@ -24,6 +27,18 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
+
+
+def fast_path(model: nn.Module) -> dict[str, bool]:
+    """torch's fused Adam/AdamW kernel where it exists (CPU and CUDA floating point), else foreach.
+
+    Fused is one pass per tensor: on CPU about 4x faster than foreach, and unlike foreach's
+    `sqrt` it does not slow down on the zeros that pruning leaves in `exp_avg_sq`.
+    """
+    params = list(model.parameters())
+    if params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def check_combination(opt: OptimizerSpec, pruning: PruningSpec) -> None:
@@ -89,7 +104,7 @@ def build_optimizer(
             interval=schedule.interval,
             scope=pruning.scope,
             prunable=prunable,
-            foreach=True,
+            **fast_path(model),
             **{f"spam_{key}": value for key, value in spam.items()},
         )
 
@@ -114,6 +129,6 @@ def build_optimizer(
         betas=betas,
         eps=opt.eps,
         amsgrad=opt.amsgrad or opt.name == "adamwadv",
-        foreach=True,
         pruner=pruner,
+        **fast_path(model),
     )

@@ -65,14 +65,14 @@ def assert_same_parameters(a: nn.Module, b: nn.Module):
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("foreach", [None, True])
-def test_dense_is_bit_identical_to_torch_adamw(amsgrad, foreach):
+@pytest.mark.parametrize("path", [{}, {"foreach": True}, {"fused": True}])
+def test_dense_is_bit_identical_to_torch_adamw(amsgrad, path):
     ours, theirs = tiny_model(), tiny_model()
     data = batches(6)
     train(ours, AdamWPrune(ours.parameters(), lr=1e-3, weight_decay=0.01, amsgrad=amsgrad,
-                           foreach=foreach), data)  # fmt: skip
+                           **path), data)  # fmt: skip
     train(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-3, weight_decay=0.01,
-                                    amsgrad=amsgrad, foreach=foreach), data)  # fmt: skip
+                                    amsgrad=amsgrad, **path), data)  # fmt: skip
     assert_same_parameters(ours, theirs)
 
 

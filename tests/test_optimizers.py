@@ -44,8 +44,9 @@ def loop_like_train(model, optimizer, steps, scaler=None, clip=1.0):
         x = torch.randn(4, 3, 8, 8, generator=generator)
         y = torch.randint(0, 10, (4,), generator=generator)
         scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -181,4 +182,23 @@ def test_checkpoint_resume_through_the_registry_is_bit_identical(name, method):
     resumed_optimizer.load_state_dict(checkpoint["optimizer"])
     loop_like_train(resumed, resumed_optimizer, steps=6)
     for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name, method", [("adamwprune", "state"), ("adamw", "movement")])
+def test_grad_scaler_unscales_before_the_pruner_sees_gradients(name, method):
+    """Fused torch Adams let GradScaler skip unscaling; pruning optimizers must not."""
+    model = tiny_model()
+    optimizer = build_optimizer(model, OptimizerSpec(name=name),
+                                PruningSpec(method=method, **PRUNING), steps_per_epoch=4)  # fmt: skip
+    assert not getattr(optimizer, "_step_supports_amp_scaling", False)
+    reference = tiny_model()
+    reference_optimizer = build_optimizer(reference, OptimizerSpec(name=name),
+                                          PruningSpec(method=method, **PRUNING),
+                                          steps_per_epoch=4)  # fmt: skip
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    loop_like_train(model, optimizer, steps=9, scaler=scaler, clip=0.0)
+    loop_like_train(reference, reference_optimizer, steps=9, clip=0.0)
+    # A power-of-two loss scale unscales exactly: same weights, same masks, same scores.
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q)
