@@ -135,13 +135,12 @@ class EpochSampler(Sampler):
             yield index, (base + index) % (2**63)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn: SIGINT/SIGTERM are for the trainer, which stops at a step
-    boundary. A Ctrl-C in a terminal reaches the whole process group; a worker that died of it
-    would turn a clean interruption into a "worker exited unexpectedly" failure. Workers still
-    exit with their parent (DataLoader's watchdog)."""
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a Ctrl-C in a terminal reaches the whole process group; the
+    trainer stops at a step boundary, and a worker dying of KeyboardInterrupt first would turn
+    that clean stop into a "worker exited unexpectedly" error. SIGTERM keeps its default:
+    DataLoader and multiprocessing shut workers down with it (ignoring it hangs their exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class EpochLoader:
@@ -161,7 +160,7 @@ class EpochLoader:
             pin_memory=data.pin_memory and torch.cuda.is_available(),
             persistent_workers=data.persistent_workers and workers > 0,
             drop_last=False,
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=ignore_sigint,
         )
 
     @property

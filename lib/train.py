@@ -319,6 +319,17 @@ class _Run:
             print(f"{interrupted}; state saved after epoch {len(self.epochs)}", flush=True)
             raise
         except Exception as error:  # noqa: BLE001 - every failure is recorded, then reported
+            if self.stop.signum is not None:
+                # The signal reached the whole process group (a scheduler stopping a job) and a
+                # loader worker died of it first: that is the interruption, not a failure.
+                interrupted = RunInterrupted(self.stop.signum)
+                self.write_metrics(STATUS_RUNNING)
+                print(
+                    f"{interrupted} ({one_line(error)}); state saved after epoch "
+                    f"{len(self.epochs)}",
+                    flush=True,
+                )
+                raise interrupted from error
             if not isinstance(error, (DataError, RunError, TrainingDiverged)):
                 traceback.print_exc(file=sys.stderr)
             message = one_line(error)

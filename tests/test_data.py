@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +205,27 @@ def test_missing_cifar_is_one_line_naming_the_path(tiny_spec, tmp_path, name):
     assert "\n" not in message
     assert str(tmp_path / name) in message
     assert "download" in message
+
+
+def test_a_process_with_persistent_workers_exits_promptly(tiny_spec, tmp_path):
+    """multiprocessing stops daemonic workers at exit with SIGTERM; a worker that ignored it
+    would hang the interpreter's exit (and with it pytest or the trainer) forever."""
+    _write_image_folder(tmp_path)
+    spec = _imagenet_spec(tiny_spec, tmp_path, workers=2, persistent_workers=True)
+    script = (
+        "import sys, lib.spec\n"
+        "from lib.data import build_loaders\n"
+        "from lib.spec import RunSpec\n"
+        "lib.spec.DATASET_CLASSES['imagenet'] = 2\n"
+        "loader = build_loaders(RunSpec.from_json(sys.stdin.read()), 'cpu')[0]\n"
+        "loader.set_epoch(1)\n"
+        "assert len(list(loader)) == 2\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=spec.to_json(),
+        text=True,
+        timeout=120,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
