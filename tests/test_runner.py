@@ -124,15 +124,16 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent has not collected it yet
 
 
-def start_runner_process(specs, matrix_dir: Path, env_plan: dict, jobs: int = 1):
-    """A runner in its own process, so it can be killed like a user would."""
+def start_runner_process(specs, matrix_dir: Path, env_plan: dict, jobs: int = 1, log=None):
+    """A runner in its own process, so it can be killed like a user would. With `log` (an
+    open file) its output goes there, so a test can wait on what it printed so far."""
     plan_path = matrix_dir.parent / f"{matrix_dir.name}-specs.json"
     plan_path.write_text(json.dumps([s.to_dict() for s in specs]))
     env = dict(os.environ, FAKE_TRAINER=json.dumps(env_plan))
     return subprocess.Popen(
         [sys.executable, THIS_FILE, "--runner", str(matrix_dir), str(plan_path), str(jobs)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -233,14 +234,21 @@ def test_runner_killed_with_sigkill_then_continue_completes_each_run_once(tmp_pa
 def test_sigterm_to_the_runner_checkpoints_children_and_exits_130(tmp_path):
     specs = [make_spec(0, epochs=3), make_spec(1, epochs=3)]
     matrix_dir = tmp_path / "m"
-    runner = start_runner_process(specs, matrix_dir, {"*": {"epoch_seconds": 0.3}}, jobs=2)
+    log_path = tmp_path / "runner.log"
     dirs = [matrix_dir / s.run_id for s in specs]
-    try:
-        wait_for(lambda: all(count(d, "epoch") >= 1 for d in dirs), what="first epochs")
-        runner.send_signal(signal.SIGTERM)
-        output, _ = runner.communicate(timeout=30)
-    finally:
-        runner.kill()
+    with open(log_path, "w") as log:
+        runner = start_runner_process(
+            specs, matrix_dir, {"*": {"epoch_seconds": 1.0}}, jobs=2, log=log
+        )
+        try:
+            # Signal only once the runner has reported a finished epoch: what it prints is
+            # checked below, and the runs must still be mid-matrix (3 epochs of 1 s each).
+            wait_for(lambda: f"{specs[0].run_id} 1/3" in log_path.read_text(), what="progress")
+            runner.send_signal(signal.SIGTERM)
+            runner.wait(timeout=30)
+        finally:
+            runner.kill()
+    output = log_path.read_text()
     assert runner.returncode == EXIT_INTERRUPTED, output
     assert "received SIGTERM" in output and "make continue" in output
     # Progress: counts, each running run's epoch and accuracy, and an ETA from epoch timings.
