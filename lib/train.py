@@ -426,7 +426,11 @@ class _Run:
         try:
             checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn/foreign file must not be trained on
-            raise RunError(f"cannot load {self.last_path} ({type(e).__name__}: {e})") from None
+            raise RunError(
+                f"cannot load {self.last_path} ({type(e).__name__}: {e}); it is damaged: restore "
+                "it, or move it aside to restart this run from epoch 1, then rerun it "
+                "(make continue RERUN_FAILED=1)"
+            ) from None
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise RunError(
                 f"{self.last_path} has checkpoint format {checkpoint.get('format')!r}, "
