@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lib.spec import sparsity_token  # noqa: E402
 from scripts.report_data import (  # noqa: E402
@@ -111,6 +112,7 @@ def _draw_accuracy_runs(
                     markeredgecolor="black", linestyle="none",
                 )  # fmt: skip
     ax.set_xlabel("Epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("Test top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)
 
@@ -427,6 +429,7 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
         )  # fmt: skip
     ax.set_title(f"{_title_prefix(results)}: measured sparsity of the prunable weights")
     ax.set_xlabel("Epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("Sparsity (% of prunable weights that are zero)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
