@@ -23,7 +23,6 @@ import importlib.util
 import math
 import os
 import signal
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lib.atomic import atomic_torch_save
 from lib.spec import DATASETS, DataSpec, RunSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -379,22 +379,6 @@ def stratified_split(
     return train_idx, test_idx
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def mnist5k_tensors(data_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The fixed mnist5k split as uint8 tensors, converted once and cached under data_dir.
 
@@ -435,7 +419,7 @@ def mnist5k_tensors(data_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     }
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(tensors, cache)
+        atomic_torch_save(tensors, cache)
     except OSError as e:
         raise DataError(f"mnist5k: cannot write the cache {cache} ({e})") from None
     return tensors

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lib.atomic import atomic_file
 
 if TYPE_CHECKING:
     from lib.spec import RunSpec
@@ -36,27 +37,11 @@ class MetricsError(ValueError):
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON so that `path` holds either the old or the new document, never a torn one.
-
-    The text is written to a temporary file in the same directory, flushed and fsynced, then
-    renamed over the target. If anything fails (disk full, permission), the old file is left
-    untouched and the temporary file is removed.
-    """
-    path = Path(path)
+    """Write JSON so that `path` holds either the old or the new document, never a torn one
+    (`lib.atomic.atomic_file`): a failure (disk full, permission) leaves the old file."""
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:

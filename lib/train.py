@@ -34,7 +34,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.atomic import atomic_torch_save
 from lib.data import DataError, build_loaders
 from lib.environment import capture_environment
 from lib.memory import PeakMemoryMeter
@@ -190,23 +190,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
     )
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file + fsync + rename: the old file or the new, never torn."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def one_line(error: BaseException) -> str:
