@@ -19,13 +19,25 @@ from lib.spec import OPTIMIZERS, PRUNING_METHODS, OptimizerSpec, PruningSpec
 from optimizers.adamwprune import AdamWPrune
 from optimizers.masked import MaskedAdam, MaskedAdamW, MaskedAdamWSPAM, MaskedSGD
 
+# Normalisation layers: none of their parameters is decayed, whatever its shape
+# (a LayerNorm over (H, W) has a 2-D weight).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights (ndim > 1); none on biases and normalisation parameters."""
+    no_decay = {
+        id(p)
+        for module in model.modules()
+        for name, p in module.named_parameters(recurse=False)
+        if name == "bias" or isinstance(module, NORM_LAYERS)
+    }
     trainable = [p for p in model.parameters() if p.requires_grad]
+    decayed = [p for p in trainable if p.ndim > 1 and id(p) not in no_decay]
+    chosen = {id(p) for p in decayed}
     return [
-        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) not in chosen], "weight_decay": 0.0},
     ]
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity
 from lib.spec import OPTIMIZERS, PRUNE_BASES, OptimizerSpec, PruningSpec
-from optimizers import AdamWPrune, AdamWSPAM, build_optimizer
+from optimizers import AdamWPrune, AdamWSPAM, build_optimizer, parameter_groups
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -101,6 +101,25 @@ def test_the_optimizer_classes_behind_the_names():
         assert pruned.pruner.schedule.end_step == 2 * 4
     assert build("adamwprune").pruner is None  # pruning none: the dense base optimizer
     assert build("adamw", "magnitude").pruner.score == "magnitude"
+
+
+def test_weight_decay_never_on_biases_or_normalisation_parameters():
+    """ALGORITHMS.md section 6, also for a norm layer whose weight is not 1-D (LayerNorm((H, W)))."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.LayerNorm((8, 8)),
+        nn.GroupNorm(2, 4),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
+    decayed, plain = parameter_groups(model, 0.05)
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    expected = {id(model[0].weight), id(model[5].weight)}
+    assert {id(p) for p in decayed["params"]} == expected
+    assert {id(p) for p in plain["params"]} == {
+        id(p) for p in model.parameters() if id(p) not in expected
+    }
 
 
 def test_keep_ends_dense_with_nothing_left_to_prune_is_refused():
