@@ -348,6 +348,44 @@ def _slots(jobs: int, gpus: list[str] | None) -> list[str | None]:
     return list(gpus[:count])
 
 
+class _OutputThatMayGo:
+    """The runner's output stream. A reader that goes away (`| head`, a `tee` killed by the
+    same Ctrl-C, a closed terminal) must not end a matrix that runs for days: after the first
+    failed write the runner carries on silently; matrix.json, metrics.json and every run's
+    train.log still record everything."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> None:
+        self._attempt(lambda: self.stream.write(text))
+
+    def flush(self) -> None:
+        self._attempt(self.stream.flush)
+
+    def _attempt(self, operation) -> None:
+        if self.lost:
+            return
+        try:
+            operation()
+        except (OSError, ValueError):  # EPIPE, EIO; ValueError: the stream was closed
+            self.lost = True
+            self._silence()
+
+    def _silence(self) -> None:
+        # A standard stream still holding unwritable text would fail again at interpreter exit
+        # (a traceback and exit status 120): point its descriptor at /dev/null instead.
+        if self.stream not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            return
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 class _Runner:
     def __init__(
         self,
@@ -371,7 +409,7 @@ class _Runner:
         self.rerun_failed = rerun_failed
         self.fail_fast = fail_fast
         self.child_cmd = list(child_cmd)
-        self.out = out
+        self.out = _OutputThatMayGo(out)
         self.lock = MatrixLock(matrix_dir)
         self.created_at = _utc_now()
         self.stop_signal: int | None = None  # the runner was asked to stop

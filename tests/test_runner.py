@@ -346,6 +346,21 @@ def test_corrupt_metrics_is_set_aside_and_only_that_run_reruns(tmp_path, monkeyp
     assert file_stamps(intact) == intact_before
 
 
+def test_a_reader_that_goes_away_does_not_end_the_matrix(tmp_path):
+    # `make test-matrix | head`, or a `tee` killed by the same Ctrl-C: the runner's output breaks
+    # (EPIPE). It used to die with a traceback, leaving matrix.json saying `running`.
+    specs = [make_spec(0), make_spec(1)]
+    matrix_dir = tmp_path / "m"
+    proc = start_runner_process(specs, matrix_dir, {"*": {"epoch_seconds": 0.2}})
+    assert proc.stdout.readline()  # the first line, then the reader goes away
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == EXIT_OK
+    doc = manifest(matrix_dir)
+    assert [r["status"] for r in doc["runs"]] == [STATUS_COMPLETED, STATUS_COMPLETED]
+    for spec in specs:
+        assert count(matrix_dir / spec.run_id, "start") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals
 # ---------------------------------------------------------------------------------------------
