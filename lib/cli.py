@@ -176,7 +176,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     from lib.runner import run_matrix
     from lib.spec import RunSpec
 
-    results_dir = Path(args.results_dir)
+    results_dir = Path(args.results_dir) if args.results_dir else cfg.results_dir_setting()
     matrix_dir = results_dir / args.matrix if args.matrix else newest_matrix(results_dir)
     manifest_path = matrix_dir / "matrix.json"
     try:
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun-failed", action="store_true")
     p.set_defaults(func=cmd_test_matrix)
     p = sub.add_parser("continue", help="resume the newest matrix")
-    p.add_argument("--results-dir", default="results")
+    p.add_argument("--results-dir", default="", help="default: CONFIG_RESULTS_DIR of .config")
     p.add_argument("--matrix", default="")
     p.add_argument("--rerun-failed", action="store_true")
     p.set_defaults(func=cmd_continue)

@@ -985,7 +985,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m scripts.report",
         description="Render report.md, plots and metrics.csv of a results matrix.",
     )
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--results-dir", type=Path, default=None, help="default: CONFIG_RESULTS_DIR of .config"
+    )
     parser.add_argument("--matrix", help="matrix name (default: the newest under results-dir)")
     parser.add_argument(
         "--compare",
@@ -1004,6 +1006,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.results_dir is None:  # where make test-matrix writes: CONFIG_RESULTS_DIR
+        from lib.config import results_dir_setting
+
+        args.results_dir = results_dir_setting()
     try:
         if args.compare:
             from scripts.report_compare import write_comparison

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lib import config as cfg
@@ -215,3 +217,14 @@ def test_snapshot_reloads_to_the_same_config(tmp_path):
     config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-all-optimizers")
     again = cfg.load_snapshot(config.symbol_dict(), "snapshot")
     assert again == config
+
+
+def test_results_dir_setting_reads_the_file_without_validating_it(tmp_path, monkeypatch):
+    config = tmp_path / ".config"
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert cfg.results_dir_setting() == Path("results")  # no file: the option's default
+    config.write_text('CONFIG_TRAIN_EPOCHS=abc\nCONFIG_RESULTS_DIR="/data/r \\"x\\""\n')
+    assert cfg.results_dir_setting() == Path('/data/r "x"')
+    config.write_text('CONFIG_RESULTS_DIR=""\n')
+    assert cfg.results_dir_setting() == Path("results")
+    assert cfg.results_dir_setting(tmp_path / "absent") == Path("results")

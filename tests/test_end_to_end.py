@@ -105,6 +105,18 @@ def test_running_again_trains_nothing_and_touches_nothing(tiny_matrix):
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+def test_continue_and_report_look_under_the_configured_results_dir(tiny_matrix):
+    # CONFIG_RESULTS_DIR is a temporary directory here, not ./results: make continue and make
+    # report (no --results-dir) must find the matrix make test-matrix wrote there.
+    config, results, _ = tiny_matrix
+    res = cli("lib.cli", "continue", "--matrix", "tiny", config=config, results=results)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 already completed" in res.stdout
+    res = cli("scripts.report", "--matrix", "tiny", config=config, results=results)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip().splitlines()[-1]) == results / "tiny" / "report.md"
+
+
 def test_report_renders_tables_and_plots(tiny_matrix):
     config, results, _ = tiny_matrix
     res = cli(
