@@ -1031,6 +1031,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only results directory, a full disk
+        print(
+            f"report: error: {e.filename or args.results_dir}: {e.strerror or e}; the report, "
+            "metrics.csv and plots are written into the matrix directory, which must be "
+            "writable (or copy the matrix to a writable CONFIG_RESULTS_DIR)",
+            file=sys.stderr,
+        )
+        return 2
     print(path)
     return 0
 

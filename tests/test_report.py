@@ -7,6 +7,7 @@ definition (best over all epochs, ddof mix-up, wrong sign of an improvement) fai
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -542,6 +543,21 @@ def test_cli_missing_matrix_is_one_clear_error(tmp_path: Path, capsys) -> None:
 
     assert report.main(["--results-dir", str(tmp_path / "nothing")]) == 2
     assert "no matrix under" in capsys.readouterr().err
+
+
+def test_cli_unwritable_matrix_is_one_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    # chmod does not stop root, so the read-only file system is simulated where plots are
+    # cleaned up and files written.
+    write_matrix(tmp_path, "ro", seed_like_runs()[:1])
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "ro" / "report.md"))
+
+    monkeypatch.setattr(report, "write_report", read_only)
+    assert report.main(["--results-dir", str(tmp_path), "--matrix", "ro"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "ro/report.md: Read-only file system" in err and "must be writable" in err
 
 
 def test_cli_empty_matrix_is_an_error(tmp_path: Path, capsys) -> None:
