@@ -502,7 +502,9 @@ def test_format_plan_shows_states_counts_and_an_estimate(tmp_path):
     assert "estimated duration: 1m10s one run at a time" in text
 
     changed = make_spec(0, epochs=5)
-    assert "CHANGED" in format_plan([changed], root).splitlines()[0]
+    text = format_plan([changed], root)
+    assert "CHANGED" in text.splitlines()[0]
+    assert "test-matrix refuses" in text and "nothing left to train" not in text
 
 
 # ---------------------------------------------------------------------------------------------
