@@ -989,8 +989,9 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
             "CHANGED: the run's directory holds another configuration; test-matrix refuses "
             "to start (set another CONFIG_MATRIX_NAME or move the directory away)"
         )
-    if to_train == 0 and not counts.get(STATE_CHANGED):  # CHANGED runs are not trained either
-        lines.append("nothing left to train")
+    if to_train == 0:
+        if not counts.get(STATE_CHANGED):  # CHANGED runs are not trained either
+            lines.append("nothing left to train")
     elif overall is None:
         lines.append(f"estimated duration: unknown (no completed runs under {results_root}/)")
     else:

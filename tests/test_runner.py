@@ -504,7 +504,8 @@ def test_format_plan_shows_states_counts_and_an_estimate(tmp_path):
     changed = make_spec(0, epochs=5)
     text = format_plan([changed], root)
     assert "CHANGED" in text.splitlines()[0]
-    assert "test-matrix refuses" in text and "nothing left to train" not in text
+    assert "test-matrix refuses" in text
+    assert "nothing left to train" not in text and "estimated duration" not in text
 
 
 # ---------------------------------------------------------------------------------------------
