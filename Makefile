@@ -114,6 +114,8 @@ continue: $(SETUP_STAMP)
 	@$(PY) -m lib.cli continue $(if $(MATRIX),--matrix $(MATRIX)) $(if $(RERUN_FAILED),--rerun-failed)
 
 report: $(SETUP_STAMP)
+	$(if $(COMPARE),$(if $(filter-out 2,$(words $(COMPARE))),$(error COMPARE="$(COMPARE)": \
+	give two matrix names, e.g. make report COMPARE="demo mymatrix")))
 	@$(PY) -m scripts.report $(if $(MATRIX),--matrix $(MATRIX)) $(if $(COMPARE),--compare $(COMPARE))
 
 # The demo keeps its own configuration file, so it never overwrites the user's .config.

@@ -1020,6 +1020,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"--{option} {getattr(args, option)!r}: not accepted with --compare "
                         "(a comparison shows every method of both matrices)"
                     )
+            if args.compare[0] == args.compare[1]:
+                raise ReportError(
+                    f"--compare {args.compare[0]!r} {args.compare[1]!r}: the same matrix twice; "
+                    "name two different ones"
+                )
             a, b = (_matrix_dir(args.results_dir, name, "--compare") for name in args.compare)
             path = write_comparison(a, b, args.results_dir)
         else:

@@ -100,6 +100,15 @@ def test_targets_needing_a_config_say_so_when_it_is_missing(tmp_path, target):
     assert len(res.stderr.strip().splitlines()) <= 2  # our line (+ make's own "Error" line)
 
 
+@pytest.mark.parametrize("names", ["demo", "a b c"])
+def test_compare_needs_exactly_two_names(names):
+    res = make("report", f"COMPARE={names}")
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f'*** COMPARE="{names}": give two matrix names, e.g. make report COMPARE=' in lines[0]
+
+
 def test_menuconfig_refuses_a_pipe(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "lib.cli", "menuconfig"],

@@ -629,6 +629,8 @@ def test_compare_rejects_baseline_and_unknown_matrix(tmp_path: Path, capsys) -> 
     args = ["--results-dir", str(tmp_path), "--compare", "ma", "ma", "--baseline", BASELINE]
     assert report.main(args) == 2
     assert "not accepted with --compare" in capsys.readouterr().err
+    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "ma"]) == 2
+    assert "the same matrix twice" in capsys.readouterr().err
 
 
 def test_interrupted_run_and_lifetime_rss_are_labelled(tmp_path: Path) -> None:
