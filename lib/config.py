@@ -448,23 +448,21 @@ def load(path: str | os.PathLike[str] = ".config") -> Config:
     return config_from_kconfig(load_kconfig_with(path), str(path))
 
 
-_RESULTS_DIR_LINE = re.compile(r'^CONFIG_RESULTS_DIR="((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
-
-
 def results_dir_setting(path: str | os.PathLike[str] | None = None) -> Path:
-    """CONFIG_RESULTS_DIR of the configuration file (`KCONFIG_CONFIG`, default `.config`), read
-    without validating the rest of it: `make continue` and `make report` must find the matrices
-    `make test-matrix` wrote there, even while that file is half edited. `results` when the
-    file or the line is missing or empty (the option's default)."""
+    """CONFIG_RESULTS_DIR of the configuration file (`KCONFIG_CONFIG`, default `.config`),
+    read through kconfiglib without validating the rest: `make continue` and `make report` must
+    find the matrices `make test-matrix` wrote there even while that file is half edited.
+    `results` (the option's default) when the file is missing."""
     if path is None:
         path = os.environ.get("KCONFIG_CONFIG", ".config")
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    if not os.path.exists(path):
         return Path("results")
-    match = _RESULTS_DIR_LINE.search(text)
-    value = re.sub(r"\\(.)", r"\1", match.group(1)) if match else ""
-    return Path(value or "results")
+    kconf = load_kconfig()
+    try:
+        kconf.load_config(str(path))
+    except (OSError, kconfiglib.KconfigError):
+        return Path("results")
+    return Path(kconf.syms["RESULTS_DIR"].str_value or "results")
 
 
 def load_snapshot(symbols: dict[str, str], label: str) -> Config:
