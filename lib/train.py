@@ -85,6 +85,11 @@ class RunError(RuntimeError):
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
+    HINT = "training diverged: lower the learning rate or enable gradient clipping"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} ({self.HINT})")
+
 
 class RunInterrupted(Exception):
     """SIGINT or SIGTERM arrived; the run stopped at a step boundary with its state on disk."""

@@ -246,7 +246,8 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
     result.reason = error if status == STATUS_FAILED else None
     if status == STATUS_PENDING and metrics["epochs"]:
         result.reason = (
-            f"interrupted after {len(metrics['epochs'])} epochs; `make continue` resumes it"
+            f"interrupted after {len(metrics['epochs'])} "
+            f"epoch{'' if len(metrics['epochs']) == 1 else 's'}; `make continue` resumes it"
         )
     result.epochs = sorted(metrics["epochs"], key=lambda e: e["epoch"])
     try:

@@ -282,7 +282,10 @@ def test_nan_loss_stops_the_run_as_failed(tiny_spec, tmp_path, monkeypatch):
     spec = tiny_spec(tmp_path, train={"epochs": 3}, data={"synthetic_val_size": 16})
     doc = train(spec)
     assert doc["summary"]["status"] == "failed"
-    assert doc["summary"]["error"] == "loss is nan at epoch 2 step 1"
+    assert doc["summary"]["error"] == (
+        "loss is nan at epoch 2 step 1 (training diverged: lower the learning rate or enable "
+        "gradient clipping)"
+    )
     assert [e["epoch"] for e in doc["epochs"]] == [1]  # nothing from the diverged epoch
     last = torch.load(Path(spec.out_dir) / LAST_CHECKPOINT, weights_only=True)
     assert last["epoch"] == 1
