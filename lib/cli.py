@@ -63,7 +63,7 @@ def cmd_defconfig(args: argparse.Namespace) -> int:
 
 def cmd_olddefconfig(args: argparse.Namespace) -> int:
     path = _need_config()
-    kconf = cfg.load_kconfig_with(path)
+    kconf = cfg.load_kconfig_with(path, strict=False)
     kconf.write_config(path)
     print(f"{path}: expanded with the defaults of new options")
     return 0
@@ -71,7 +71,7 @@ def cmd_olddefconfig(args: argparse.Namespace) -> int:
 
 def cmd_savedefconfig(args: argparse.Namespace) -> int:
     path = _need_config()
-    kconf = cfg.load_kconfig_with(path)
+    kconf = cfg.load_kconfig_with(path, strict=False)
     kconf.write_min_config(args.output, header="")
     print(f"{args.output}: minimal configuration written (copy it to defconfigs/NAME to keep it)")
     return 0
@@ -144,7 +144,13 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
+    from lib.data import DataError, check_dataset_present
     from lib.runner import run_matrix
+
+    try:
+        check_dataset_present(config.data)
+    except DataError as e:
+        raise ConfigError(f"{e} (CONFIG_DATA_DIR={config.data.data_dir!r})") from None
 
     return run_matrix(
         specs,

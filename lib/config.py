@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,8 +134,15 @@ def _range_text(sym: kconfiglib.Symbol) -> str:
     return "any integer"
 
 
-def check_assignments(kconf: kconfiglib.Kconfig, path: str) -> None:
-    """Raise ConfigError for the first assignment in `path` that did not take effect."""
+def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = True) -> None:
+    """Raise ConfigError for the first assignment in `path` that did not take effect.
+
+    Malformed and out-of-range values are always errors (a typo must not turn into a default).
+    A hidden option (its dependencies unmet) is treated as the kernel's tools treat it: a
+    leftover value of a hidden number or string is dropped silently, but `=y` on a hidden
+    option asks for something that cannot be had (state pruning without AdamWPrune), which is
+    an error when `strict` and a printed notice otherwise (olddefconfig, savedefconfig).
+    An edited derived option (no prompt) is always an error: its value comes from a choice."""
     for warning in kconf.warnings:
         if "set more than once" in warning:
             continue  # a hand-edited line appended later wins, as in the kernel's tools
@@ -153,12 +161,23 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str) -> None:
         if got == wanted:
             continue
         name = f"CONFIG_{sym.name}"
-        if sym.visibility == 0:
-            deps = kconfiglib.expr_str(sym.direct_dep)
+        if not any(node.prompt for node in sym.nodes):
             raise ConfigError(
-                f"{path}: {name}={sym.user_value} has no effect: it depends on {deps}, "
-                "which is not satisfied (enable that first, e.g. with make menuconfig)"
+                f"{path}: {name}={sym.user_value!r} cannot be set directly: it is derived from "
+                f"other options (now {got!r}); change those with make menuconfig"
             )
+        if sym.visibility == 0:
+            if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE):
+                continue  # the leftover value of a hidden option, as after a menu change
+            deps = kconfiglib.expr_str(sym.direct_dep)
+            message = (
+                f"{path}: {name}={wanted} has no effect: it depends on {deps}, "
+                "which is not satisfied"
+            )
+            if strict:
+                raise ConfigError(f"{message} (enable that first, e.g. with make menuconfig)")
+            print(f"note: {message}; dropped", file=sys.stderr)
+            continue
         if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX):
             raise ConfigError(
                 f"{path}: {name}={sym.user_value} is out of range (accepted: {_range_text(sym)})"
@@ -171,9 +190,9 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str) -> None:
             raise ConfigError(f"{path}: {names} are alternatives of one choice; set only one")
 
 
-def load_kconfig_with(path: str | os.PathLike[str]) -> kconfiglib.Kconfig:
+def load_kconfig_with(path: str | os.PathLike[str], *, strict: bool = True) -> kconfiglib.Kconfig:
     """Parse Kconfig and apply a .config (or defconfig) with olddefconfig semantics: options
-    the file does not mention take their defaults."""
+    the file does not mention take their defaults. `strict`: see check_assignments."""
     path = str(path)
     if not os.path.exists(path):
         raise ConfigError(
@@ -183,7 +202,7 @@ def load_kconfig_with(path: str | os.PathLike[str]) -> kconfiglib.Kconfig:
     kconf = load_kconfig()
     kconf.warnings.clear()
     kconf.load_config(path)
-    check_assignments(kconf, path)
+    check_assignments(kconf, path, strict=strict)
     return kconf
 
 

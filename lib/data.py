@@ -177,15 +177,36 @@ class EpochLoader:
         return iter(self.loader)
 
 
+IMAGENET_LAYOUT = "expected ImageFolder layout <data_dir>/imagenet/{train,val}/<class>/<image>.JPEG"
+
+
+def check_dataset_present(data: DataSpec) -> None:
+    """DataError (one line) when the dataset's directories are missing: a cheap check the
+    runner's caller makes once before launching a matrix, instead of every run failing alone.
+    Contents (class folders, unreadable images) are checked when the loaders are built."""
+    if data.name == "imagenet":
+        for split in ("train", "val"):
+            split_dir = Path(data.data_dir) / "imagenet" / split
+            if not split_dir.is_dir():
+                raise DataError(f"imagenet: directory {split_dir} not found; {IMAGENET_LAYOUT}")
+    elif data.name in ("cifar10", "cifar100") and not data.download:
+        from torchvision import datasets
+
+        cls = datasets.CIFAR100 if data.name == "cifar100" else datasets.CIFAR10
+        folder = Path(data.data_dir) / data.name / cls.base_folder
+        if not folder.is_dir():
+            raise DataError(
+                f"{data.name}: directory {folder} not found; expected the python-pickle archive "
+                "extracted there, or enable CONFIG_DATA_DOWNLOAD"
+            )
+
+
 def _imagenet_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
     from torchvision import datasets, transforms
 
     root = Path(data.data_dir) / "imagenet"
-    layout = "expected ImageFolder layout <data_dir>/imagenet/{train,val}/<class>/<image>.JPEG"
-    for split in ("train", "val"):
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise DataError(f"imagenet: directory {split_dir} not found; {layout}")
+    layout = IMAGENET_LAYOUT
+    check_dataset_present(data)
     size = data.image_size
     # The 256/224 ratio of the standard evaluation transform, kept at other sizes.
     resize = int(round(size * 256 / 224))

@@ -228,3 +228,44 @@ def test_results_dir_setting_reads_the_file_without_validating_it(tmp_path, monk
     config.write_text('CONFIG_RESULTS_DIR=""\n')
     assert cfg.results_dir_setting() == Path("results")
     assert cfg.results_dir_setting(tmp_path / "absent") == Path("results")
+
+
+def test_leftover_values_of_hidden_options_are_dropped_like_the_kernel_does(tmp_path):
+    # Switched from synthetic to ImageNet by hand: the synthetic sizes are now hidden.
+    path = write_config(
+        tmp_path,
+        "demo",
+        "CONFIG_DATASET_IMAGENET=y",
+        "# CONFIG_DATASET_MNIST5K is not set",
+        "CONFIG_DATA_SYNTHETIC_CLASSES=10",
+    )
+    assert cfg.load(path).data.name == "imagenet"
+
+
+def test_an_edited_derived_option_is_an_error_not_silently_ignored(tmp_path):
+    path = write_config(tmp_path, "demo", 'CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME="adamwspam"')
+    with pytest.raises(ConfigError, match="cannot be set directly: it is derived"):
+        cfg.load(path)
+
+
+def test_olddefconfig_drops_a_hidden_y_with_a_notice_while_loading_refuses_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_config(
+        tmp_path, "demo", "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set", "CONFIG_PRUNING_STATE=y"
+    )
+    with pytest.raises(ConfigError, match="CONFIG_PRUNING_STATE=y has no effect"):
+        cfg.load(path)
+    res = subprocess.run(
+        [sys.executable, "-m", "lib.cli", "olddefconfig"],
+        cwd=cfg.ROOT,
+        env={**__import__("os").environ, "KCONFIG_CONFIG": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "note:" in res.stderr and "CONFIG_PRUNING_STATE" in res.stderr
+    assert "CONFIG_PRUNING_STATE=y" not in path.read_text()
+    assert cfg.load(path).pruning_methods == ("none", "magnitude")

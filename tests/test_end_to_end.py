@@ -167,3 +167,19 @@ def test_truncated_checkpoint_fails_the_run_with_one_line_and_keeps_the_file(
     assert str(checkpoint) in error and "damaged" in error and "RERUN_FAILED=1" in error
     assert checkpoint.read_bytes() == b"PK\x03\x04 torn in half"  # evidence kept
     assert not (out_dir / "metrics.json").exists()  # nothing trained on a torn checkpoint
+
+
+def test_missing_dataset_is_refused_before_any_run_starts(tmp_path):
+    config = tmp_path / ".config"
+    results = tmp_path / "results"
+    config.write_text(
+        TINY.replace("CONFIG_DATASET_SYNTHETIC=y", "CONFIG_DATASET_IMAGENET=y")
+        + f'CONFIG_RESULTS_DIR="{results}"\nCONFIG_DATA_DIR="{tmp_path}/nowhere"\n'
+    )
+    res = cli("lib.cli", "test-matrix", config=config, results=results)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"{tmp_path}/nowhere/imagenet/train not found" in lines[0]
+    assert "CONFIG_DATA_DIR" in lines[0]
+    assert not results.exists()  # nothing launched, nothing written
