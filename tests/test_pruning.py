@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 import torchvision
+from optim_helpers import batches, groups, train
 from torch import nn
 
 from lib.pruning import (
@@ -34,34 +35,6 @@ def tiny_model(seed: int = 0) -> nn.Module:
         nn.Flatten(),
         nn.Linear(16, 10),
     )
-
-
-def batches(count: int, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(4, 3, 8, 8, generator=generator),
-            torch.randint(0, 10, (4,), generator=generator),
-        )
-        for _ in range(count)
-    ]
-
-
-def train(model, optimizer, data, after_step=None):
-    for x, y in data:
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_step is not None:
-            after_step()
-
-
-def groups(model, weight_decay):
-    params = list(model.parameters())
-    return [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
 
 
 # -- schedule -------------------------------------------------------------------------------------
