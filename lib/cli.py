@@ -170,10 +170,12 @@ def cmd_test_matrix(args: argparse.Namespace) -> int:
 
 
 def newest_matrix(results_dir: Path) -> Path:
-    candidates = sorted(results_dir.glob("*/matrix.json"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    from lib.metrics import newest_matrix as find_newest
+
+    newest = find_newest(results_dir)
+    if newest is None:
         raise ConfigError(f"no matrix under {results_dir}/ to continue; run make test-matrix")
-    return candidates[-1].parent
+    return newest
 
 
 def cmd_continue(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from lib.spec import RunSpec
 
 SCHEMA_VERSION = 1
+MATRIX_FILE = "matrix.json"  # the runner's manifest at results/<matrix>/
+METRICS_FILE = "metrics.json"  # each run's document at results/<matrix>/<run_id>/
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
@@ -184,3 +186,15 @@ def build_document(
             total_seconds=total,
         ),
     }
+
+
+def newest_matrix(results_dir: str | os.PathLike[str]) -> Path | None:
+    """The matrix directory under `results_dir` whose matrix.json was written last (comparison
+    outputs, `compare-*`, are not matrices), or None when there is none."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return None
+    manifests = [
+        p for p in results_dir.glob(f"*/{MATRIX_FILE}") if not p.parent.name.startswith("compare-")
+    ]
+    return max(manifests, key=lambda p: p.stat().st_mtime).parent if manifests else None

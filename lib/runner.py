@@ -42,6 +42,8 @@ from typing import IO, Any
 
 from lib.lock import LockHeld, MatrixLock
 from lib.metrics import (
+    MATRIX_FILE,
+    METRICS_FILE,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -58,10 +60,8 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130
 
-MATRIX_FILE = "matrix.json"
 MATRIX_SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 

@@ -51,6 +51,7 @@ from lib.data import DataError, build_loaders
 from lib.environment import capture_environment
 from lib.memory import PeakMemoryMeter
 from lib.metrics import (
+    METRICS_FILE,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -65,7 +66,6 @@ from lib.spec import LR_SCHEDULES, PRECISIONS, RunSpec, TrainSpec
 from models import build_model, count_parameters
 from optimizers import build_optimizer
 
-METRICS_FILE = "metrics.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 CHECKPOINT_FORMAT = 1

@@ -9,12 +9,13 @@ std/peak-to-final, so a report never disagrees with the trainer about what those
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lib.metrics import (
+    MATRIX_FILE,
+    METRICS_FILE,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -22,10 +23,10 @@ from lib.metrics import (
     read_metrics,
     summarize,
 )
+from lib.metrics import (
+    newest_matrix as lib_newest_matrix,
+)
 from lib.spec import RunSpec, method_key
-
-MATRIX_FILE = "matrix.json"
-METRICS_FILE = "metrics.json"
 
 STATUS_PENDING = "pending"
 STATUS_UNREADABLE = "unreadable"  # metrics.json exists but is corrupt or of another schema
@@ -300,12 +301,10 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
 
 def newest_matrix(results_dir: str | Path) -> Path:
     """The matrix directory whose matrix.json was written last."""
-    results_dir = Path(results_dir)
-    plans: Iterable[Path] = results_dir.glob(f"*/{MATRIX_FILE}") if results_dir.is_dir() else []
-    plans = [p for p in plans if not p.parent.name.startswith("compare-")]
-    if not plans:
+    newest = lib_newest_matrix(results_dir)
+    if newest is None:
         raise ReportError(f"no matrix under {results_dir}: no */{MATRIX_FILE} found")
-    return max(plans, key=lambda p: p.stat().st_mtime).parent
+    return newest
 
 
 MODEL_DISPLAY = {"resnet50": "ResNet-50", "resnet18": "ResNet-18"}
