@@ -334,6 +334,39 @@ def _sparsities(r: _Reader) -> tuple[float, ...]:
     return tuple(sorted(levels))
 
 
+def _distributed(r: _Reader) -> dict:
+    """TrainSpec fields of a run on several GPUs; TrainSpec's defaults with one GPU (the
+    DDP_* options are hidden then and mean nothing)."""
+    gpus = r.int("GPUS_PER_RUN")
+    if gpus == 1:
+        return {"gpus_per_run": 1}
+    batch_rule = r.choice("DDP_BATCH", ("global", "per_gpu"))
+    batch = r.int("TRAIN_BATCH_SIZE")
+    if batch_rule == "global" and batch % gpus:
+        raise r.fail(
+            "TRAIN_BATCH_SIZE",
+            str(batch),
+            f"a multiple of CONFIG_GPUS_PER_RUN={gpus}: the global batch is split evenly "
+            "across the GPUs of a run",
+        )
+    backend = r.choice("DDP_BACKEND", ("auto", "nccl", "gloo"))
+    device = r.choice("TRAIN_DEVICE", ("auto", "cuda", "cpu"))
+    sync_bn = r.bool("DDP_SYNC_BATCHNORM")
+    if device == "cpu" and backend == "nccl":
+        raise r.fail("DDP_BACKEND_NCCL", "y", "auto or gloo with CONFIG_TRAIN_DEVICE_CPU")
+    if device == "cpu" and sync_bn:
+        raise r.fail(
+            "DDP_SYNC_BATCHNORM", "y", "n with CONFIG_TRAIN_DEVICE_CPU (SyncBatchNorm needs CUDA)"
+        )
+    return {
+        "gpus_per_run": gpus,
+        "batch_rule": batch_rule,
+        "sync_batchnorm": sync_bn,
+        "ddp_backend": backend,
+        "ddp_mask_check": r.bool("DDP_MASK_CHECK"),
+    }
+
+
 def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
     """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
     r = _Reader(kconf, path)
@@ -375,6 +408,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         checkpoint=r.bool("TRAIN_CHECKPOINT"),
         deterministic=r.bool("TRAIN_DETERMINISTIC"),
         max_steps_per_epoch=r.int("TRAIN_MAX_STEPS_PER_EPOCH"),
+        **_distributed(r),
     )
     if train.warmup_epochs >= train.epochs:
         raise r.fail(
@@ -429,6 +463,12 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     if len(set(seeds)) != len(seeds):
         raise r.fail("MATRIX_SEEDS", r.str("MATRIX_SEEDS"), "distinct seeds")
     gpus = tuple(str(g) for g in r.int_list("MATRIX_GPUS"))
+    if gpus and train.gpus_per_run > len(gpus):
+        raise r.fail(
+            "GPUS_PER_RUN",
+            str(train.gpus_per_run),
+            f"1..{len(gpus)}, the number of GPUs in CONFIG_MATRIX_GPUS={r.str('MATRIX_GPUS')!r}",
+        )
     matrix = MatrixSettings(
         name=name,
         results_dir=r.str("RESULTS_DIR") or "results",

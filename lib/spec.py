@@ -25,6 +25,8 @@ PRUNE_SCOPES = ("global", "layerwise")
 LR_SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
+BATCH_RULES = ("global", "per_gpu")  # what TrainSpec.batch_size means with several GPUs
+DDP_BACKENDS = ("auto", "nccl", "gloo")
 
 # Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes.
 DATASET_CLASSES = {"imagenet": 1000, "cifar100": 100, "cifar10": 10, "mnist5k": 10}
@@ -74,6 +76,24 @@ class TrainSpec:
     checkpoint: bool = True  # keep `last` (every epoch) and `best` checkpoints
     deterministic: bool = True  # torch.use_deterministic_algorithms where supported
     max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps steps (tests, smoke runs)
+    # Several GPUs per run (DistributedDataParallel, one process per GPU; docs/distributed.md)
+    gpus_per_run: int = 1
+    batch_rule: str = "global"  # global: batch_size is split across GPUs; per_gpu: per GPU
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch
+    ddp_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU (not part of the identity)
+    ddp_mask_check: bool = True  # all-reduced mask checksums (not part of the identity)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all the GPUs of the run."""
+        if self.batch_rule == "per_gpu":
+            return self.batch_size * self.gpus_per_run
+        return self.batch_size
+
+    @property
+    def rank_batch_size(self) -> int:
+        """Images per step on each GPU (rank) of the run."""
+        return self.global_batch_size // self.gpus_per_run
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,8 @@ class RunSpec:
         d.pop("matrix")
         for volatile in ("workers", "pin_memory", "persistent_workers", "data_dir", "download"):
             d["data"].pop(volatile)
+        for how in ("ddp_backend", "ddp_mask_check"):  # how it is trained, not what
+            d["train"].pop(how)
         return d
 
 
