@@ -404,6 +404,9 @@ class _Run:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.scaler.load_state_dict(checkpoint["scaler"])
             set_rng_state(checkpoint["rng"])
+            # Measured from the restored state, so a metrics.json rebuilt from the checkpoint
+            # of a finished run (no epoch left to train) keeps its memory figures.
+            self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
             print(f"resumed from {self.last_path} after epoch {len(self.epochs)}", flush=True)
         self.forward_model = torch.compile(self.model) if train.compile else self.model
         self.write_metrics(STATUS_RUNNING)
