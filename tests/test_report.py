@@ -19,8 +19,9 @@ import pytest
 
 from lib.metrics import SCHEMA_VERSION, STATUS_COMPLETED, STATUS_FAILED, summarize
 from lib.spec import DataSpec, ModelSpec, OptimizerSpec, PruningSpec, RunSpec, TrainSpec
-from scripts import report
-from scripts.report_data import load_matrix
+from scripts.report import cli
+from scripts.report.data import load_matrix
+from scripts.report.output import write_report
 
 BASELINE = "adamwspam_magnitude"
 CANDIDATE = "adamwprune-adamw_state-hybrid"
@@ -182,7 +183,7 @@ def write_matrix(
 
 
 def report_plot_kinds() -> tuple[str, ...]:
-    from scripts.plots import PLOT_KINDS
+    from scripts.report.plots import PLOT_KINDS
 
     return PLOT_KINDS
 
@@ -259,7 +260,7 @@ def seed_matrix(tmp_path: Path) -> Path:
 
 
 def test_accuracy_table_matches_the_seed_format(seed_matrix: Path) -> None:
-    path = report.write_report(seed_matrix)
+    path = write_report(seed_matrix)
     text = path.read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     # Column order: candidate, baseline, Improvement; best counts only epochs at the target.
@@ -273,7 +274,7 @@ def test_accuracy_table_matches_the_seed_format(seed_matrix: Path) -> None:
 
 
 def test_stability_table_numbers(seed_matrix: Path) -> None:
-    text = report.write_report(seed_matrix).read_text()
+    text = write_report(seed_matrix).read_text()
     rows = table_rows(text, "### Stability Analysis")
     run_id = "`resnet50_adamwprune-adamw_state-hybrid_s50_seed0`"
     row = row_for(rows, run_id)
@@ -315,7 +316,7 @@ def test_memory_table_keeps_cuda_and_cpu_apart(tmp_path: Path) -> None:
         )
     )
     matrix = write_matrix(tmp_path, "mem", runs)
-    text = report.write_report(matrix).read_text()
+    text = write_report(matrix).read_text()
     summary = table_rows(text, "### Memory")
     assert row_for(summary, "AdamWPrune (AdamW base) state/hybrid") == [
         "AdamWPrune (AdamW base) state/hybrid",
@@ -360,7 +361,7 @@ def multi_seed_runs() -> list[FakeRun]:
 
 def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> None:
     matrix = write_matrix(tmp_path, "seeds", multi_seed_runs())
-    text = report.write_report(matrix).read_text()
+    text = write_report(matrix).read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     # mean 74.5, sample std 0.5 ; mean 73.2, sample std 0.2 ; t(0.975, 2) = 4.3027
     assert row_for(rows, "**50%**") == [
@@ -382,7 +383,7 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
     se = math.sqrt(0.25 / 3 + 0.04 / 3)
     df = se**4 / ((0.25 / 3) ** 2 / 2 + (0.04 / 3) ** 2 / 2)
     assert df == pytest.approx(2.6240, abs=1e-4)
-    from scripts.report_stats import t_critical
+    from scripts.report.stats import t_critical
 
     half = t_critical(df) * se
     assert 3.2 < t_critical(df) < 4.31  # between t(3) and t(2)
@@ -422,7 +423,7 @@ def test_failed_running_pending_and_corrupt_runs_are_listed_not_dropped(tmp_path
     (corrupt_dir / "metrics.json").write_text("{ not json")
     del extra
 
-    text = report.write_report(matrix).read_text()
+    text = write_report(matrix).read_text()
     rows = table_rows(text, "## Unfinished and failed runs")
     failed = row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s70_seed0`")
     assert failed == [failed[0], "**failed**", "3/12", "loss is nan at epoch 3 step 17"]
@@ -451,7 +452,7 @@ def test_one_run_matrix_renders(tmp_path: Path) -> None:
         [FakeRun("adamwprune", "state", 0.5, 0, CAND_50, ramp_sparsity(0.5, 12))],
         baseline="",
     )
-    text = report.write_report(matrix).read_text()
+    text = write_report(matrix).read_text()
     assert "only **AdamWPrune (AdamW base) state/hybrid** has results: 74.54%" in text
     rows = table_rows(text, "### Accuracy Comparison")
     assert rows == [["50%", "74.54%"]]  # no baseline configured: no Improvement column
@@ -460,7 +461,7 @@ def test_one_run_matrix_renders(tmp_path: Path) -> None:
 def test_pruned_run_that_never_reaches_its_target_has_no_best(tmp_path: Path) -> None:
     run = FakeRun("adamwprune", "state", 0.9, 0, [50.0, 60.0, 70.0], sparsity=[0.3, 0.6, 0.85])
     matrix = write_matrix(tmp_path, "short", [run], baseline="")
-    text = report.write_report(matrix).read_text()
+    text = write_report(matrix).read_text()
     assert row_for(table_rows(text, "### Accuracy Comparison"), "90%") == [
         "90%",
         "*target not reached*",
@@ -473,7 +474,7 @@ def test_pruned_run_that_never_reaches_its_target_has_no_best(tmp_path: Path) ->
 
 
 def test_plots_are_written_embedded_and_non_empty(seed_matrix: Path) -> None:
-    text = report.write_report(seed_matrix).read_text()
+    text = write_report(seed_matrix).read_text()
     pngs = sorted((seed_matrix / "plots").glob("*.png"))
     names = {p.name for p in pngs}
     assert names == {
@@ -495,12 +496,12 @@ def test_plot_selection_follows_matrix_json(tmp_path: Path) -> None:
     stale = matrix / "plots" / "accuracy_evolution_s30.png"  # from an earlier render
     stale.parent.mkdir()
     stale.write_bytes(b"old")
-    report.write_report(matrix)
+    write_report(matrix)
     assert [p.name for p in (matrix / "plots").glob("*.png")] == ["memory.png"]
 
 
 def test_metrics_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
-    report.write_report(seed_matrix)
+    write_report(seed_matrix)
     with open(seed_matrix / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 12
@@ -529,19 +530,19 @@ def test_cli_writes_newest_matrix_and_prints_path(tmp_path: Path, capsys) -> Non
     new = write_matrix(tmp_path, "new", seed_like_runs()[:2])
     past = time.time() - 100
     os.utime(old / "matrix.json", (past, past))
-    assert report.main(["--results-dir", str(tmp_path)]) == 0
+    assert cli.main(["--results-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(new / "report.md")
     assert (new / "report.md").is_file() and not (old / "report.md").exists()
 
 
 def test_cli_missing_matrix_is_one_clear_error(tmp_path: Path, capsys) -> None:
     write_matrix(tmp_path, "present", seed_like_runs()[:1])
-    assert report.main(["--results-dir", str(tmp_path), "--matrix", "absent"]) == 2
+    assert cli.main(["--results-dir", str(tmp_path), "--matrix", "absent"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "--matrix 'absent'" in err and "present" in err
 
-    assert report.main(["--results-dir", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["--results-dir", str(tmp_path / "nothing")]) == 2
     assert "no matrix under" in capsys.readouterr().err
 
 
@@ -553,8 +554,8 @@ def test_cli_unwritable_matrix_is_one_clear_error(tmp_path: Path, capsys, monkey
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "ro" / "report.md"))
 
-    monkeypatch.setattr(report, "write_report", read_only)
-    assert report.main(["--results-dir", str(tmp_path), "--matrix", "ro"]) == 2
+    monkeypatch.setattr(cli, "write_report", read_only)
+    assert cli.main(["--results-dir", str(tmp_path), "--matrix", "ro"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert "ro/report.md: Read-only file system" in err and "must be writable" in err
@@ -564,13 +565,13 @@ def test_cli_empty_matrix_is_an_error(tmp_path: Path, capsys) -> None:
     matrix = tmp_path / "empty"
     matrix.mkdir()
     (matrix / "matrix.json").write_text(json.dumps({"name": "empty", "runs": []}))
-    assert report.main(["--results-dir", str(tmp_path), "--matrix", "empty"]) == 2
+    assert cli.main(["--results-dir", str(tmp_path), "--matrix", "empty"]) == 2
     assert "is empty" in capsys.readouterr().err
 
 
 def test_cli_unknown_baseline_names_the_option_and_accepted_values(seed_matrix, capsys) -> None:
     args = ["--results-dir", str(seed_matrix.parent), "--baseline", "sgd_dense"]
-    assert report.main(args) == 2
+    assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "--baseline 'sgd_dense'" in err and BASELINE in err and CANDIDATE in err
 
@@ -578,7 +579,7 @@ def test_cli_unknown_baseline_names_the_option_and_accepted_values(seed_matrix, 
 def test_cli_baseline_override_flips_the_improvement(seed_matrix: Path) -> None:
     args = ["--results-dir", str(seed_matrix.parent), "--baseline", CANDIDATE]
     args += ["--candidate", BASELINE]
-    assert report.main(args) == 0
+    assert cli.main(args) == 0
     rows = table_rows((seed_matrix / "report.md").read_text(), "### Accuracy Comparison")
     assert row_for(rows, "50%") == ["50%", "73.22%", "**74.54%**", "-1.32%"]
 
@@ -594,7 +595,7 @@ def test_compare_two_matrices_side_by_side(tmp_path: Path, capsys) -> None:
     runs_b.append(FakeRun("adamwspam", "magnitude", 0.5, 0, [73.0] * 3))
     write_matrix(tmp_path, "ma", runs_a, config={"CONFIG_ADAMWPRUNE_AMSGRAD": "n"})
     write_matrix(tmp_path, "mb", runs_b, config={"CONFIG_ADAMWPRUNE_AMSGRAD": "y"})
-    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "mb"]) == 0
+    assert cli.main(["--results-dir", str(tmp_path), "--compare", "ma", "mb"]) == 0
     path = tmp_path / "compare-ma-vs-mb" / "report.md"
     assert capsys.readouterr().out.strip() == str(path)
     text = path.read_text()
@@ -624,12 +625,12 @@ def test_compare_two_matrices_side_by_side(tmp_path: Path, capsys) -> None:
 
 def test_compare_rejects_baseline_and_unknown_matrix(tmp_path: Path, capsys) -> None:
     write_matrix(tmp_path, "ma", seed_like_runs()[:1])
-    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "zz"]) == 2
+    assert cli.main(["--results-dir", str(tmp_path), "--compare", "ma", "zz"]) == 2
     assert "--compare 'zz'" in capsys.readouterr().err
     args = ["--results-dir", str(tmp_path), "--compare", "ma", "ma", "--baseline", BASELINE]
-    assert report.main(args) == 2
+    assert cli.main(args) == 2
     assert "not accepted with --compare" in capsys.readouterr().err
-    assert report.main(["--results-dir", str(tmp_path), "--compare", "ma", "ma"]) == 2
+    assert cli.main(["--results-dir", str(tmp_path), "--compare", "ma", "ma"]) == 2
     assert "the same matrix twice" in capsys.readouterr().err
 
 
@@ -643,7 +644,7 @@ def test_interrupted_run_and_lifetime_rss_are_labelled(tmp_path: Path) -> None:
             peak_mb=2048.0,
         )
     )  # fmt: skip
-    text = report.write_report(write_matrix(tmp_path, "interrupted", runs)).read_text()
+    text = write_report(write_matrix(tmp_path, "interrupted", runs)).read_text()
     row = row_for(
         table_rows(text, "## Unfinished and failed runs"),
         "`resnet50_adamwspam_magnitude_s50_seed0`",
@@ -665,7 +666,7 @@ def test_dense_runs_fill_the_zero_row_and_are_never_the_default_candidate(tmp_pa
         FakeRun("adamwprune", "state", 0.5, 0, [74.0] * 3),
         FakeRun("adamwspam", "magnitude", 0.5, 0, [73.0] * 3),
     ]
-    text = report.write_report(write_matrix(tmp_path, "dense", runs)).read_text()
+    text = write_report(write_matrix(tmp_path, "dense", runs)).read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     assert rows == [
         ["**0% (dense)**", "**76.00%**", "75.50%", "**+0.50%**"],

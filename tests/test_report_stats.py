@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scripts.report_stats import (
+from scripts.report.stats import (
     estimate,
     student_t_two_sided_tail,
     t_critical,

@@ -2,7 +2,7 @@
 
 Writes `<results-dir>/compare-A-vs-B/report.md` (and `plots/accuracy_vs_sparsity.png`). Rows
 are the (method, sparsity) cells of either matrix; the difference is B - A, judged with the
-same Welch rule as a single report (scripts.report_stats). The configuration symbols that
+same Welch rule as a single report (scripts.report.stats). The configuration symbols that
 differ between the two snapshots come first, because they are what the comparison is about.
 """
 
@@ -11,20 +11,17 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from scripts.report import (
-    PLOTS_DIR,
-    REPORT_FILE,
-    _write_text,
-    build_cell,
-    fmt_estimate,
+from scripts.report.cells import build_cell, fmt_estimate
+from scripts.report.data import MatrixResults, load_matrix, method_display_name
+from scripts.report.markdown import (
     fmt_interval,
     fmt_signed,
     fmt_sparsity,
     md_escape,
     md_table,
 )
-from scripts.report_data import MatrixResults, load_matrix, method_display_name
-from scripts.report_stats import welch_difference
+from scripts.report.output import PLOTS_DIR, REPORT_FILE, write_text
+from scripts.report.stats import welch_difference
 
 
 def comparison_dir_name(name_a: str, name_b: str) -> str:
@@ -146,7 +143,7 @@ def render_comparison(
 
 
 def write_comparison(matrix_a: Path, matrix_b: Path, results_dir: Path) -> Path:
-    from scripts.plots import plot_comparison
+    from scripts.report.plots import plot_comparison
 
     a, b = load_matrix(matrix_a), load_matrix(matrix_b)
     out_dir = Path(results_dir) / comparison_dir_name(matrix_a.name, matrix_b.name)
@@ -154,5 +151,5 @@ def write_comparison(matrix_a: Path, matrix_b: Path, results_dir: Path) -> Path:
     rendered = plot_comparison(a, b, out_dir / PLOTS_DIR)
     links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     path = out_dir / REPORT_FILE
-    _write_text(path, render_comparison(a, b, links))
+    write_text(path, render_comparison(a, b, links))
     return path

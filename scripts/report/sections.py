@@ -1,218 +1,36 @@
-"""`make report`: render results/<matrix>/report.md, plots and metrics.csv from result files.
-
-    python -m scripts.report [--results-dir results] [--matrix NAME]
-                             [--baseline METHOD_KEY] [--candidate METHOD_KEY]
-    python -m scripts.report --compare MATRIX_A MATRIX_B
-
-Reads only matrix.json and each run's metrics.json (scripts.report_data); never reruns or
-imports training code. The statistics rules live in scripts.report_stats and are documented in
-docs/report.md.
-"""
+"""The sections of report.md, each a function of the loaded results, and `render_report`."""
 
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime as dt
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from lib.metrics import STABILITY_WINDOW, STATUS_COMPLETED, STATUS_FAILED
-from scripts.report_data import (
+from lib.metrics import STABILITY_WINDOW, STATUS_FAILED
+from scripts.report.cells import (
+    Cell,
+    Comparison,
+    build_cell,
+    fmt_estimate,
+    status_rank,
+)
+from scripts.report.data import (
     DATASET_DISPLAY,
     MODEL_DISPLAY,
-    UNFINISHED_ORDER,
     MatrixResults,
-    ReportError,
     RunResult,
-    load_matrix,
     method_display_name,
-    newest_matrix,
 )
-from scripts.report_stats import Difference, Estimate, estimate, welch_difference
-
-REPORT_FILE = "report.md"
-CSV_FILE = "metrics.csv"
-PLOTS_DIR = "plots"
-ADAMWPRUNE_PREFIX = "adamwprune"
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}%"
-
-
-def fmt_signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.2f}%"
-
-
-def fmt_num(value: float | None, digits: int = 2, unit: str = "") -> str:
-    return "—" if value is None else f"{value:,.{digits}f}{unit}"
-
-
-def fmt_sparsity(sparsity: float) -> str:
-    return "0% (dense)" if sparsity == 0 else f"{sparsity * 100:g}%"
-
-
-def fmt_interval(low: float | None, high: float | None, signed: bool = False) -> str:
-    if low is None or high is None:
-        return "—"
-    spec = "+.2f" if signed else ".2f"
-    return f"[{low:{spec}}, {high:{spec}}]"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-# --------------------------------------------------------------------------- cells
-
-
-@dataclass(frozen=True)
-class Cell:
-    """The replicates of one (method, sparsity) and what the report can say about them."""
-
-    key: str
-    sparsity: float
-    runs: tuple[RunResult, ...]
-    best: Estimate | None
-    final: Estimate | None
-
-    @property
-    def planned(self) -> int:
-        return len(self.runs)
-
-    @property
-    def completed(self) -> int:
-        return sum(run.completed for run in self.runs)
-
-    def missing_note(self, estimate_: Estimate | None) -> str:
-        """Why a cell has no number (or only some seeds' numbers)."""
-        if not self.runs:
-            return "—"
-        if estimate_ is None:
-            if self.completed:
-                return "target not reached"
-            statuses = sorted({run.status for run in self.runs}, key=_status_rank)
-            return ", ".join(statuses)
-        if estimate_.n < self.planned:
-            return f"{estimate_.n} of {self.planned} seeds"
-        return ""
-
-
-def _status_rank(status: str) -> int:
-    order = (STATUS_COMPLETED, *UNFINISHED_ORDER)
-    return order.index(status) if status in order else len(order)
-
-
-def dense_key_of(key: str) -> str:
-    """The dense method of the same optimizer: `adamwspam_magnitude` -> `adamwspam_dense`."""
-    return key.partition("_")[0] + "_dense"
-
-
-def build_cell(results: MatrixResults, key: str, sparsity: float) -> Cell:
-    """The replicates of `key` at `sparsity`. At 0% a pruning method *is* its optimizer's
-    dense run, so a pruned method's 0% cell is that dense run (and `Cell.key` says so)."""
-    if sparsity == 0 and not results.cell(key, 0.0):
-        key = dense_key_of(key)
-    runs = tuple(sorted(results.cell(key, sparsity), key=lambda r: r.seed))
-    # Only finished runs are numbers: a running run's best so far is not its result.
-    done = [r for r in runs if r.completed and r.summary]
-    best_values = [r.summary["best_top1"] for r in done if r.summary["best_top1"] is not None]
-    final_values = [r.summary["final_top1"] for r in done if r.summary["final_top1"] is not None]
-    return Cell(
-        key=key,
-        sparsity=sparsity,
-        runs=runs,
-        best=estimate(best_values) if best_values else None,
-        final=estimate(final_values) if final_values else None,
-    )
-
-
-def fmt_estimate(value: Estimate | None, cell: Cell, bold: bool = False) -> str:
-    if value is None:
-        return f"*{cell.missing_note(value)}*" if cell.runs else "—"
-    text = f"{value.mean:.2f}%" if value.std is None else f"{value.mean:.2f} ± {value.std:.2f}%"
-    if bold:
-        text = f"**{text}**"
-    note = cell.missing_note(value)
-    return f"{text} ({note})" if note else text
-
-
-# --------------------------------------------------------------------------- comparison setup
-
-
-@dataclass(frozen=True)
-class Comparison:
-    methods: list[str]  # every method: candidate, baseline, then the rest as planned
-    columns: list[str]  # the accuracy tables' columns: `methods` less the folded dense ones
-    baseline: str | None
-    candidate: str | None
-    notes: list[str]
-
-
-def resolve_comparison(
-    results: MatrixResults, baseline: str | None = None, candidate: str | None = None
-) -> Comparison:
-    """Pick the baseline and candidate methods: command line first, then matrix.json.
-
-    A method given on the command line that the matrix lacks is an error (the user asked for
-    something that cannot be shown); one configured in matrix.json only earns a note, so a
-    matrix that, say, ran only AdamWPrune still gets its report.
-    """
-    keys = results.method_keys()
-    notes: list[str] = []
-    for option, value in (("--baseline", baseline), ("--candidate", candidate)):
-        if value is not None and value not in keys:
-            raise ReportError(
-                f"{option} {value!r} is not a method of matrix {results.name!r}; "
-                f"accepted: {', '.join(keys)}"
-            )
-    settings = results.report_settings
-    if baseline is None:
-        baseline = settings.get("baseline") or None
-        if baseline is not None and baseline not in keys:
-            notes.append(
-                f"The configured baseline `{baseline}` has no runs in this matrix, so there "
-                "is no Improvement column."
-            )
-            baseline = None
-    if candidate is None:
-        candidate = settings.get("candidate") or None
-        if candidate is not None and candidate not in keys:
-            notes.append(f"The configured candidate `{candidate}` has no runs in this matrix.")
-            candidate = None
-        if candidate is None:
-            # The first AdamWPrune method that prunes; its dense control is not a candidate.
-            adamwprune = [k for k in keys if k.startswith(ADAMWPRUNE_PREFIX)]
-            pruning = [k for k in adamwprune if not k.endswith("_dense")]
-            candidate = (pruning or adamwprune or [None])[0]
-    if candidate is not None and candidate == baseline:
-        notes.append("Candidate and baseline are the same method; no Improvement column.")
-        baseline = None
-    ordered = [k for k in (candidate, baseline) if k is not None]
-    ordered += [k for k in keys if k not in ordered]
-    # A dense method whose optimizer also has a pruning column is that column's 0% row.
-    pruned_keys = [k for k in ordered if not k.endswith("_dense")]
-    folded = {dense_key_of(k) for k in pruned_keys}
-    columns = [k for k in ordered if k not in folded or k in (candidate, baseline)]
-    return Comparison(
-        methods=ordered, columns=columns, baseline=baseline, candidate=candidate, notes=notes
-    )
-
-
-# --------------------------------------------------------------------------- sections
+from scripts.report.markdown import (
+    fmt_interval,
+    fmt_num,
+    fmt_pct,
+    fmt_range,
+    fmt_signed,
+    fmt_sparsity,
+    md_escape,
+    md_table,
+)
+from scripts.report.stats import Difference, welch_difference
 
 
 def _config_summary(results: MatrixResults) -> dict[str, Any]:
@@ -238,7 +56,7 @@ def _status_counts(results: MatrixResults) -> str:
     counts: dict[str, int] = {}
     for run in results.runs:
         counts[run.status] = counts.get(run.status, 0) + 1
-    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=_status_rank)]
+    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=status_rank)]
     return f"{', '.join(parts)} (of {len(results.runs)} planned)"
 
 
@@ -496,7 +314,7 @@ def section_executive_summary(
         for run in unfinished:
             counts[run.status] = counts.get(run.status, 0) + 1
         parts = ", ".join(
-            f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: _status_rank(i[0]))
+            f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: status_rank(i[0]))
         )
         lines.append(
             f"- {len(unfinished)} of {len(results.runs)} planned runs have no final result "
@@ -658,16 +476,6 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def fmt_range(values: list[float], digits: int) -> str:
-    """`12,602.5` when all runs agree, else `12,596.5 – 12,792.5` (like the seed's report)."""
-    if not values:
-        return "—"
-    low, high = min(values), max(values)
-    if f"{low:,.{digits}f}" == f"{high:,.{digits}f}":
-        return f"{low:,.{digits}f}"
-    return f"{low:,.{digits}f} – {high:,.{digits}f}"
-
-
 def _memory_summary_rows(results: MatrixResults, comparison: Comparison) -> list[list[str]]:
     rows = []
     for key in comparison.methods:
@@ -754,7 +562,7 @@ def section_unfinished(results: MatrixResults, comparison: Comparison) -> str:
         lines.append("None: every planned run completed.")
         return "\n".join(lines)
     rows = []
-    for run in sorted(runs, key=lambda r: _status_rank(r.status)):
+    for run in sorted(runs, key=lambda r: status_rank(r.status)):
         planned = run.planned_epochs
         done = len(run.epochs)
         progress = f"{done}/{planned}" if planned else str(done)
@@ -872,9 +680,6 @@ def section_plots(plots: list[tuple[str, str]]) -> str:
     return "\n".join(lines).rstrip()
 
 
-# --------------------------------------------------------------------------- whole report
-
-
 def render_report(
     results: MatrixResults,
     comparison: Comparison,
@@ -896,157 +701,3 @@ def render_report(
         section_plots(plots or []),
     ]
     return "\n\n".join(sections) + "\n"
-
-
-CSV_EPOCH_FIELDS = (
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "sparsity",
-    "scheduled_sparsity",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-    "peak_memory_mb",
-    "peak_memory_reserved_mb",
-    "memory_kind",
-)
-CSV_RUN_FIELDS = ("run_id", "method_key", "method", "target_sparsity", "seed", "status")
-
-
-def write_metrics_csv(results: MatrixResults, path: Path) -> int:
-    """Every recorded epoch of every run as one long table; returns the number of rows.
-
-    Per-layer sparsity is left out (one column per layer would make the file unreadable);
-    it stays in each run's metrics.json.
-    """
-    rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_RUN_FIELDS + CSV_EPOCH_FIELDS)
-        for run in results.runs:
-            prefix = [
-                run.run_id,
-                run.method_key,
-                method_display_name(run.method_key),
-                run.target_sparsity,
-                run.seed,
-                run.status,
-            ]
-            for epoch in run.epochs:
-                writer.writerow(
-                    prefix + ["" if epoch.get(k) is None else epoch[k] for k in CSV_EPOCH_FIELDS]
-                )
-                rows += 1
-    return rows
-
-
-def write_report(
-    matrix_dir: Path, baseline: str | None = None, candidate: str | None = None
-) -> Path:
-    """Render report.md, plots/*.png and metrics.csv for one matrix; returns report.md."""
-    from scripts import plots as plotting  # matplotlib is slow to import; only when drawing
-
-    results = load_matrix(matrix_dir)
-    comparison = resolve_comparison(results, baseline, candidate)
-    plots_dir = matrix_dir / PLOTS_DIR
-    wanted = results.report_settings.get("plots")
-    rendered = plotting.render_plots(results, comparison.methods, plots_dir, wanted)
-    plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
-    write_metrics_csv(results, matrix_dir / CSV_FILE)
-    report_path = matrix_dir / REPORT_FILE
-    _write_text(report_path, render_report(results, comparison, plot_links))
-    return report_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _matrix_dir(results_dir: Path, name: str, option: str) -> Path:
-    path = results_dir / name
-    if not (path / "matrix.json").is_file():
-        available = sorted(p.parent.name for p in results_dir.glob("*/matrix.json"))
-        accepted = ", ".join(available) if available else f"none under {results_dir}"
-        raise ReportError(f"{option} {name!r}: no such matrix; accepted: {accepted}")
-    return path
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.report",
-        description="Render report.md, plots and metrics.csv of a results matrix.",
-    )
-    parser.add_argument(
-        "--results-dir", type=Path, default=None, help="default: CONFIG_RESULTS_DIR of .config"
-    )
-    parser.add_argument("--matrix", help="matrix name (default: the newest under results-dir)")
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar=("A", "B"),
-        help="compare two matrices side by side (writes results-dir/compare-A-vs-B/report.md)",
-    )
-    parser.add_argument(
-        "--baseline", metavar="METHOD_KEY", help="method the Improvement is against"
-    )
-    parser.add_argument(
-        "--candidate", metavar="METHOD_KEY", help="method whose Improvement is shown"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.results_dir is None:  # where make test-matrix writes: CONFIG_RESULTS_DIR
-        from lib.config import results_dir_setting
-
-        args.results_dir = results_dir_setting()
-    try:
-        if args.compare:
-            from scripts.report_compare import write_comparison
-
-            for option in ("baseline", "candidate"):
-                if getattr(args, option) is not None:
-                    raise ReportError(
-                        f"--{option} {getattr(args, option)!r}: not accepted with --compare "
-                        "(a comparison shows every method of both matrices)"
-                    )
-            if args.compare[0] == args.compare[1]:
-                raise ReportError(
-                    f"--compare {args.compare[0]!r} {args.compare[1]!r}: the same matrix twice; "
-                    "name two different ones"
-                )
-            a, b = (_matrix_dir(args.results_dir, name, "--compare") for name in args.compare)
-            path = write_comparison(a, b, args.results_dir)
-        else:
-            if args.matrix:
-                matrix_dir = _matrix_dir(args.results_dir, args.matrix, "--matrix")
-            else:
-                matrix_dir = newest_matrix(args.results_dir)
-            path = write_report(matrix_dir, args.baseline, args.candidate)
-    except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a read-only results directory, a full disk
-        print(
-            f"report: error: {e.filename or args.results_dir}: {e.strerror or e}; the report, "
-            "metrics.csv and plots are written into the matrix directory, which must be "
-            "writable (or copy the matrix to a writable CONFIG_RESULTS_DIR)",
-            file=sys.stderr,
-        )
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

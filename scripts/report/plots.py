@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lib.spec import sparsity_token  # noqa: E402
-from scripts.report_data import (  # noqa: E402
+from scripts.report.data import (  # noqa: E402
     DATASET_DISPLAY,
     MODEL_DISPLAY,
     MatrixResults,
@@ -27,7 +27,7 @@ from scripts.report_data import (  # noqa: E402
     RunResult,
     method_display_name,
 )
-from scripts.report_stats import estimate  # noqa: E402
+from scripts.report.stats import estimate  # noqa: E402
 
 PLOT_KINDS = (
     "accuracy_evolution",
