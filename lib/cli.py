@@ -182,9 +182,13 @@ def cmd_continue(args: argparse.Namespace) -> int:
     """Resume the newest matrix exactly as it was planned (from its matrix.json, not from the
     current .config, which may have changed since)."""
     from lib.runner import run_matrix
-    from lib.spec import RunSpec
+    from lib.spec import NAME_ACCEPTED, RunSpec, is_plain_name
 
     results_dir = Path(args.results_dir) if args.results_dir else cfg.results_dir_setting()
+    if args.matrix and not is_plain_name(args.matrix):
+        raise ConfigError(
+            f"--matrix {args.matrix!r} is not a matrix name; accepted: {NAME_ACCEPTED}"
+        )
     matrix_dir = results_dir / args.matrix if args.matrix else newest_matrix(results_dir)
     manifest_path = matrix_dir / "matrix.json"
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +20,13 @@ from pathlib import Path
 import kconfiglib
 
 from lib.spec import (
+    NAME_ACCEPTED,
     DataSpec,
     ModelSpec,
     OptimizerSpec,
     PruningSpec,
     TrainSpec,
+    is_plain_name,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,6 @@ PLOTS = (
     "memory_vs_accuracy",
     "sparsity",
 )
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ConfigError(ValueError):
@@ -454,8 +454,8 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         )
 
     name = r.str("MATRIX_NAME")
-    if not _NAME_RE.match(name):
-        raise r.fail("MATRIX_NAME", name, "letters, digits, '.', '_' and '-', not empty")
+    if not is_plain_name(name):
+        raise r.fail("MATRIX_NAME", name, NAME_ACCEPTED)
     seeds = r.int_list("MATRIX_SEEDS")
     if not seeds:
         first = r.int("TRAIN_SEED")

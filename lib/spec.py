@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,18 @@ PRECISIONS = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
 BATCH_RULES = ("global", "per_gpu")  # what TrainSpec.batch_size means with several GPUs
 DDP_BACKENDS = ("auto", "nccl", "gloo")
+
+# A matrix name or a run id: one directory name (results/<matrix>/<run_id>), never a path.
+# Both are read back from matrix.json and run.json, which anyone who can write the results
+# directory can edit, so every RunSpec checks them.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_ACCEPTED = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def is_plain_name(value: object) -> bool:
+    """True when `value` is one directory name as NAME_PATTERN describes."""
+    return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
+
 
 # Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes.
 DATASET_CLASSES = {"imagenet": 1000, "cifar100": 100, "cifar10": 10, "mnist5k": 10}
@@ -159,6 +172,11 @@ class RunSpec:
     def __post_init__(self) -> None:
         if not self.run_id:
             object.__setattr__(self, "run_id", derive_run_id(self))
+        for what, value in (("matrix name", self.matrix), ("run id", self.run_id)):
+            if not is_plain_name(value):
+                raise ValueError(
+                    f"{what} {value!r} is not a directory name; accepted: {NAME_ACCEPTED}"
+                )
 
     @property
     def method_key(self) -> str:

@@ -689,9 +689,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error: cannot read run spec {path}: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_BAD_SPEC
-    if not spec.out_dir:
-        # A run.json lives in its run's directory; an empty out_dir means "here".
-        spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(path.parent)})
+    # A run.json lives in its run's directory and the run writes only there: an empty out_dir
+    # means "here", any other place is refused (the file may have been edited).
+    if spec.out_dir and Path(spec.out_dir).resolve() != path.parent.resolve():
+        print(
+            f"error: {path}: out_dir {spec.out_dir!r} is not the directory of this run.json; "
+            "a run writes only beside its run.json (set out_dir to that directory or remove it)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_SPEC
+    spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(path.parent)})
     try:
         doc = train(spec)
     except RunInterrupted as interrupted:

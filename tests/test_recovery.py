@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lib.cli import main as cli_main
 from lib.metrics import METRICS_FILE, read_metrics
-from lib.train import train
+from lib.spec import RunSpec
+from lib.train import EXIT_BAD_SPEC, train
+from lib.train import main as train_main
 
 # 2 epochs x 2 steps of movement pruning on AdamW: the optimizer and the pruner both hold
 # state, so each of the memory figures is non-zero.
@@ -54,3 +57,60 @@ def test_metrics_rebuilt_from_the_checkpoint_keep_every_field(tiny_spec, tmp_pat
     assert rebuilt["summary"] == original["summary"]
     assert set(rebuilt) == set(original)
     assert read_metrics(metrics)["state_memory"] == original["state_memory"]
+
+
+# -- names read from files stay single path components ------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "../../tmp/x", "a/b", "/abs", ".hidden", "x\n", "a b"])
+@pytest.mark.parametrize("field", ["run_id", "matrix"])
+def test_run_ids_and_matrix_names_are_plain_directory_names(tiny_spec, tmp_path, field, bad):
+    spec = tiny_spec(tmp_path).to_dict()
+    with pytest.raises(ValueError, match=field.replace("_", " ")):
+        RunSpec.from_dict({**spec, field: bad})
+
+
+def _hostile_manifest(matrix_dir: Path, spec: dict) -> None:
+    matrix_dir.mkdir(parents=True)
+    manifest = {"config": {}, "report": {}, "runs": [{"run_id": spec["run_id"], "spec": spec}]}
+    (matrix_dir / "matrix.json").write_text(json.dumps(manifest))
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("field", ["run_id", "matrix"])
+def test_continue_refuses_a_manifest_whose_names_leave_the_matrix(
+    tiny_spec, tmp_path, capsys, field
+):
+    results = tmp_path / "a" / "b" / "results"
+    spec = {**tiny_spec(tmp_path).to_dict(), field: "../../../escaped"}
+    _hostile_manifest(results / "m", spec)
+    before = _files(tmp_path)
+    assert cli_main(["continue", "--results-dir", str(results), "--matrix", "m"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "'../../../escaped'" in err and "matrix.json" in err
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["../m", "m/..", "..", "x; touch F"])
+def test_continue_refuses_a_matrix_name_that_is_not_one_directory(tmp_path, capsys, name):
+    results = tmp_path / "results"
+    (results / "m").mkdir(parents=True)
+    assert cli_main(["continue", "--results-dir", str(results), "--matrix", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --matrix {name!r} is not a matrix name") and err.count("\n") == 1
+
+
+def test_the_trainer_writes_only_where_its_run_json_lives(tiny_spec, tmp_path, capsys):
+    run_dir = tmp_path / "m" / "run"
+    run_dir.mkdir(parents=True)
+    spec = tiny_spec(tmp_path, out_dir=str(tmp_path / "elsewhere"))
+    (run_dir / "run.json").write_text(spec.to_json())
+    assert train_main([str(run_dir / "run.json")]) == EXIT_BAD_SPEC
+    err = capsys.readouterr().err
+    assert "out_dir" in err and str(tmp_path / "elsewhere") in err and err.count("\n") == 1
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
