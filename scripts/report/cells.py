@@ -35,18 +35,17 @@ class Cell:
         return len(self.runs)
 
     @property
-    def completed(self) -> int:
-        return sum(run.completed for run in self.runs)
+    def counted(self) -> tuple[RunResult, ...]:
+        """The replicates that enter the numbers (`RunResult.counts`)."""
+        return tuple(run for run in self.runs if run.counts)
 
     def missing_note(self, estimate_: Estimate | None) -> str:
         """Why a cell has no number (or only some seeds' numbers)."""
         if not self.runs:
             return "—"
         if estimate_ is None:
-            if self.completed:
-                return "target not reached"
-            statuses = sorted({run.status for run in self.runs}, key=status_rank)
-            return ", ".join(statuses)
+            labels = {run.exclusion[0] for run in self.runs if run.exclusion}
+            return ", ".join(sorted(labels, key=status_rank))
         if estimate_.n < self.planned:
             return f"{estimate_.n} of {self.planned} seeds"
         return ""
@@ -68,8 +67,9 @@ def build_cell(results: MatrixResults, key: str, sparsity: float) -> Cell:
     if sparsity == 0 and not results.cell(key, 0.0):
         key = dense_key_of(key)
     runs = tuple(sorted(results.cell(key, sparsity), key=lambda r: r.seed))
-    # Only finished runs are numbers: a running run's best so far is not its result.
-    done = [r for r in runs if r.completed and r.summary]
+    # Only runs that count are numbers: a running run's best so far is not its result, nor
+    # is the accuracy of a short run or of one that never reached its target sparsity.
+    done = [r for r in runs if r.counts]
     best_values = [r.summary["best_top1"] for r in done if r.summary["best_top1"] is not None]
     final_values = [r.summary["final_top1"] for r in done if r.summary["final_top1"] is not None]
     return Cell(

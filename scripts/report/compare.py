@@ -45,7 +45,7 @@ def _config_rows(a: MatrixResults, b: MatrixResults) -> list[list[str]]:
 
 def _memory_text(results: MatrixResults, key: str, sparsity: float) -> str:
     cuda, cpu = [], []
-    for run in results.cell(key, sparsity):
+    for run in results.counted(key, sparsity):
         peaks = run.peak_memory()
         if peaks["cuda_allocated_mb"] is not None:
             cuda.append(peaks["cuda_allocated_mb"])
@@ -131,10 +131,13 @@ def render_comparison(
         md_table(["Method", "Sparsity", "A", "B"], memory_rows),
     ]
     for matrix, tag in ((a, "A"), (b, "B")):
-        unfinished = [r for r in matrix.runs if not r.completed]
-        if unfinished:
-            listed = ", ".join(f"`{r.run_id}` ({r.status})" for r in unfinished)
-            lines += ["", f"Not finished in {tag}: {listed}."]
+        left_out = [r for r in matrix.runs if not r.counts] + matrix.duplicates
+        if left_out:
+            listed = ", ".join(f"`{r.run_id}` ({r.exclusion[0]})" for r in left_out)
+            lines += ["", f"Not in the numbers of {tag}: {listed}."]
+        if matrix.stray:
+            listed = ", ".join(f"`{name}`" for name in matrix.stray)
+            lines += ["", f"Directories in {tag} that its plan does not list (ignored): {listed}."]
     if plots:
         lines += ["", "## Visualizations", ""]
         for path, caption in plots:

@@ -9,6 +9,7 @@ std/peak-to-final, so a report never disagrees with the trainer about what those
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,49 @@ class RunResult:
     state_memory: dict[str, Any] | None = None
     model_info: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
+    duplicate_of: str | None = None  # the run_id of the planned run with the same identity
 
     @property
     def completed(self) -> bool:
         return self.status == STATUS_COMPLETED
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the run trained on (`train.gpus_per_run` of its RunSpec; 1 when absent)."""
+        train = (self.spec or {}).get("train")
+        value = train.get("gpus_per_run") if isinstance(train, dict) else None
+        return value if isinstance(value, int) and value > 0 else 1
+
+    @property
+    def exclusion(self) -> tuple[str, str] | None:
+        """Why this run's numbers stay out of every table, average and plot: (label, detail);
+        None when it counts. The one rule, so the accuracy, final, stability, memory tables and
+        the plots can never disagree about which runs they use."""
+        if self.duplicate_of is not None:
+            return "duplicate", (
+                f"the plan already has `{self.duplicate_of}` for this method, "
+                f"{self.target_sparsity * 100:g}% sparsity and seed {self.seed}"
+            )
+        if not self.completed:
+            return self.status, self.reason or self.status
+        if self.summary is None or not self.epochs:
+            return "no epochs", "completed without any epoch record"
+        done, planned = self.summary["epochs_completed"], self.planned_epochs
+        if planned and done < planned:
+            return "short run", f"completed after {done} of {planned} planned epochs"
+        if self.target_sparsity > 0 and self.summary["target_reached_epoch"] is None:
+            final = self.summary.get("final_sparsity")
+            measured = "no measured sparsity" if final is None else f"ended at {final * 100:.1f}%"
+            return "target not reached", (
+                f"{measured}, below the {self.target_sparsity * 100:g}% target; "
+                "its accuracy is that of a denser network"
+            )
+        return None
+
+    @property
+    def counts(self) -> bool:
+        """True when the run enters the numbers (see `exclusion`)."""
+        return self.exclusion is None
 
     @property
     def planned_epochs(self) -> int | None:
@@ -132,7 +172,20 @@ class MatrixResults:
     name: str
     path: Path
     plan: dict[str, Any]  # matrix.json as written by the runner
-    runs: list[RunResult]
+    runs: list[RunResult]  # the plan's runs, each (method, sparsity, seed) once
+    duplicates: list[RunResult] = field(default_factory=list)  # later entries of one identity
+    stray: list[str] = field(default_factory=list)  # run directories the plan does not list
+
+    def counted(self, key: str | None = None, sparsity: float | None = None) -> list[RunResult]:
+        """The runs that enter the numbers (`RunResult.counts`), optionally of one method
+        and/or one target sparsity."""
+        return [
+            r
+            for r in self.runs
+            if r.counts
+            and (key is None or r.method_key == key)
+            and (sparsity is None or r.target_sparsity == sparsity)
+        ]
 
     @property
     def config(self) -> dict[str, str]:
@@ -186,6 +239,43 @@ def _first_line(text: Any) -> str | None:
         return None
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
+
+
+# Epoch fields every table or plot reads: required, and finite when present.
+REQUIRED_EPOCH_FIELDS = ("epoch", "test_top1", "test_top5")
+FINITE_EPOCH_FIELDS = (
+    "test_top1",
+    "test_top5",
+    "sparsity",
+    "peak_memory_mb",
+    "peak_memory_reserved_mb",
+)
+
+
+def epoch_problem(epochs: list[Any]) -> str | None:
+    """The first reason an epoch record cannot be used (naming the epoch and the field), or
+    None. A NaN accuracy would make "best" NaN or be skipped silently; a NaN sparsity would
+    turn peak-to-final negative; so a damaged record excludes the whole run, loudly."""
+    for index, record in enumerate(epochs, start=1):
+        if not isinstance(record, dict):
+            return f"epoch record {index} is not an object"
+        number = record.get("epoch", index)
+        for name in REQUIRED_EPOCH_FIELDS:
+            if record.get(name) is None:
+                return f"epoch {number}: field '{name}' is missing"
+        if not isinstance(record["epoch"], int) or isinstance(record["epoch"], bool):
+            return f"epoch record {index}: 'epoch' is {record['epoch']!r}, not an integer"
+        for name in FINITE_EPOCH_FIELDS:
+            value = record.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"epoch {number}: '{name}' is {value!r}, not a number"
+            if not math.isfinite(value):
+                return f"epoch {number}: '{name}' is {value!r} (NaN or infinite)".replace(
+                    "nan", "NaN"
+                )
+    return None
 
 
 def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
@@ -250,6 +340,12 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
             f"interrupted after {len(metrics['epochs'])} "
             f"epoch{'' if len(metrics['epochs']) == 1 else 's'}; `make continue` resumes it"
         )
+    problem = epoch_problem(metrics["epochs"])
+    if problem is not None:
+        result.status = STATUS_UNREADABLE if status != STATUS_FAILED else status
+        detail = f"{metrics_path.name} {problem}"
+        result.reason = detail if status != STATUS_FAILED else f"{result.reason} ({detail})"
+        return result
     result.epochs = sorted(metrics["epochs"], key=lambda e: e["epoch"])
     try:
         result.summary = summarize(
@@ -283,19 +379,42 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
     if not isinstance(plan, dict) or not isinstance(plan.get("runs", []), list):
         raise ReportError(f"{plan_path}: expected an object with a 'runs' list")
 
-    entries: list[dict[str, Any]] = [e for e in plan.get("runs", []) if isinstance(e, dict)]
-    listed = {e.get("run_id") for e in entries}
-    # Runs on disk that the plan does not list (an older plan, a hand-copied run) are still
-    # results; include them rather than drop them silently.
-    for metrics_path in sorted(matrix_dir.glob(f"*/{METRICS_FILE}")):
-        if metrics_path.parent.name not in listed:
-            entries.append({"run_id": metrics_path.parent.name})
+    entries: list[dict[str, Any]] = [
+        e for e in plan.get("runs", []) if isinstance(e, dict) and e.get("run_id")
+    ]
+    listed = {e["run_id"] for e in entries}
+    # Only the plan's runs count. A run directory the plan does not list (an older plan, a
+    # hand-copied run) would otherwise become an extra replicate: it is named, not loaded.
+    stray = sorted(
+        p.parent.name for p in matrix_dir.glob(f"*/{METRICS_FILE}") if p.parent.name not in listed
+    )
 
-    runs = [load_run(matrix_dir / e.get("run_id", ""), e) for e in entries if e.get("run_id")]
+    runs: list[RunResult] = []
+    duplicates: list[RunResult] = []
+    seen_ids: set[str] = set()
+    by_identity: dict[tuple[str, float, int], str] = {}
+    for entry in entries:
+        run = load_run(matrix_dir / entry["run_id"], entry)
+        identity = (run.method_key, run.target_sparsity, run.seed)
+        if run.run_id in seen_ids:
+            run.duplicate_of = run.run_id  # the same entry listed twice
+        elif identity in by_identity and run.method_key != "unknown":
+            run.duplicate_of = by_identity[identity]
+        seen_ids.add(run.run_id)
+        if run.duplicate_of is not None:
+            duplicates.append(run)
+            continue
+        by_identity[identity] = run.run_id
+        runs.append(run)
     if not runs:
         raise ReportError(f"matrix {matrix_dir.name!r} is empty: {plan_path} lists no runs")
     return MatrixResults(
-        name=plan.get("name") or matrix_dir.name, path=matrix_dir, plan=plan, runs=runs
+        name=plan.get("name") or matrix_dir.name,
+        path=matrix_dir,
+        plan=plan,
+        runs=runs,
+        duplicates=duplicates,
+        stray=stray,
     )
 
 

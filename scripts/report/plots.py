@@ -1,7 +1,8 @@
 """The report's PNG plots (matplotlib, Agg backend), drawn from the loaded result records.
 
 Every plot keeps one colour per method (the report's column order), says what it shows in
-its title, and puts units on its axes. Runs not completed are drawn dashed and labelled.
+its title, and puts units on its axes. Runs that do not count (unfinished, short, target not
+reached) are drawn dashed and labelled; no average includes them.
 """
 
 from __future__ import annotations
@@ -94,14 +95,14 @@ def _draw_accuracy_runs(
         for run in sorted((r for r in runs if r.method_key == key), key=lambda r: r.seed):
             records = [e for e in run.epochs if e["epoch"] >= first_epoch]
             label = None
-            if not run.completed:
-                label = f"{method_display_name(key)} seed {run.seed} ({run.status})"
+            if not run.counts:
+                label = f"{method_display_name(key)} seed {run.seed} ({run.exclusion[0]})"
             elif key not in labelled:
                 label = method_display_name(key)
                 labelled.add(key)
             ax.plot(
                 [e["epoch"] for e in records], [e["test_top1"] for e in records],
-                color=colors[key], linestyle="-" if run.completed else "--", linewidth=1.6,
+                color=colors[key], linestyle="-" if run.counts else "--", linewidth=1.6,
                 alpha=0.9, label=label,
             )  # fmt: skip
             reached = run.summary and run.summary.get("target_reached_epoch")
@@ -182,8 +183,8 @@ def _draw_accuracy_vs_sparsity(
         for sparsity in results.sparsities():
             values = [
                 r.summary["best_top1"]
-                for r in results.cell(key, sparsity)
-                if r.completed and r.summary and r.summary["best_top1"] is not None
+                for r in results.counted(key, sparsity)
+                if r.summary["best_top1"] is not None
             ]
             if not values:
                 continue
@@ -279,7 +280,7 @@ def _method_sparsities(results: MatrixResults, key: str) -> list[float]:
 
 def _memory_by_kind(results: MatrixResults) -> dict[str, list[tuple[RunResult, float]]]:
     by_kind: dict[str, list[tuple[RunResult, float]]] = {}
-    for run in results.runs:
+    for run in results.counted():
         memory = _run_memory(run)
         if memory is not None:
             by_kind.setdefault(memory[0], []).append((run, memory[1]))
@@ -350,7 +351,7 @@ def plot_memory_vs_accuracy(
 ) -> list[PlotFile]:
     by_kind = _memory_by_kind(results)
     points = {
-        kind: [(r, v) for r, v in entries if r.completed and r.summary["best_top1"] is not None]
+        kind: [(r, v) for r, v in entries if r.counts and r.summary["best_top1"] is not None]
         for kind, entries in by_kind.items()
     }
     points = {kind: entries for kind, entries in points.items() if entries}

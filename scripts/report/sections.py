@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from lib.metrics import STABILITY_WINDOW, STATUS_FAILED
+from lib.metrics import MATRIX_FILE, METRICS_FILE, STABILITY_WINDOW, STATUS_FAILED
 from scripts.report.cells import (
     Cell,
     Comparison,
@@ -321,6 +321,14 @@ def section_executive_summary(
             f"({parts}); they are listed under *Unfinished and failed runs* and are not part "
             "of any average."
         )
+    excluded = [r for r in results.runs if r.completed and not r.counts] + results.duplicates
+    if excluded or results.stray:
+        lines.append(
+            f"- {len(excluded) + len(results.stray)} more result"
+            f"{'' if len(excluded) + len(results.stray) == 1 else 's'} on disk "
+            "(short runs, runs that never reached their target, duplicates, directories not in "
+            "the plan) are listed under *Excluded runs* and are not part of any number."
+        )
     return "\n".join(lines)
 
 
@@ -479,7 +487,7 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
 def _memory_summary_rows(results: MatrixResults, comparison: Comparison) -> list[list[str]]:
     rows = []
     for key in comparison.methods:
-        runs = [r for r in results.runs if r.method_key == key and (r.epochs or r.state_memory)]
+        runs = [r for r in results.counted(key) if r.epochs or r.state_memory]
         if not runs:
             continue
         peaks = [r.peak_memory() for r in runs]
@@ -590,6 +598,37 @@ def section_unfinished(results: MatrixResults, comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def section_excluded(results: MatrixResults, comparison: Comparison) -> str:
+    """Results on disk that no number uses, each with its reason (`RunResult.exclusion`)."""
+    lines = ["## Excluded runs", ""]
+    runs = [r for r in _ordered_runs(results, comparison) if r.completed and not r.counts]
+    runs += results.duplicates
+    rows = [[_run_label(r), *(md_escape(part) for part in r.exclusion)] for r in runs]
+    rows += [
+        [
+            f"`{name}`",
+            "not in the plan",
+            f"a directory with a {METRICS_FILE} that {MATRIX_FILE} does not list",
+        ]
+        for name in results.stray
+    ]
+    if not rows:
+        lines.append(
+            "None: every completed run reached its target sparsity after its planned epochs, "
+            "and every result on disk is a planned run."
+        )
+        return "\n".join(lines)
+    lines += [
+        "Kept out of every table, average and plot: a completed run with fewer epochs than "
+        "planned, a pruned run that never reached its target sparsity (its accuracy is that of "
+        "a denser network), a second entry for a (method, sparsity, seed) the plan already has, "
+        "and a run directory the plan does not list.",
+        "",
+        md_table(["Run", "Why", "Detail"], rows),
+    ]
+    return "\n".join(lines)
+
+
 # Hyperparameters shown per method; which apply depends on the optimizer family.
 _COMMON_OPTIMIZER_FIELDS = ("lr", "weight_decay")
 _ADAM_FIELDS = ("beta1", "beta2", "eps", "amsgrad")
@@ -697,6 +736,7 @@ def render_report(
         section_memory(results, comparison),
         section_stability(results, comparison),
         section_unfinished(results, comparison),
+        section_excluded(results, comparison),
         section_technical(results, comparison),
         section_plots(plots or []),
     ]

@@ -1,0 +1,180 @@
+"""Which runs go into a number: only planned, finished, comparable, undamaged runs count.
+
+Each test builds a small matrix by hand in which one run must be kept out of every average
+(a stray directory, a duplicate, a short run, a run that never reached its target, a damaged
+metrics.json) and checks that the numbers equal those of the matrix without it, and that the
+report lists the run with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from report_helpers import (
+    BASELINE,
+    FakeRun,
+    render,
+    row_for,
+    section,
+    table_rows,
+    write_matrix,
+)
+
+from scripts.report import cli
+from scripts.report.data import load_matrix
+
+
+def three_seeds(target: float = 0.5) -> list[FakeRun]:
+    """Candidate 74.0/74.5/75.0 and baseline 73.0/73.2/73.4, constant per run."""
+    runs = []
+    for seed, (c, b) in enumerate(zip([74.0, 74.5, 75.0], [73.0, 73.2, 73.4], strict=True)):
+        runs.append(FakeRun("adamwprune", "state", target, seed, [c] * 4))
+        runs.append(FakeRun("adamwspam", "magnitude", target, seed, [b] * 4))
+    return runs
+
+
+CAND_RUN = "resnet50_adamwprune-adamw_state-hybrid_s50_seed0"
+
+
+def rewrite_metrics(run_dir: Path, change) -> None:
+    path = run_dir / "metrics.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # NaN is written as the JSON extension `NaN`
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_a_directory_the_plan_does_not_list_is_not_averaged(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "stray", three_seeds())
+    clean = table_rows(render(matrix), "### Accuracy Comparison")
+    # A hand-copied seed-0 run with another accuracy: it must not become a 4th replicate.
+    copy = matrix / "copy-of-seed0"
+    shutil.copytree(matrix / CAND_RUN, copy)
+    rewrite_metrics(copy, lambda d: [e.update(test_top1=90.0) for e in d["epochs"]])
+
+    text = render(matrix)
+    assert table_rows(text, "### Accuracy Comparison") == clean
+    assert "3 per cell" in text and "(of 6 planned)" in text
+    assert row_for(table_rows(text, "## Excluded runs"), "`copy-of-seed0`")[1:] == [
+        "not in the plan",
+        "a directory with a metrics.json that matrix.json does not list",
+    ]
+    assert "90.00" not in text
+
+
+def test_duplicate_plan_entries_are_detected_and_counted_once(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "dup", three_seeds())
+    clean = table_rows(render(matrix), "### Accuracy Comparison")
+    plan = json.loads((matrix / "matrix.json").read_text())
+    first = next(e for e in plan["runs"] if e["run_id"] == CAND_RUN)
+    # The same (method, sparsity, seed) under another directory, and the same entry twice.
+    twin = dict(first, run_id="twin-of-seed0")
+    shutil.copytree(matrix / CAND_RUN, matrix / "twin-of-seed0")
+    rewrite_metrics(
+        matrix / "twin-of-seed0", lambda d: [e.update(test_top1=10.0) for e in d["epochs"]]
+    )
+    plan["runs"] += [twin, dict(first)]
+    (matrix / "matrix.json").write_text(json.dumps(plan))
+
+    text = render(matrix)
+    assert table_rows(text, "### Accuracy Comparison") == clean
+    assert "(of 6 planned)" in text
+    rows = table_rows(text, "## Excluded runs")
+    twin_row = row_for(rows, "`twin-of-seed0`")
+    assert twin_row[1] == "duplicate"
+    assert f"`{CAND_RUN}`" in twin_row[2] and "seed 0" in twin_row[2]
+    assert sum(r[0] == f"`{CAND_RUN}`" and r[1] == "duplicate" for r in rows) == 1
+    assert "10.00" not in text
+
+
+# --------------------------------------------------------------------------- comparable runs
+
+
+def test_target_not_reached_is_excluded_from_both_tables(tmp_path: Path) -> None:
+    # The candidate never reaches 90% but ends with a high accuracy of a denser network.
+    runs = [
+        FakeRun("adamwprune", "state", 0.9, 0, [70.0, 80.0, 81.0], sparsity=[0.3, 0.6, 0.85]),
+        FakeRun("adamwspam", "magnitude", 0.9, 0, [70.0, 72.0, 73.0], sparsity=[0.3, 0.9, 0.9]),
+    ]
+    text = render(write_matrix(tmp_path, "nottarget", runs))
+    for heading in ("### Accuracy Comparison", "### Final Accuracy"):
+        row = row_for(table_rows(text, heading), "90%")
+        assert row[1] == "*target not reached*", heading
+        assert row[2] in ("73.00%", "72.00%"), heading  # a lone number: nothing bold
+        assert row[3] == "—", heading  # no improvement against a run that does not count
+    assert "81.00%" not in section(text, "## Results Summary").split("### Memory")[0]
+    rows = table_rows(text, "## Excluded runs")
+    reason = row_for(rows, "`resnet50_adamwprune-adamw_state-hybrid_s90_seed0`")
+    assert reason[1] == "target not reached"
+    assert "85.0%" in reason[2] and "90%" in reason[2]
+
+
+def test_a_completed_run_with_fewer_epochs_than_planned_is_excluded(tmp_path: Path) -> None:
+    runs = three_seeds()
+    runs[0] = FakeRun("adamwprune", "state", 0.5, 0, [99.0] * 2, planned_epochs=4)
+    text = render(write_matrix(tmp_path, "short", runs))
+    rows = table_rows(text, "### Accuracy Comparison")
+    # Mean of the two other seeds only (74.5, 75.0), and the cell says a seed is missing.
+    assert row_for(rows, "**50%**")[1] == "**74.75 ± 0.35%** (2 of 3 seeds)"
+    assert row_for(table_rows(text, "### Final Accuracy"), "**50%**")[1].startswith("**74.75")
+    assert "99.00" not in section(text, "## Results Summary").split("### Stability")[0]
+    short = row_for(table_rows(text, "## Excluded runs"), f"`{CAND_RUN}`")
+    assert short[1:] == ["short run", "completed after 2 of 4 planned epochs"]
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def damaged_matrix(tmp_path: Path) -> Path:
+    runs = three_seeds() + three_seeds(0.7)
+    matrix = write_matrix(tmp_path, "damaged", runs)
+    run = "resnet50_adamwprune-adamw_state-hybrid_s{}_seed{}"
+
+    def nan_at(index: int, field: str):
+        return lambda d: d["epochs"][index].update({field: float("nan")})
+
+    rewrite_metrics(matrix / run.format(50, 0), nan_at(0, "test_top1"))  # epoch 1
+    rewrite_metrics(matrix / run.format(50, 1), nan_at(2, "test_top1"))  # the middle
+    rewrite_metrics(matrix / run.format(70, 0), nan_at(3, "sparsity"))
+    rewrite_metrics(matrix / run.format(70, 1), lambda d: d["epochs"][3].pop("test_top5"))
+    return matrix
+
+
+def test_damaged_runs_are_listed_with_the_field_and_excluded(tmp_path: Path) -> None:
+    matrix = damaged_matrix(tmp_path)
+    text = render(matrix)
+    rows = table_rows(text, "## Unfinished and failed runs")
+    reasons = {r[0]: r[3] for r in rows if r[1] == "**unreadable**"}
+    run = "`resnet50_adamwprune-adamw_state-hybrid_s{}_seed{}`"
+    assert "epoch 1" in reasons[run.format(50, 0)] and "test_top1" in reasons[run.format(50, 0)]
+    assert "is NaN" in reasons[run.format(50, 0)]
+    assert "epoch 3" in reasons[run.format(50, 1)] and "test_top1" in reasons[run.format(50, 1)]
+    assert "epoch 4" in reasons[run.format(70, 0)] and "sparsity" in reasons[run.format(70, 0)]
+    missing = reasons[run.format(70, 1)]
+    assert "epoch 4" in missing and "'test_top5' is missing" in missing
+    assert "KeyError" not in text
+    accuracy = table_rows(text, "### Accuracy Comparison")
+    # Only seed 2 is left of the candidate at each sparsity: one seed, its own value.
+    assert row_for(accuracy, "**50%**")[1] == "**75.00%** (1 of 3 seeds)"
+    for heading in ("## Executive Summary", "## Results Summary"):
+        assert "nan" not in section(text, heading).lower(), heading
+
+
+def test_a_damaged_matrix_still_renders_plots_and_exits_0(tmp_path: Path, capsys) -> None:
+    matrix = damaged_matrix(tmp_path)
+    assert cli.main(["--results-dir", str(tmp_path), "--matrix", "damaged"]) == 0
+    assert capsys.readouterr().err == ""
+    assert (matrix / "report.md").is_file()
+    assert (matrix / "plots" / "accuracy_vs_sparsity.png").stat().st_size > 10_000
+
+
+def test_runs_that_count_are_the_planned_unique_ones(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "plain", three_seeds(), baseline=BASELINE)
+    shutil.copytree(matrix / CAND_RUN, matrix / "stray")
+    results = load_matrix(matrix)
+    assert len(results.runs) == 6
+    assert results.stray == ["stray"]
