@@ -56,6 +56,7 @@ def cmd_defconfig(args: argparse.Namespace) -> int:
     # replaces a working .config.
     cfg.config_from_kconfig(kconf, f"defconfigs/{name}")
     out = _config_path()
+    cfg.check_writable_file(out)
     kconf.write_config(out, header=f"# Generated from defconfigs/{name}\n")
     print(f"{out}: written from defconfigs/{name}")
     return 0
@@ -72,6 +73,7 @@ def cmd_olddefconfig(args: argparse.Namespace) -> int:
 def cmd_savedefconfig(args: argparse.Namespace) -> int:
     path = _need_config()
     kconf = cfg.load_kconfig_with(path, strict=False)
+    cfg.check_writable_file(args.output)
     kconf.write_min_config(args.output, header="")
     print(f"{args.output}: minimal configuration written (copy it to defconfigs/NAME to keep it)")
     return 0

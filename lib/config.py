@@ -183,6 +183,15 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
                 f"{path}: {name}={sym.user_value} is out of range (accepted: {_range_text(sym)})"
             )
         raise ConfigError(f"{path}: {name}={sym.user_value} was not accepted (value now {got!r})")
+    for name, _value in kconf.missing_syms:
+        # kconfiglib drops these without a word; a misspelt name would silently lose the
+        # user's intent. A leftover of a removed option is dropped by olddefconfig.
+        message = f"{path}: CONFIG_{name} is not an option of this Kconfig (misspelt, or removed)"
+        if strict:
+            raise ConfigError(
+                f"{message}: correct or delete that line (make olddefconfig deletes it)"
+            )
+        print(f"note: {message}; dropped", file=sys.stderr)
     for choice in kconf.unique_choices:
         picked = [s for s in choice.syms if s.user_value == 2]
         if len(picked) > 1 and choice.visibility:
@@ -201,9 +210,49 @@ def load_kconfig_with(path: str | os.PathLike[str], *, strict: bool = True) -> k
         )
     kconf = load_kconfig()
     kconf.warnings.clear()
-    kconf.load_config(path)
+    read_config_file(kconf, path)
     check_assignments(kconf, path, strict=strict)
     return kconf
+
+
+_RECREATE = "write a new one with make defconfig-NAME or make menuconfig"
+
+
+def read_config_file(kconf: kconfiglib.Kconfig, path: str | os.PathLike[str]) -> None:
+    """`kconf.load_config(path)`, with a file that is no configuration file at all (a
+    directory, binary content, unreadable) turned into one ConfigError line."""
+    path = str(path)
+    if os.path.isdir(path):
+        raise ConfigError(
+            f"{path} is a directory, not a configuration file; KCONFIG_CONFIG must name a file "
+            "(default .config)"
+        )
+    try:
+        kconf.load_config(path)
+    except (UnicodeDecodeError, kconfiglib.KconfigError):
+        # kconfiglib reports undecodable bytes as a multi-line KconfigError
+        raise ConfigError(
+            f"{path}: not a Kconfig configuration (binary content); {_RECREATE}"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e}); {_RECREATE}") from None
+
+
+def check_writable_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a configuration output path that cannot become a file: a
+    directory (kconfiglib would rename it to <path>.old and write a file in its place) or a
+    path in a directory that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a directory, not a configuration file; KCONFIG_CONFIG (or the output "
+            "path) must name a file"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"cannot write {path}: directory {parent} does not exist (create it first)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +372,7 @@ def _sparsities(r: _Reader) -> tuple[float, ...]:
     levels = {p / 100 for p in PRESET_SPARSITIES if r.bool(f"SPARSITY_{p}")}
     raw = r.str("SPARSITY_CUSTOM")
     accepted = "comma-separated fractions in (0, 1), e.g. 0.6,0.85"
+    custom: set[float] = set()
     for item in filter(None, (x.strip() for x in raw.split(","))):
         try:
             value = float(item)
@@ -330,8 +380,11 @@ def _sparsities(r: _Reader) -> tuple[float, ...]:
             raise r.fail("SPARSITY_CUSTOM", raw, accepted) from None
         if not (0.0 < value < 1.0):
             raise r.fail("SPARSITY_CUSTOM", raw, accepted)
-        levels.add(round(value, 6))
-    return tuple(sorted(levels))
+        if round(value, 6) in custom:
+            raise r.fail("SPARSITY_CUSTOM", raw, f"{accepted}, each once; {item} repeats")
+        custom.add(round(value, 6))
+    # A custom level that is also a selected preset is the same level: one set of runs.
+    return tuple(sorted(levels | custom))
 
 
 def _distributed(r: _Reader) -> dict:
@@ -463,6 +516,11 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     if len(set(seeds)) != len(seeds):
         raise r.fail("MATRIX_SEEDS", r.str("MATRIX_SEEDS"), "distinct seeds")
     gpus = tuple(str(g) for g in r.int_list("MATRIX_GPUS"))
+    if len(set(gpus)) != len(gpus):
+        repeated = next(g for g in gpus if gpus.count(g) > 1)
+        raise r.fail(
+            "MATRIX_GPUS", r.str("MATRIX_GPUS"), f"distinct GPU indices; {repeated} repeats"
+        )
     if gpus and train.gpus_per_run > len(gpus):
         raise r.fail(
             "GPUS_PER_RUN",
@@ -511,16 +569,14 @@ def results_dir_setting(path: str | os.PathLike[str] | None = None) -> Path:
     """CONFIG_RESULTS_DIR of the configuration file (`KCONFIG_CONFIG`, default `.config`),
     read through kconfiglib without validating the rest: `make continue` and `make report` must
     find the matrices `make test-matrix` wrote there even while that file is half edited.
-    `results` (the option's default) when the file is missing."""
+    `results` (the option's default) when the file is missing; a file that is no
+    configuration at all (a directory, binary content) is a ConfigError."""
     if path is None:
         path = os.environ.get("KCONFIG_CONFIG", ".config")
     if not os.path.exists(path):
         return Path("results")
     kconf = load_kconfig()
-    try:
-        kconf.load_config(str(path))
-    except (OSError, kconfiglib.KconfigError):
-        return Path("results")
+    read_config_file(kconf, path)
     return Path(kconf.syms["RESULTS_DIR"].str_value or "results")
 
 
@@ -529,8 +585,12 @@ def load_snapshot(symbols: dict[str, str], label: str) -> Config:
     .config file."""
     import tempfile
 
+    # A symbol a later version removed is dropped: each run's identity is checked on its own.
+    known = {sym.name for sym in load_kconfig().unique_defined_syms}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ".config"
-        path.write_text("".join(f"{k}={v}\n" for k, v in symbols.items()))
+        path.write_text(
+            "".join(f"{k}={v}\n" for k, v in symbols.items() if k.removeprefix("CONFIG_") in known)
+        )
         kconf = load_kconfig_with(path)
     return config_from_kconfig(kconf, label)

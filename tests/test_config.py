@@ -181,6 +181,11 @@ def test_old_config_is_expanded_with_defaults_not_misread(tmp_path):
     # A .config written before most options existed: only two lines.
     path = tmp_path / ".config"
     path.write_text("CONFIG_MODEL_RESNET18=y\nCONFIG_REMOVED_OPTION=y\nCONFIG_TRAIN_EPOCHS=90\n")
+    # An option this version does not know is named, never dropped without a word ...
+    with pytest.raises(ConfigError, match="CONFIG_REMOVED_OPTION is not an option"):
+        cfg.load(path)
+    # ... and make olddefconfig drops it (with a notice), as the kernel's tools do.
+    cfg.load_kconfig_with(path, strict=False).write_config(str(path))
     config = cfg.load(path)
     assert config.model.name == "resnet18"
     assert config.train.epochs == 90
