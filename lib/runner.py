@@ -348,6 +348,31 @@ def _slots(jobs: int, gpus: list[str] | None) -> list[str | None]:
     return list(gpus[:count])
 
 
+def _cuda_device_count() -> int:
+    import torch  # only when it matters: the runner itself never touches a GPU
+
+    return torch.cuda.device_count()
+
+
+def check_gpu_sharing(
+    jobs: int, gpus: list[str] | None, specs: list[RunSpec], cuda_device_count=None
+) -> None:
+    """Refuse MATRIX_JOBS > 1 without a GPU list on a machine with a visible GPU: every child
+    would train on cuda:0 at once (out of memory, or all of them slowed down). Runs that all
+    train on the CPU are fine; `cuda_device_count` is injectable for tests."""
+    if jobs <= 1 or gpus or all(spec.train.device == "cpu" for spec in specs):
+        return
+    count = (cuda_device_count or _cuda_device_count)()
+    if count == 0:
+        return  # device auto trains on the CPU here; device cuda fails with its own line
+    example = ",".join(str(i) for i in range(min(count, jobs)))
+    raise RunnerRefused(
+        f"CONFIG_MATRIX_JOBS={jobs} without a GPU list would train {jobs} runs at once on one "
+        f'GPU (this machine has {count} visible); set CONFIG_MATRIX_GPUS (e.g. "{example}") '
+        "for one run per GPU, or CONFIG_MATRIX_JOBS=1"
+    )
+
+
 class _OutputThatMayGo:
     """The runner's output stream. A reader that goes away (`| head`, a `tee` killed by the
     same Ctrl-C, a closed terminal) must not end a matrix that runs for days: after the first
@@ -825,6 +850,7 @@ def run_matrix(
     runner = None
     try:
         slots = _slots(jobs, gpus)
+        check_gpu_sharing(jobs, gpus, specs)
         specs = _with_run_dirs(list(specs), matrix_dir)
         _prepare_matrix_dir(matrix_dir)
         runner = _Runner(

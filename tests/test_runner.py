@@ -11,6 +11,7 @@ One test runs the real trainer (lib.train) on a tiny CPU model.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -37,6 +38,8 @@ from lib.runner import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
+    RunnerRefused,
+    check_gpu_sharing,
     format_plan,
     run_matrix,
 )
@@ -425,6 +428,27 @@ def test_unwritable_results_dir_and_bad_arguments_are_refused(tmp_path, monkeypa
     assert rc == EXIT_REFUSED and "jobs=0 is not valid; accepted: an integer >= 1" in out
     rc, out = run([make_spec(0)], tmp_path / "m", gpus=["0", "0"])
     assert rc == EXIT_REFUSED and "distinct device ids" in out
+
+
+def test_several_jobs_without_a_gpu_list_on_a_gpu_machine_are_refused(tmp_path, monkeypatch):
+    gpu = [dataclasses.replace(make_spec(0), train=TrainSpec(device="auto"))]
+    cpu = [make_spec(0)]
+    # The decision, with the device count injected (no GPU needed).
+    with pytest.raises(RunnerRefused, match=r'CONFIG_MATRIX_GPUS \(e\.g\. "0,1"\)'):
+        check_gpu_sharing(2, None, gpu, lambda: 4)
+    for jobs, gpus, specs, count in [
+        (1, None, gpu, 4),  # one run at a time
+        (2, ["0", "1"], gpu, 4),  # one run per listed GPU
+        (2, None, cpu, 4),  # CPU runs share the cores, not a GPU
+        (2, None, gpu, 0),  # no GPU visible: auto trains on the CPU
+    ]:
+        check_gpu_sharing(jobs, gpus, specs, lambda count=count: count)
+    # Through the runner: one line, nothing started.
+    monkeypatch.setattr("lib.runner._cuda_device_count", lambda: 1)
+    rc, out = run(gpu, tmp_path / "m", jobs=3)
+    assert rc == EXIT_REFUSED and len(out.strip().splitlines()) == 1
+    assert out.startswith("error: CONFIG_MATRIX_JOBS=3 without a GPU list would train 3 runs")
+    assert not (tmp_path / "m").exists()
 
 
 # ---------------------------------------------------------------------------------------------
