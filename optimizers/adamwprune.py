@@ -24,6 +24,15 @@ from optimizers.masked import PruningMixin
 from optimizers.spam import SpamClock, check_adam_arguments, spam_step
 
 BASES = ("adam", "adamw", "adamwadv", "adamwspam")
+# (eps, weight_decay) when the caller gives none: the base optimizer's own defaults, so that
+# AdamWPrune(params, base=b) is torch.optim.Adam(params), torch.optim.AdamW(params),
+# torch.optim.AdamW(params, amsgrad=True) or AdamWSPAM(params) exactly while dense.
+BASE_DEFAULTS = {
+    "adam": (1e-8, 0.0),
+    "adamw": (1e-8, 1e-2),
+    "adamwadv": (1e-8, 1e-2),
+    "adamwspam": (1e-6, 0.0),
+}
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -37,7 +46,11 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups.
         lr, betas, eps, weight_decay, amsgrad: as torch.optim.AdamW (Adam for base="adam";
-            amsgrad is forced on for base="adamwadv").
+            amsgrad is forced on for base="adamwadv"). eps and weight_decay default to the
+            base's own defaults (BASE_DEFAULTS: Adam and AdamWSPAM decay 0, AdamW 1e-2;
+            AdamWSPAM's eps is 1e-6). AdamWAdv's gradient clipping is a training-loop setting,
+            applied to AdamWPrune(base="adamwadv") runs as to AdamWAdv runs
+            (lib.config.Config.train_for).
         base: "adam", "adamw", "adamwadv" or "adamwspam".
         score: importance score, "hybrid" (w^2 |m| / (sqrt(v) + eps)), "variance"
             (|w| (v + eps)^(1/4)), "momentum" (|w| sqrt(|m| + eps)) or "magnitude" (|w|).
@@ -54,8 +67,8 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        eps: float | None = None,
+        weight_decay: float | None = None,
         amsgrad: bool = False,
         *,
         base: str = "adamw",
@@ -76,6 +89,9 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
     ) -> None:
         if base not in BASES:
             raise ValueError(f"base={base!r}: must be one of {', '.join(BASES)}")
+        default_eps, default_decay = BASE_DEFAULTS[base]
+        eps = default_eps if eps is None else eps
+        weight_decay = default_decay if weight_decay is None else weight_decay
         if score not in STATE_SCORES:
             raise ValueError(f"score={score!r}: must be one of {', '.join(STATE_SCORES)}")
         check_adam_arguments(lr, betas, eps, weight_decay)

@@ -59,6 +59,25 @@ def test_dense_base_adam_is_bit_identical_to_torch_adam(amsgrad):
     assert_same_parameters(ours, theirs)
 
 
+@pytest.mark.parametrize(
+    "base, reference",
+    [
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("adamwadv", lambda params: torch.optim.AdamW(params, amsgrad=True)),
+        ("adamwspam", AdamWSPAM),
+    ],
+)
+def test_defaults_are_the_bases_own(base, reference):
+    # AdamWPrune(params, base=b) with nothing else given steps like b's constructor with
+    # nothing else given: weight decay 0 for Adam and AdamWSPAM, 1e-2 for AdamW; eps 1e-6 for SPAM.
+    ours, theirs = tiny_model(), tiny_model()
+    data = batches(6)
+    train(ours, AdamWPrune(ours.parameters(), base=base), data)
+    train(theirs, reference(theirs.parameters()), data)
+    assert_same_parameters(ours, theirs)
+
+
 def test_base_adamwadv_is_adamw_with_amsgrad_and_before_the_schedule_nothing_changes():
     ours, theirs = tiny_model(), tiny_model()
     data = batches(6)
