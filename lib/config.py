@@ -83,14 +83,19 @@ class Config:
     symbols: tuple[tuple[str, str], ...]  # ("CONFIG_X", "value") as .config holds them
 
     def train_for(self, opt: OptimizerSpec) -> TrainSpec:
-        """The training settings of a run with `opt`: AdamWAdv brings its own clipping and
-        the cosine schedule (ALGORITHMS.md section 6); every other optimizer shares them."""
-        if opt.name == "adamwadv":
+        """The training settings of a run with `opt`: AdamWAdv, and AdamWPrune on the AdamWAdv
+        base, bring AdamWAdv's clipping and cosine schedule (ALGORITHMS.md section 6); every
+        other optimizer shares them."""
+        if _uses_adamwadv(opt):
             return replace(self.train, grad_clip=self.adamwadv_grad_clip, lr_schedule="cosine")
         return self.train
 
     def symbol_dict(self) -> dict[str, str]:
         return dict(self.symbols)
+
+
+def _uses_adamwadv(opt: OptimizerSpec) -> bool:
+    return opt.name == "adamwadv" or (opt.name == "adamwprune" and opt.prune_base == "adamwadv")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +365,7 @@ def _optimizer(r: _Reader, name: str) -> OptimizerSpec:
     if name == "adamwprune":
         spec = replace(
             spec,
+            decay_all_parameters=r.bool("ADAMWPRUNE_DECAY_ALL_PARAMETERS"),
             prune_base=base,
             prune_score=r.choice(
                 "ADAMWPRUNE_SCORE", ("hybrid", "variance", "momentum", "magnitude")
@@ -456,6 +462,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         grad_clip=r.float("TRAIN_GRAD_CLIP", low=0),
         precision=r.choice("TRAIN_PRECISION", ("fp32", "bf16", "fp16")).replace("fp32", "off"),
         channels_last=r.bool("TRAIN_CHANNELS_LAST"),
+        tf32=r.bool("TRAIN_TF32"),
         compile=r.bool("TRAIN_COMPILE"),
         device=r.choice("TRAIN_DEVICE", ("auto", "cuda", "cpu")),
         checkpoint=r.bool("TRAIN_CHECKPOINT"),
@@ -475,7 +482,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         raise ConfigError(f"{path}: no optimizer selected (enable at least one OPTIMIZER_* option)")
     adamwadv_clip = (
         r.float("ADAMWADV_GRAD_CLIP", low=0, low_open=True)
-        if any(o.name == "adamwadv" for o in optimizers)
+        if any(_uses_adamwadv(o) for o in optimizers)
         else 1.0
     )
 
@@ -540,10 +547,12 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         candidate=r.str("REPORT_CANDIDATE"),
         plots=tuple(p for p in PLOTS if r.bool(f"REPORT_PLOT_{p.upper()}")),
     )
+    # "# CONFIG_X is not set" is kept as CONFIG_X=n: a bool that defaults to y but is off (the
+    # GPU defconfigs' TRAIN_DETERMINISTIC) must stay off when the snapshot is reloaded.
     symbols = tuple(
-        tuple(line.split("=", 1))
+        (f"CONFIG_{sym.name}", "n") if line.startswith("#") else tuple(line.split("=", 1))
         for sym in kconf.unique_defined_syms
-        if (line := sym.config_string.strip()) and not line.startswith("#")
+        if (line := sym.config_string.strip())
     )
     return Config(
         model=model,

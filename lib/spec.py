@@ -84,6 +84,7 @@ class TrainSpec:
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     precision: str = "off"
     channels_last: bool = False
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls and convolutions (CUDA only)
     compile: bool = False
     device: str = "auto"
     checkpoint: bool = True  # keep `last` (every epoch) and `best` checkpoints
@@ -118,6 +119,7 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 0.01
     amsgrad: bool = False
+    decay_all_parameters: bool = False  # weight decay on biases and norm layers too
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     # SPAM (adamwspam, or adamwprune with base adamwspam)
@@ -131,10 +133,14 @@ class OptimizerSpec:
 
     @property
     def label(self) -> str:
-        """Short readable name used in run ids and reports: `adamwprune-adamw`, `sgd`."""
-        if self.name == "adamwprune":
-            return f"adamwprune-{self.prune_base}"
-        return self.name
+        """Short readable name used in run ids and reports: `adamwprune-adamw`, `sgd`,
+        `adamw-amsgrad` (AMSGrad chosen on an optimizer that is not AMSGrad by definition)."""
+        label = f"adamwprune-{self.prune_base}" if self.name == "adamwprune" else self.name
+        optional_amsgrad = (self.prune_base if self.name == "adamwprune" else self.name) in (
+            "adam",
+            "adamw",
+        )
+        return f"{label}-amsgrad" if self.amsgrad and optional_amsgrad else label
 
 
 @dataclass(frozen=True)

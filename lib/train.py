@@ -346,6 +346,7 @@ class _Run:
             if not torch.cuda.is_bf16_supported():
                 raise RunError("train precision 'bf16' is not supported by this GPU; use fp16")
         configure_determinism(train.deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
         self.environment = capture_environment(self.device)
         self.write_metrics(STATUS_RUNNING)
 
@@ -378,6 +379,7 @@ class _Run:
             spec.pruning,
             steps_per_epoch=self.steps_per_epoch,
             keep_ends_dense=spec.model.keep_ends_dense,
+            compiled=train.compile,
         )
         self.scheduler = build_lr_scheduler(self.optimizer, train, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")

@@ -24,8 +24,14 @@ from optimizers.masked import MaskedAdam, MaskedAdamW, MaskedAdamWSPAM, MaskedSG
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights (ndim > 1); none on biases and normalisation parameters."""
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_all: bool = False
+) -> list[dict[str, Any]]:
+    """Weight decay on weights (ndim > 1); none on biases and normalisation parameters, unless
+    `decay_all` (the same decay on every parameter, as the seed's AdamWPrune runs had it)."""
+    if decay_all:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": trainable, "weight_decay": weight_decay}]
     no_decay = {
         id(p)
         for module in model.modules()
@@ -41,13 +47,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
-def fast_path(model: nn.Module) -> dict[str, bool]:
+def fast_path(model: nn.Module, compiled: bool = False) -> dict[str, bool]:
     """torch's fused Adam/AdamW kernel where it exists (CPU and CUDA floating point), else foreach.
 
     Fused is one pass per tensor: on CPU about 4x faster than foreach, and unlike foreach's
     `sqrt` it does not slow down on the zeros that pruning leaves in `exp_avg_sq`.
+    With `compiled` (a torch.compile'd model) foreach: inductor may hand back gradients with
+    other strides than their parameters (conv weights), and the fused kernel then stops with
+    "params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout";
+    foreach accepts any strides.
     """
     params = list(model.parameters())
+    if compiled:
+        return {"foreach": True}
     if params and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params):
         return {"fused": True}
     return {"foreach": True}
@@ -79,10 +91,12 @@ def build_optimizer(
     *,
     steps_per_epoch: int,
     keep_ends_dense: bool = False,
+    compiled: bool = False,
 ) -> torch.optim.Optimizer:
-    """The optimizer for one run, pruning included (see docs/algorithms.md)."""
+    """The optimizer for one run, pruning included (see docs/algorithms.md). `compiled`: the
+    model runs under torch.compile (see `fast_path`)."""
     check_combination(opt, pruning)
-    groups = parameter_groups(model, opt.weight_decay)
+    groups = parameter_groups(model, opt.weight_decay, opt.decay_all_parameters)
     schedule = PruningSchedule(
         final_sparsity=pruning.sparsity,
         start_step=pruning.start_step,
@@ -116,7 +130,7 @@ def build_optimizer(
             interval=schedule.interval,
             scope=pruning.scope,
             prunable=prunable,
-            **fast_path(model),
+            **fast_path(model, compiled),
             **{f"spam_{key}": value for key, value in spam.items()},
         )
 
@@ -142,5 +156,5 @@ def build_optimizer(
         eps=opt.eps,
         amsgrad=opt.amsgrad or opt.name == "adamwadv",
         pruner=pruner,
-        **fast_path(model),
+        **fast_path(model, compiled),
     )

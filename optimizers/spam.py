@@ -7,8 +7,10 @@ reference's own operations (mul + add, not lerp; divide then add, not addcdiv), 
 bit-identical to the reference's per-tensor loop on CPU. Two deliberate differences from the
 reference code, neither of which changes a single number:
 
-- its global counters live in `state_dict()` (the reference keeps them as attributes, so a
-  resumed run would restart its warmup and reset phase);
+- its global counters live in a separate `"spam"` entry of `state_dict()`; the reference keeps
+  them as string keys (`"total_step"`, `"current_step"`) in `optimizer.state`, which torch's
+  state_dict round-trips as well, so both resume warmup and reset phase where they stopped.
+  Here `optimizer.state` holds per-parameter entries only, as torch's optimizers do;
 - moments are zeroed in place at a reset instead of being reallocated.
 """
 

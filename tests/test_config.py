@@ -9,6 +9,7 @@ import pytest
 from lib import config as cfg
 from lib.cli import defconfig_names
 from lib.config import ConfigError
+from lib.matrix import plan
 
 
 def write_config(tmp_path, defconfig: str, *extra: str):
@@ -61,41 +62,106 @@ def test_defconfig_round_trips_through_savedefconfig(tmp_path, name):
     assert config.matrix.name == name
 
 
-def test_seed_experiment_hyperparameters_are_exact():
+def _pruning_schedule(config):
+    p = config.pruning
+    return (p.schedule, p.start_step, p.end_epoch, p.interval, p.scope)
+
+
+def test_corrected_comparison_defconfig():
+    # resnet50-adamwprune: the seed's comparison made fair (docs/reproducing.md's table).
     config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune")
     assert (config.model.name, config.model.stem) == ("resnet50", "imagenet")
     assert config.data.name == "imagenet" and config.data.image_size == 224
     assert (config.train.epochs, config.train.batch_size) == (100, 128)
+    assert config.train.lr_schedule == "cosine"
     by_name = {o.name: o for o in config.optimizers}
     assert set(by_name) == {"adamwprune", "adamwspam"}
     prune = by_name["adamwprune"]
     assert prune.prune_base == "adamw" and prune.prune_score == "hybrid"
     assert (prune.lr, prune.beta1, prune.beta2, prune.weight_decay) == (0.001, 0.9, 0.999, 0.01)
-    assert prune.amsgrad is True
+    # No AMSGrad (its third buffer would cost +4 B/param), decay on weights only, like SPAM.
+    assert prune.amsgrad is False and prune.decay_all_parameters is False
+    assert prune.label == "adamwprune-adamw"
     spam = by_name["adamwspam"]
-    assert spam.lr == 0.001
+    assert spam.lr == 0.001 and spam.weight_decay == prune.weight_decay
     assert (spam.spam_theta, spam.spam_interval, spam.spam_warmup_steps) == (50.0, 1000, 100)
     assert config.pruning_methods == ("magnitude", "movement", "state")
     assert config.sparsities == (0.5, 0.7, 0.9)
-    p = config.pruning
-    assert (p.schedule, p.start_step, p.end_epoch, p.interval, p.scope) == (
-        "linear",
-        100,
-        80,
-        50,
-        "global",
-    )
+    assert _pruning_schedule(config) == ("linear", 100, 80, 50, "global")
     assert config.report.baseline == "adamwspam_magnitude"
-    symbols = config.symbol_dict()
-    assert symbols["CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME"] == '"adamw"'
-    assert symbols["CONFIG_ADAMWPRUNE_AMSGRAD"] == "y"
+
+
+def test_seed_as_run_defconfig_expresses_every_quirk_as_an_option():
+    config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune-seed-as-run")
+    assert (config.model.name, config.model.stem) == ("resnet50", "imagenet")
+    assert (config.data.name, config.data.image_size) == ("cifar100", 224)
+    assert (config.train.epochs, config.train.batch_size) == (100, 128)
+    assert config.train.lr_schedule == "constant" and config.train.warmup_epochs == 0
+    assert (config.train.precision, config.train.channels_last) == ("off", False)
+    by_name = {o.name: o for o in config.optimizers}
+    assert set(by_name) == {"adamw", "adamwprune"}
+    prune, baseline = by_name["adamwprune"], by_name["adamw"]
+    assert prune.prune_base == "adamw" and prune.prune_score == "hybrid"
+    assert (prune.lr, prune.eps, prune.weight_decay) == (0.001, 1e-8, 0.01)
+    assert prune.amsgrad and prune.decay_all_parameters
+    # The seed's "AdamWSPAM" was AdamW + AMSGrad with decay 5e-4 on weights: named so.
+    assert (baseline.lr, baseline.eps, baseline.weight_decay) == (0.001, 1e-8, 0.0005)
+    assert baseline.amsgrad and not baseline.decay_all_parameters
+    assert (baseline.label, prune.label) == ("adamw-amsgrad", "adamwprune-adamw-amsgrad")
+    assert all(config.train_for(o) == config.train for o in config.optimizers)
+    assert config.pruning_methods == ("magnitude", "movement", "state")
+    assert config.sparsities == (0.5, 0.7, 0.9)
+    assert _pruning_schedule(config) == ("linear", 100, 80, 50, "global")
+    keys = {spec.method_key for spec in plan(config)}
+    assert config.report.baseline in keys
+    assert "adamwprune-adamw-amsgrad_state-hybrid" in keys
+
+
+def test_resnet50_gpu_defconfigs_use_the_fast_settings_for_every_method():
+    for name in defconfig_names():
+        config = cfg.load(cfg.DEFCONFIG_DIR / name)
+        if name == "demo":
+            assert config.train.deterministic and config.train.device == "cpu"
+            continue
+        assert not config.train.deterministic, name  # determinism is an opt-in
+        assert config.train.tf32, name
+        if name != "resnet50-adamwprune-seed-as-run":  # the seed ran fp32, NCHW
+            assert (config.train.precision, config.train.channels_last) == ("bf16", True), name
+        for opt in config.optimizers:  # like for like: only AdamWAdv's own clip/schedule differ
+            fields = ("precision", "channels_last", "tf32", "deterministic", "compile")
+            assert all(
+                getattr(config.train_for(opt), f) == getattr(config.train, f) for f in fields
+            )
 
 
 def test_spam_base_defconfig_carries_spam_settings_into_adamwprune():
     config = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune-spam-base")
     prune = next(o for o in config.optimizers if o.name == "adamwprune")
+    spam = next(o for o in config.optimizers if o.name == "adamwspam")
     assert prune.prune_base == "adamwspam" and prune.amsgrad is False
     assert (prune.spam_theta, prune.spam_interval, prune.spam_warmup_steps) == (50.0, 1000, 100)
+    # Like for like: one eps and one weight decay across AdamWPrune and AdamWSPAM.
+    assert (prune.eps, prune.weight_decay) == (spam.eps, spam.weight_decay) == (1e-6, 0.01)
+
+
+def test_adamwprune_on_the_adamwadv_base_gets_adamwadvs_clipping_and_schedule(tmp_path):
+    path = tmp_path / ".config"
+    path.write_text("CONFIG_ADAMWPRUNE_BASE_ADAMWADV=y\nCONFIG_LR_SCHEDULE_CONSTANT=y\n")
+    config = cfg.load(path)
+    (prune,) = config.optimizers
+    assert prune.prune_base == "adamwadv" and prune.amsgrad
+    assert (config.train_for(prune).grad_clip, config.train_for(prune).lr_schedule) == (
+        1.0,
+        "cosine",
+    )
+    path.write_text(path.read_text() + 'CONFIG_ADAMWADV_GRAD_CLIP="0.5"\n')
+    config = cfg.load(path)
+    assert config.train_for(config.optimizers[0]).grad_clip == 0.5
+    # Defaults by base: the base's own (AdamW's decay 0.01, eps 1e-8); Adam decays 0.
+    assert (prune.weight_decay, prune.eps) == (0.01, 1e-8)
+    path.write_text("CONFIG_ADAMWPRUNE_BASE_ADAM=y\n")
+    (prune,) = cfg.load(path).optimizers
+    assert (prune.weight_decay, prune.eps, prune.label) == (0.0, 1e-8, "adamwprune-adam")
 
 
 def test_cifar100_defconfig_uses_the_cifar_stem():

@@ -11,6 +11,7 @@ from torch import nn
 from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity
 from lib.spec import OPTIMIZERS, PRUNE_BASES, OptimizerSpec, PruningSpec
 from optimizers import AdamWPrune, AdamWSPAM, build_optimizer, parameter_groups
+from optimizers.registry import fast_path
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -120,6 +121,31 @@ def test_weight_decay_never_on_biases_or_normalisation_parameters():
     assert {id(p) for p in plain["params"]} == {
         id(p) for p in model.parameters() if id(p) not in expected
     }
+
+
+def test_decay_all_parameters_puts_every_parameter_in_one_decayed_group():
+    # The seed's AdamWPrune decayed BatchNorm and biases too (ADAMWPRUNE_DECAY_ALL_PARAMETERS).
+    model = tiny_model()
+    (group,) = parameter_groups(model, 0.01, decay_all=True)
+    assert group["weight_decay"] == 0.01
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+    spec = OptimizerSpec(name="adamwprune", weight_decay=0.01, decay_all_parameters=True)
+    built = build_optimizer(model, spec, PruningSpec(), steps_per_epoch=4)
+    assert [g["weight_decay"] for g in built.param_groups] == [0.01]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adamwadv", "adamwprune"])
+def test_compiled_models_step_on_foreach_not_fused(name):
+    # torch.compile can hand back gradients with other strides than their parameters, which
+    # torch's fused Adam kernel refuses; the foreach kernel takes any layout.
+    model = tiny_model()
+    assert fast_path(model) == {"fused": True}
+    assert fast_path(model, compiled=True) == {"foreach": True}
+    for compiled in (False, True):
+        optimizer = build_optimizer(model, OptimizerSpec(name=name), PruningSpec(),
+                                    steps_per_epoch=4, compiled=compiled)  # fmt: skip
+        group = optimizer.param_groups[0]
+        assert (bool(group["fused"]), bool(group["foreach"])) == (not compiled, compiled)
 
 
 def test_keep_ends_dense_with_nothing_left_to_prune_is_refused():

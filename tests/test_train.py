@@ -23,6 +23,7 @@ from lib.train import (
     METRICS_FILE,
     RunError,
     RunInterrupted,
+    configure_determinism,
     lr_factor,
     main,
     train,
@@ -331,12 +332,20 @@ def test_cuda_requested_without_cuda_is_a_failed_run(tiny_spec, tmp_path):
 # -- loop features --------------------------------------------------------------------------------
 
 
-def test_bf16_autocast_runs_on_cpu(tiny_spec, tmp_path):
-    spec = tiny_spec(
-        tmp_path,
-        train={"precision": "bf16", "epochs": 1, "max_steps_per_epoch": 2, "checkpoint": False},
-    )
-    doc = train(spec)
+def test_bf16_autocast_runs_on_cpu_with_the_gpu_defconfigs_kernel_settings(tiny_spec, tmp_path):
+    # The fast GPU settings (bf16, TF32 off here to see it applied, determinism off) are applied
+    # by the run itself; the flags are process-wide, so they are put back afterwards.
+    train_settings = {"precision": "bf16", "epochs": 1, "max_steps_per_epoch": 2}
+    train_settings.update(checkpoint=False, tf32=False, deterministic=False)
+    spec = tiny_spec(tmp_path, train=train_settings)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        doc = train(spec)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        configure_determinism(True)
     assert doc["summary"]["status"] == "completed", doc["summary"]["error"]
     assert math.isfinite(doc["epochs"][0]["train_loss"])
 
