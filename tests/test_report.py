@@ -151,10 +151,10 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
         "**50%**",
         "**74.50 ± 0.50%**",
         "73.20 ± 0.20%",
-        "**+1.30%**",
+        "**+1.30%** (n.s.)",  # Welch p = 0.032, but Holm over the 2 sparsities gives 0.065
     ]
-    # 72.0 ± 1.0 vs 72.0 ± 0.5: a tie in means, not significant
-    assert row_for(rows, "70%")[3] == "+0.00% (n.s.)"
+    # 72.0 ± 1.0 vs 72.0 ± 0.5: a tie in means (unsigned), not significant
+    assert row_for(rows, "70%")[3] == "0.00% (n.s.)"
 
     intervals = table_rows(text, "#### 95% confidence intervals")
     half_c = 4.302653 * 0.5 / math.sqrt(3)
@@ -170,12 +170,28 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
 
     half = t_critical(df) * se
     assert 3.2 < t_critical(df) < 4.31  # between t(3) and t(2)
-    assert row50[3] == f"[{1.3 - half:+.2f}, {1.3 + half:+.2f}], significant"
-    assert row_for(intervals, "70%")[3].endswith("not significant")
+    # The interval excludes 0 (unadjusted p = 0.032) but with two sparsity levels compared
+    # the Holm-adjusted p-value is 2 * 0.032 = 0.065: not significant.
+    assert row50[3] == (
+        f"[{1.3 - half:+.2f}, {1.3 + half:+.2f}], not significant "
+        "(p = 0.032, df = 2.6, Holm p = 0.065)"
+    )
+    assert row_for(intervals, "70%")[3] == (
+        "[-2.08, +2.08], not significant (p = 1.000, df = 2.9, Holm p = 1.000)"
+    )
 
     summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
-    assert "larger than the seed-to-seed noise" in summary
+    assert "The lead is **not significant** (Welch p = 0.032" in summary
     assert "no noise estimate" not in text.split("## Test Configuration")[0]
+
+
+def test_a_lead_beyond_the_noise_is_called_so(tmp_path: Path) -> None:
+    runs = [r for r in multi_seed_runs() if r.target == 0.5]  # one comparison: no Holm
+    text = write_report(write_matrix(tmp_path, "one-level", runs)).read_text()
+    assert row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")[3] == "**+1.30%**"
+    summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
+    assert "The lead is larger than the seed-to-seed noise" in summary
+    assert "(Welch p = 0.032, df = 2.6)" in summary and "Holm" not in summary
 
 
 # --------------------------------------------------------------------------- statuses
@@ -396,7 +412,7 @@ def test_compare_two_matrices_side_by_side(tmp_path: Path, capsys) -> None:
         "74.50 ± 0.50%",
         "76.00 ± 0.50%",
         "+1.50%",
-        f"[{1.5 - half:+.2f}, {1.5 + half:+.2f}], significant",
+        f"[{1.5 - half:+.2f}, {1.5 + half:+.2f}], significant (p = 0.021, df = 4.0)",
     ]
     spam = row_for(rows, "AdamWSPAM + magnitude")
     assert spam[2:] == ["—", "73.00%", "—", "—"]  # only in B: shown, not dropped

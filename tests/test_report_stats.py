@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import scipy.stats as scipy_stats  # dev dependency: the independent reference
 
 from scripts.report.stats import (
     estimate,
+    holm_adjust,
+    judge,
     student_t_two_sided_tail,
     t_critical,
     welch_difference,
@@ -84,9 +87,66 @@ def test_welch_difference_significance_rule() -> None:
     assert overlapping.significant is False
 
 
-def test_welch_with_zero_spread_is_the_point_difference() -> None:
-    diff = welch_difference(estimate([74.0, 74.0]), estimate([73.0, 73.0]))
-    assert (diff.ci_low, diff.ci_high, diff.significant) == (1.0, 1.0, True)
+def test_zero_spread_on_both_sides_gives_no_noise_estimate() -> None:
+    # With no spread there is no noise estimate: a 0.01-point difference is not "significant".
+    diff = welch_difference(estimate([73.01] * 3), estimate([73.0] * 3))
+    assert diff.diff == pytest.approx(0.01)
+    assert diff.significant is None and not diff.has_noise_estimate
+    assert diff.p_value is None and diff.df is None
+    assert diff.no_noise_reason == "zero spread in both cells"
+    assert welch_difference(estimate([1.0]), estimate([2.0, 3.0])).no_noise_reason == "one seed"
+
+
+def test_zero_spread_on_one_side_still_has_welch_df() -> None:
+    diff = welch_difference(estimate([74.0, 74.0, 74.0]), estimate([72.5, 73.0, 73.5]))
+    assert diff.df == pytest.approx(2.0)  # only the baseline's variance: n - 1
+    assert diff.has_noise_estimate
+
+
+def test_welch_p_value_and_df_match_scipy() -> None:
+    cases = [
+        ([74.0, 74.5, 75.0], [73.0, 73.2, 73.4]),
+        ([72.0, 73.0, 71.0], [72.5, 71.5, 72.0]),
+        ([70.1, 70.9, 71.4, 70.2, 70.6], [70.0, 70.3]),
+    ]
+    for a, b in cases:
+        diff = welch_difference(estimate(a), estimate(b))
+        expected = scipy_stats.ttest_ind(a, b, equal_var=False)
+        assert diff.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+        assert diff.df == pytest.approx(expected.df, rel=1e-12)
+
+
+@pytest.mark.parametrize("df", [1, 1.5, 2, 2.624, 3.7, 7, 12.3, 30, 200, 5000])
+def test_t_quantile_and_tail_are_exact_against_scipy(df: float) -> None:
+    for confidence in (0.9, 0.95, 0.99):
+        expected = scipy_stats.t.ppf(0.5 + confidence / 2, df)
+        assert t_critical(df, confidence) == pytest.approx(expected, rel=1e-9)
+    for t in (0.1, 1.0, 2.5, 8.0):
+        assert student_t_two_sided_tail(t, df) == pytest.approx(
+            2 * scipy_stats.t.sf(t, df), rel=1e-9
+        )
+
+
+def test_holm_adjustment_by_hand() -> None:
+    # Sorted 0.01 < 0.02 < 0.04: 3*0.01 = 0.03, max(0.03, 2*0.02) = 0.04, max(0.04, 0.04).
+    assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjust([0.03]) == [0.03]  # one comparison: unchanged
+    assert holm_adjust([]) == []
+
+
+def test_judge_applies_holm_over_the_comparisons_with_noise() -> None:
+    strong = welch_difference(estimate([74.0, 74.5, 75.0]), estimate([73.0, 73.2, 73.4]))
+    noise = welch_difference(estimate([72.0, 73.0, 71.0]), estimate([72.5, 71.5, 72.0]))
+    single = welch_difference(estimate([74.0]), estimate([73.0]))
+    verdicts = judge([strong, None, noise, single])
+    assert verdicts[1] is None
+    assert verdicts[3].significant is None and verdicts[3].comparisons == 2
+    assert verdicts[0].comparisons == 2
+    assert verdicts[0].p_adjusted == pytest.approx(2 * strong.p_value)
+    assert verdicts[2].p_adjusted == pytest.approx(max(2 * strong.p_value, noise.p_value))
+    assert verdicts[0].significant is (2 * strong.p_value < 0.05)
+    assert verdicts[2].significant is False
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -178,3 +178,63 @@ def test_runs_that_count_are_the_planned_unique_ones(tmp_path: Path) -> None:
     results = load_matrix(matrix)
     assert len(results.runs) == 6
     assert results.stray == ["stray"]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def constant_cells(cand: list[float], base: list[float], target: float = 0.5) -> list[FakeRun]:
+    runs = [FakeRun("adamwprune", "state", target, s, [v] * 3) for s, v in enumerate(cand)]
+    runs += [FakeRun("adamwspam", "magnitude", target, s, [v] * 3) for s, v in enumerate(base)]
+    return runs
+
+
+def test_zero_spread_is_no_noise_estimate_not_significance(tmp_path: Path) -> None:
+    text = render(write_matrix(tmp_path, "zero", constant_cells([73.01] * 3, [73.0] * 3)))
+    summary = section(text, "## Executive Summary")
+    assert "The lead is larger than the seed-to-seed noise" not in summary
+    assert "significant" not in summary.replace("significantly", "")
+    assert "zero spread" in summary and "no noise estimate" in summary
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
+    assert row[3] == "**+0.01%**"  # no "(n.s.)" and no significance either way
+    interval = row_for(table_rows(text, "#### 95% confidence intervals"), "50%")[3]
+    assert interval == "no noise estimate (zero spread in both cells)"
+
+
+def test_a_tie_as_printed_has_no_signed_improvement(tmp_path: Path) -> None:
+    runs = constant_cells([72.0, 73.0, 71.0], [72.5, 71.5, 72.0])
+    text = render(write_matrix(tmp_path, "tie", runs))
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "50%")
+    assert row[1:3] == ["72.00 ± 1.00%", "72.00 ± 0.50%"]  # nothing bold on a tie
+    assert row[3] == "0.00% (n.s.)"
+
+
+def test_improvement_is_the_difference_of_the_printed_means(tmp_path: Path) -> None:
+    # 74.546 prints 74.55 and 73.222 prints 73.22: the reader computes +1.33, not +1.32.
+    text = render(write_matrix(tmp_path, "rounding", constant_cells([74.546], [73.222])))
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
+    assert row == ["**50%**", "**74.55%**", "73.22%", "**+1.33%**"]
+    assert "difference of the printed means" in text
+    assert "1.33 points ahead" in section(text, "## Executive Summary")
+
+
+def test_p_value_df_and_holm_beside_each_verdict(tmp_path: Path) -> None:
+    import scipy.stats as scipy_stats
+
+    cand50, base50 = [74.0, 74.5, 75.0], [73.0, 73.2, 73.4]
+    cand70, base70 = [72.0, 73.0, 71.0], [72.5, 71.5, 72.0]
+    runs = constant_cells(cand50, base50) + constant_cells(cand70, base70, 0.7)
+    text = render(write_matrix(tmp_path, "holm", runs))
+    p50 = scipy_stats.ttest_ind(cand50, base50, equal_var=False)
+    p70 = scipy_stats.ttest_ind(cand70, base70, equal_var=False)
+    holm50 = min(1.0, 2 * min(p50.pvalue, p70.pvalue))
+    holm70 = max(holm50, min(1.0, p70.pvalue))
+    rows = table_rows(text, "#### 95% confidence intervals")
+    cell50 = row_for(rows, "50%")[3]
+    assert f"p = {p50.pvalue:.3f}" in cell50 and f"df = {p50.df:.1f}" in cell50
+    assert f"Holm p = {holm50:.3f}" in cell50
+    assert cell50.split(" (")[0].endswith(", significant" if holm50 < 0.05 else "not significant")
+    cell70 = row_for(rows, "70%")[3]
+    assert f"p = {p70.pvalue:.3f}" in cell70 and f"Holm p = {holm70:.3f}" in cell70
+    assert "not significant" in cell70
+    assert "2 comparisons" in text and "Holm" in text

@@ -14,14 +14,14 @@ from pathlib import Path
 from scripts.report.cells import build_cell, fmt_estimate
 from scripts.report.data import MatrixResults, load_matrix, method_display_name
 from scripts.report.markdown import (
-    fmt_interval,
-    fmt_signed,
+    fmt_printed_difference,
     fmt_sparsity,
+    fmt_verdict,
     md_escape,
     md_table,
 )
 from scripts.report.output import PLOTS_DIR, REPORT_FILE, write_text
-from scripts.report.stats import welch_difference
+from scripts.report.stats import Difference, Verdict, judge, welch_difference
 
 
 def comparison_dir_name(name_a: str, name_b: str) -> str:
@@ -59,6 +59,15 @@ def _memory_text(results: MatrixResults, key: str, sparsity: float) -> str:
     return "; ".join(parts) or "—"
 
 
+def _with_verdict(row: list[str], diff: Difference | None, verdict: Verdict | None) -> list[str]:
+    if diff is None or verdict is None:
+        return row + ["—", "—"]
+    change = fmt_printed_difference(diff.candidate_mean, diff.baseline_mean)
+    if diff.no_noise_reason == "one seed":
+        return row + [change, "no noise estimate (one seed in A or B)"]
+    return row + [change, fmt_verdict(verdict)]
+
+
 def render_comparison(
     a: MatrixResults,
     b: MatrixResults,
@@ -83,38 +92,36 @@ def render_comparison(
     else:
         lines.append("*Neither matrix recorded a configuration snapshot.*")
 
-    best_rows, final_rows, memory_rows = [], [], []
-    any_noise = False
+    tables: dict[str, list[tuple[list[str], Difference | None]]] = {"best": [], "final": []}
+    memory_rows = []
     for key, sparsity in _cells(a, b):
         cell_a, cell_b = build_cell(a, key, sparsity), build_cell(b, key, sparsity)
         label = [method_display_name(key), fmt_sparsity(sparsity)]
-        for attr, rows in (("best", best_rows), ("final", final_rows)):
+        for attr, rows in tables.items():
             est_a, est_b = getattr(cell_a, attr), getattr(cell_b, attr)
             row = label + [fmt_estimate(est_a, cell_a), fmt_estimate(est_b, cell_b)]
-            if est_a is None or est_b is None:
-                row += ["—", "—"]
-            else:
-                diff = welch_difference(est_b, est_a)
-                if diff.has_noise_estimate:
-                    any_noise = True
-                    verdict = "significant" if diff.significant else "not significant"
-                    interval = fmt_interval(diff.ci_low, diff.ci_high, signed=True)
-                    row += [fmt_signed(diff.diff), f"{interval}, {verdict}"]
-                else:
-                    single = " and ".join(
-                        tag for tag, est in (("A", est_a), ("B", est_b)) if est.n < 2
-                    )
-                    row += [fmt_signed(diff.diff), f"{single}: one seed, no noise estimate"]
-            rows.append(row)
+            diff = None if est_a is None or est_b is None else welch_difference(est_b, est_a)
+            rows.append((row, diff))
         memory_rows.append(label + [_memory_text(a, key, sparsity), _memory_text(b, key, sparsity)])
+    # Every row of a table is one comparison of the same family: Holm over them.
+    any_noise = any(d is not None and d.has_noise_estimate for _, d in tables["best"])
+    best_rows, final_rows = (
+        [
+            _with_verdict(row, diff, v)
+            for (row, diff), v in zip(rows, judge([d for _, d in rows]), strict=True)
+        ]
+        for rows in tables.values()
+    )
 
     header = ["Method", "Sparsity", "A", "B", "B − A", "95% CI of B − A (Welch)"]
     lines += [
         "",
         "## Best top-1 accuracy",
         "",
-        "Only epochs at the target sparsity count. Several seeds: mean ± sample std; the "
-        "difference is *significant* exactly when its 95% Welch interval excludes 0.",
+        "Only epochs at the target sparsity count. Several seeds: mean ± sample std. B − A is "
+        "the difference of the printed means; its 95% Welch interval, p-value and df use the "
+        "unrounded values, and when several rows are compared the p-values are Holm-adjusted "
+        "over them; *significant* when the adjusted p-value is below 0.05.",
         "",
         md_table(header, best_rows),
     ]

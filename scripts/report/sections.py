@@ -23,14 +23,18 @@ from scripts.report.data import (
 from scripts.report.markdown import (
     fmt_interval,
     fmt_num,
+    fmt_p,
     fmt_pct,
+    fmt_printed_difference,
     fmt_range,
     fmt_signed,
     fmt_sparsity,
+    fmt_verdict,
     md_escape,
     md_table,
+    printed,
 )
-from scripts.report.stats import Difference, welch_difference
+from scripts.report.stats import Difference, Verdict, judge, welch_difference
 
 
 def _config_summary(results: MatrixResults) -> dict[str, Any]:
@@ -129,18 +133,19 @@ def _row_leader(cells: list[Cell], attr: str) -> Cell | None:
     scored = _distinct_scored(cells, attr)
     if len(scored) < 2:
         return None
-    if round(getattr(scored[0], attr).mean, 2) == round(getattr(scored[1], attr).mean, 2):
+    if printed(getattr(scored[0], attr).mean) == printed(getattr(scored[1], attr).mean):
         return None
     return scored[0]
 
 
-def _improvement_text(diff: Difference | None, bold: bool) -> str:
-    if diff is None:
+def _improvement_text(verdict: Verdict | None, bold: bool) -> str:
+    if verdict is None:
         return "—"
-    text = fmt_signed(diff.diff)
+    diff = verdict.difference
+    text = fmt_printed_difference(diff.candidate_mean, diff.baseline_mean)
     if bold:
         text = f"**{text}**"
-    if diff.significant is False:
+    if verdict.significant is False:
         text += " (n.s.)"
     return text
 
@@ -153,6 +158,14 @@ def _difference(cells: dict[str, Cell], comparison: Comparison, attr: str) -> Di
     if cand is None or base is None:
         return None
     return welch_difference(cand, base)
+
+
+def improvement_verdicts(
+    grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison, attr: str
+) -> dict[float, Verdict | None]:
+    """Candidate - baseline at every sparsity, judged together (Holm over the levels)."""
+    diffs = [_difference(cells, comparison, attr) for _, cells in grid]
+    return {s: v for (s, _), v in zip(grid, judge(diffs), strict=True)}
 
 
 def _cells_by_sparsity(
@@ -179,6 +192,7 @@ def accuracy_table(
     with_improvement = comparison.candidate is not None and comparison.baseline is not None
     if with_improvement:
         header.append("Improvement")
+    verdicts = improvement_verdicts(grid, comparison, attr)
     rows = []
     for sparsity, cells in grid:
         if all(not c.runs for c in cells.values()):
@@ -198,8 +212,7 @@ def accuracy_table(
             bold = leader is not None and cell.key == leader.key
             row.append(fmt_estimate(getattr(cell, attr), cell, bold=bold))
         if with_improvement:
-            diff = _difference(cells, comparison, attr)
-            row.append(_improvement_text(diff, bold=candidate_leads))
+            row.append(_improvement_text(verdicts[sparsity], bold=candidate_leads))
         rows.append(row)
     return md_table(header, rows)
 
@@ -209,6 +222,7 @@ def interval_table(grid: list[tuple[float, dict[str, Cell]]], comparison: Compar
     with_improvement = comparison.candidate is not None and comparison.baseline is not None
     if with_improvement:
         header.append("Improvement (Welch)")
+    verdicts = improvement_verdicts(grid, comparison, "best")
     rows = []
     for sparsity, cells in grid:
         row = [fmt_sparsity(sparsity)]
@@ -221,33 +235,40 @@ def interval_table(grid: list[tuple[float, dict[str, Cell]]], comparison: Compar
             else:
                 row.append(fmt_interval(best.ci_low, best.ci_high) + f" (n={best.n})")
         if with_improvement:
-            diff = _difference(cells, comparison, "best")
-            if diff is None or not diff.has_noise_estimate:
-                row.append("—")
-            else:
-                verdict = "significant" if diff.significant else "not significant"
-                row.append(fmt_interval(diff.ci_low, diff.ci_high, signed=True) + f", {verdict}")
+            verdict = verdicts[sparsity]
+            row.append("—" if verdict is None else fmt_verdict(verdict))
         rows.append(row)
     return md_table(header, rows)
 
 
-def _noise_clause(diff: Difference, leader: Cell, runner_up: Cell) -> str:
-    if not diff.has_noise_estimate:
-        single = [c for c in (leader, runner_up) if c.best is not None and c.best.n < 2]
-        who = " and ".join(method_display_name(c.key) for c in single)
+def _noise_clause(verdict: Verdict, leader: Cell, runner_up: Cell) -> str:
+    diff = verdict.difference
+    if verdict.significant is None:
+        if diff.no_noise_reason == "one seed":
+            single = [c for c in (leader, runner_up) if c.best is not None and c.best.n < 2]
+            who = " and ".join(method_display_name(c.key) for c in single)
+            cause = f"With one seed ({who})"
+        else:
+            cause = "With zero spread over the seeds of both methods"
         return (
-            f"With one seed ({who}), no noise estimate exists, so it is unknown whether this "
-            "lead is larger than the seed-to-seed noise."
+            f"{cause}, no noise estimate exists, so it is unknown whether this lead is larger "
+            "than the seed-to-seed noise."
         )
     interval = fmt_interval(diff.ci_low, diff.ci_high, signed=True)
-    if diff.significant:
+    details = f"Welch {fmt_p(diff.p_value)}, df = {diff.df:.1f}"
+    if verdict.comparisons > 1:
+        details += (
+            f"; Holm {fmt_p(verdict.p_adjusted)} over the {verdict.comparisons} sparsity "
+            "levels compared"
+        )
+    if verdict.significant:
         return (
             "The lead is larger than the seed-to-seed noise: the 95% CI of the difference "
-            f"(Welch) is {interval} points and excludes 0."
+            f"is {interval} points ({details})."
         )
     return (
-        "The lead is **not significant**: the 95% CI of the difference (Welch) is "
-        f"{interval} points and includes 0, so it is within seed-to-seed noise."
+        f"The lead is **not significant** ({details}; the 95% CI of the difference is "
+        f"{interval} points), so it is within seed-to-seed noise."
     )
 
 
@@ -255,57 +276,67 @@ def section_executive_summary(
     results: MatrixResults, grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison
 ) -> str:
     lines = ["## Executive Summary", ""]
-    any_numbers = False
+    leads: list[tuple[str, Cell, Cell | None]] = []
     for sparsity, cells in grid:
         scored = _distinct_scored(list(cells.values()), "best")
-        where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
-        if not scored:
-            continue
-        any_numbers = True
-        top = scored[0]
-        if len(scored) == 1:
+        if scored:
+            where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
+            leads.append((where, scored[0], scored[1] if len(scored) > 1 else None))
+    # The leader-vs-runner-up differences of all levels are one family (Holm).
+    verdicts = judge(
+        [
+            None if second is None else welch_difference(top.best, second.best)
+            for _, top, second in leads
+        ]
+    )
+    for (where, top, second), verdict in zip(leads, verdicts, strict=True):
+        if second is None:
             lines.append(
                 f"- At {where}, only **{method_display_name(top.key)}** has results: "
                 f"{top.best.mean:.2f}% best top-1."
             )
-            continue
-        second = scored[1]
-        diff = welch_difference(top.best, second.best)
-        if round(top.best.mean, 2) == round(second.best.mean, 2):
+        elif printed(top.best.mean) == printed(second.best.mean):
             lines.append(
                 f"- At {where}, **{method_display_name(top.key)}** and "
                 f"**{method_display_name(second.key)}** tie at {top.best.mean:.2f}% best top-1."
             )
-            continue
-        lines.append(
-            f"- At {where}, **{method_display_name(top.key)}** leads with "
-            f"{top.best.mean:.2f}% best top-1, {diff.diff:.2f} points ahead of "
-            f"{method_display_name(second.key)} ({second.best.mean:.2f}%). "
-            + _noise_clause(diff, top, second)
-        )
-    if not any_numbers:
+        else:
+            ahead = fmt_printed_difference(top.best.mean, second.best.mean).lstrip("+%")
+            lines.append(
+                f"- At {where}, **{method_display_name(top.key)}** leads with "
+                f"{top.best.mean:.2f}% best top-1, {ahead.rstrip('%')} points ahead of "
+                f"{method_display_name(second.key)} ({second.best.mean:.2f}%). "
+                + _noise_clause(verdict, top, second)
+            )
+    if not leads:
         lines.append("- No run has finished yet, so there is no accuracy to compare.")
 
     if comparison.candidate and comparison.baseline:
-        diffs = [
-            d for _, cells in grid if (d := _difference(cells, comparison, "best")) is not None
+        judged_all = [
+            v for v in improvement_verdicts(grid, comparison, "best").values() if v is not None
         ]
-        if diffs:
-            ahead = sum(d.diff > 0 for d in diffs)
-            judged = [d for d in diffs if d.has_noise_estimate]
+        if judged_all:
+            ahead = sum(v.difference.diff > 0 for v in judged_all)
+            judged = [v for v in judged_all if v.significant is not None]
             text = (
                 f"- Against the baseline, {method_display_name(comparison.candidate)} is ahead "
-                f"at {ahead} of {len(diffs)} sparsity levels"
+                f"at {ahead} of {len(judged_all)} sparsity levels"
             )
             if judged:
-                sig_ahead = sum(bool(d.significant) and d.diff > 0 for d in judged)
-                sig_behind = sum(bool(d.significant) and d.diff < 0 for d in judged)
+                sig_ahead = sum(bool(v.significant) and v.difference.diff > 0 for v in judged)
+                sig_behind = sum(bool(v.significant) and v.difference.diff < 0 for v in judged)
                 text += (
                     f"; significantly ahead at {sig_ahead} and significantly behind at "
-                    f"{sig_behind} of the {len(judged)} levels with several seeds on both sides."
+                    f"{sig_behind} of the {len(judged)} levels with a noise estimate on both "
+                    "sides"
+                    + (
+                        f" (Holm-adjusted over {len(judged)} comparisons)."
+                        if len(judged) > 1
+                        else "."
+                    )
                 )
             else:
-                text += "; with one seed per cell none of these differences can be judged."
+                text += "; without a noise estimate none of these differences can be judged."
             lines.append(text)
 
     unfinished = [r for r in results.runs if not r.completed]
@@ -330,6 +361,14 @@ def section_executive_summary(
             "the plan) are listed under *Excluded runs* and are not part of any number."
         )
     return "\n".join(lines)
+
+
+def _comparisons_sentence(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
+    verdicts = [v for v in improvement_verdicts(grid, comparison, "best").values() if v]
+    counted = max((v.comparisons for v in verdicts), default=0)
+    if counted < 2:
+        return ""
+    return f" Here {counted} comparisons (one per sparsity level) are adjusted together."
 
 
 def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
@@ -360,22 +399,28 @@ def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comp
         lines += [
             "",
             f"*Improvement* = {method_display_name(comparison.candidate)} − "
-            f"{method_display_name(comparison.baseline)}, in percentage points.",
+            f"{method_display_name(comparison.baseline)}, in percentage points: the difference "
+            "of the printed means (the intervals and p-values below use the unrounded values). "
+            "Means equal as printed are a tie: `0.00%`, unsigned.",
         ]
     if multi:
         lines += [
             "",
             "Cells with several seeds show mean ± sample standard deviation (ddof=1). "
-            "*(n.s.)*: not significant — the 95% confidence interval of the difference "
-            "(Welch) includes 0.",
+            "*(n.s.)*: not significant — the Welch p-value, Holm-adjusted over the sparsity "
+            "levels compared, is 0.05 or more (details below).",
         ]
         lines += [
             "",
             "#### 95% confidence intervals",
             "",
             "Of each mean: mean ± t(0.975, n−1) · std / √n. Of the improvement: Welch's "
-            "interval with Welch–Satterthwaite degrees of freedom; *significant* exactly when "
-            "it excludes 0. A dash: fewer than two seeds, so no interval exists.",
+            "interval with Welch–Satterthwaite degrees of freedom (df), the two-sided Welch "
+            "p-value, and, when several sparsity levels are compared, the Holm-adjusted "
+            "p-value; *significant* when the adjusted p-value is below 0.05 (with one "
+            "comparison: exactly when the interval excludes 0). The intervals are unadjusted. "
+            "A dash: fewer than two seeds, so no interval exists; zero spread in both cells "
+            "gives no noise estimate either." + _comparisons_sentence(grid, comparison),
             "",
             interval_table(grid, comparison),
         ]

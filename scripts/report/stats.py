@@ -3,13 +3,17 @@
 Seeds are replicates of one (method, sparsity) cell. With n >= 2 replicates a cell gets a
 mean, a sample standard deviation (ddof=1) and a 95% confidence interval of the mean,
 `mean +- t(0.975, n-1) * std / sqrt(n)`. Two cells are compared with Welch's unequal-variance
-interval for the difference of means; the difference is *significant* exactly when that
-interval excludes 0. With one replicate on either side no noise estimate exists and nothing is
-called significant.
+interval for the difference of means, with its two-sided p-value and Welch-Satterthwaite
+degrees of freedom. With one replicate on either side, or zero spread in both cells, no noise
+estimate exists and nothing is called significant. Several differences of one table (the
+sparsity levels) are judged together: `judge` adjusts their p-values with Holm's step-down
+method, and a difference is *significant* when its adjusted p-value is below 0.05 (with one
+comparison that is exactly "the 95% interval excludes 0").
 
-The t quantile is computed here (regularized incomplete beta function, bisection) rather than
-read from a table, because Welch's degrees of freedom are not integers; scipy is not a project
-dependency.
+The t distribution is computed here (regularized incomplete beta function; the quantile by
+bisection) rather than read from a table, because Welch's degrees of freedom are not integers.
+It is exact to about 1e-12 and checked against scipy in the tests; scipy is a development
+dependency only, so a report needs nothing beyond the standard library for its statistics.
 """
 
 from __future__ import annotations
@@ -123,12 +127,16 @@ def estimate(values: Sequence[float]) -> Estimate:
 
 @dataclass(frozen=True)
 class Difference:
-    """candidate - baseline; the interval and significance exist only with noise estimates."""
+    """candidate - baseline; the interval, df and p-value exist only with a noise estimate."""
 
     diff: float
     ci_low: float | None
     ci_high: float | None
     df: float | None
+    p_value: float | None = None  # two-sided Welch p-value (unadjusted)
+    no_noise_reason: str | None = None  # "one seed" | "zero spread in both cells"
+    candidate_mean: float | None = None
+    baseline_mean: float | None = None
 
     @property
     def has_noise_estimate(self) -> bool:
@@ -143,19 +151,63 @@ class Difference:
 
 
 def welch_difference(candidate: Estimate, baseline: Estimate) -> Difference:
-    """Welch's interval for mean(candidate) - mean(baseline).
+    """Welch's interval and p-value for mean(candidate) - mean(baseline).
 
-    df by Welch-Satterthwaite. When both samples have zero spread the interval collapses to
-    the point difference (df = n1 + n2 - 2), which is then significant iff it is non-zero.
+    df by Welch-Satterthwaite. When both samples have zero spread there is no estimate of the
+    seed-to-seed noise at all, so no interval and no verdict (a 0.01-point difference between
+    two constant cells is not evidence of anything).
     """
     diff = candidate.mean - baseline.mean
+    means = {"candidate_mean": candidate.mean, "baseline_mean": baseline.mean}
     if candidate.std is None or baseline.std is None:
-        return Difference(diff=diff, ci_low=None, ci_high=None, df=None)
+        return Difference(diff, None, None, None, no_noise_reason="one seed", **means)
     var_c = candidate.std**2 / candidate.n
     var_b = baseline.std**2 / baseline.n
     standard_error = math.sqrt(var_c + var_b)
     if standard_error == 0.0:
-        return Difference(diff=diff, ci_low=diff, ci_high=diff, df=candidate.n + baseline.n - 2)
+        return Difference(
+            diff, None, None, None, no_noise_reason="zero spread in both cells", **means
+        )
     df = (var_c + var_b) ** 2 / (var_c**2 / (candidate.n - 1) + var_b**2 / (baseline.n - 1))
     half_width = t_critical(df) * standard_error
-    return Difference(diff=diff, ci_low=diff - half_width, ci_high=diff + half_width, df=df)
+    p_value = student_t_two_sided_tail(diff / standard_error, df)
+    return Difference(diff, diff - half_width, diff + half_width, df, p_value=p_value, **means)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values becomes
+    max over j <= i of min(1, (m - j + 1) * p_(j)); the order of the input is kept."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One difference judged within its family of `comparisons` (Holm-adjusted)."""
+
+    difference: Difference
+    p_adjusted: float | None
+    comparisons: int  # how many differences with a noise estimate were judged together
+
+    @property
+    def significant(self) -> bool | None:
+        if self.p_adjusted is None:
+            return None
+        return self.p_adjusted < 1.0 - CONFIDENCE
+
+
+def judge(differences: Sequence[Difference | None]) -> list[Verdict | None]:
+    """Judge a table's differences together: Holm over those with a noise estimate."""
+    with_noise = [i for i, d in enumerate(differences) if d is not None and d.p_value is not None]
+    adjusted = holm_adjust([differences[i].p_value for i in with_noise])
+    by_index = dict(zip(with_noise, adjusted, strict=True))
+    return [
+        None if d is None else Verdict(d, by_index.get(i), len(with_noise))
+        for i, d in enumerate(differences)
+    ]
