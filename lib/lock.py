@@ -12,16 +12,23 @@ ended without releasing (killed, crashed).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import time
 from pathlib import Path
 
+from lib.atomic import open_no_follow
+
 LOCK_FILE = ".lock"
 
 
-class LockHeld(RuntimeError):
+class LockRefused(RuntimeError):
+    """The lock cannot be taken (one-line message)."""
+
+
+class LockHeld(LockRefused):
     """Another live process holds the lock (one-line message)."""
 
 
@@ -63,7 +70,15 @@ class MatrixLock:
         return self.fd
 
     def acquire(self) -> str | None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise LockRefused(
+                f"{self.path} is a symbolic link; the runner keeps its own lock file there "
+                "and never writes through a link: remove it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

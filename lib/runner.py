@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from lib.lock import LockHeld, MatrixLock
+from lib.atomic import atomic_write_text, open_no_follow
+from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
     MATRIX_FILE,
     METRICS_FILE,
@@ -64,6 +65,7 @@ MATRIX_SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
 
 # matrix.json run statuses. `pending` = not finished and not running now (new, or
 # interrupted and resumable).
@@ -287,6 +289,26 @@ def check_configurations(runs: list[Run]) -> None:
         f"({shown}; from {path.name}){others}; results never mix two configurations: set "
         "another CONFIG_MATRIX_NAME or move that matrix directory away"
     )
+
+
+# What the runner and the trainer create in a run directory. A symbolic link at any of these
+# names (or a run directory that is one) would make them write or read another file.
+RUN_FILES = (RUN_FILE, LOG_FILE, METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT)
+
+
+def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
+    """Refuse the matrix when a file the framework writes is a symbolic link: in a results
+    directory others can write, a link planted there would make this runner truncate or append
+    to the file it points to."""
+    paths = [matrix_dir / MATRIX_FILE]
+    for run in runs:
+        paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
+    for path in paths:
+        if path.is_symlink():
+            raise RunnerRefused(
+                f"{path} is a symbolic link; the runner writes its own files in {matrix_dir} "
+                "and never through a link: remove the link (or move the matrix directory away)"
+            )
 
 
 def _prepare_matrix_dir(matrix_dir: Path) -> None:
@@ -537,7 +559,9 @@ class _Runner:
             # they all slow each other down.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slot_count))
         log_path = run.run_dir / LOG_FILE
-        with open(log_path, "ab") as log:
+        with os.fdopen(
+            open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
+        ) as log:
             run.log_offset = log.tell()
             device = f" CUDA_VISIBLE_DEVICES={slot}" if slot is not None else ""
             header = (
@@ -574,7 +598,7 @@ class _Runner:
 
     def read_log_tail(self, run: Run) -> str | None:
         try:
-            with open(run.run_dir / LOG_FILE, "rb") as f:
+            with os.fdopen(open_no_follow(run.run_dir / LOG_FILE, os.O_RDONLY), "rb") as f:
                 f.seek(run.log_offset)
                 text = f.read().decode("utf-8", "replace")
         except OSError:
@@ -789,15 +813,6 @@ class _Runner:
         return EXIT_OK
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def record_failure(spec: RunSpec, reason: str) -> None:
     """Make the run's metrics.json say `failed` with `reason`, keeping its epochs.
 
@@ -873,9 +888,10 @@ def run_matrix(
             ) from None
         if takeover:
             runner.say(takeover)
+        refuse_links(matrix_dir, runner.runs)
         check_configurations(runner.runs)
         runner.carry_over_manifest()
-    except (RunnerRefused, LockHeld) as e:
+    except (RunnerRefused, LockRefused) as e:
         if runner is not None:
             runner.lock.release()
         print(f"error: {e}", file=out, flush=True)

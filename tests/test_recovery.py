@@ -9,17 +9,27 @@ reach the shell, and a dead runner's lock refused as if it were alive.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_spec
+from test_report import CAND_50, FakeRun, ramp_sparsity, write_matrix
+from test_runner import fake_plan, make_spec, run
 
+from lib.atomic import atomic_torch_save, atomic_write_text
 from lib.cli import main as cli_main
-from lib.metrics import METRICS_FILE, read_metrics
+from lib.lock import LockRefused, MatrixLock
+from lib.metrics import METRICS_FILE, atomic_write_json, read_metrics
+from lib.runner import EXIT_OK, EXIT_REFUSED
 from lib.spec import RunSpec
 from lib.train import EXIT_BAD_SPEC, train
 from lib.train import main as train_main
+from scripts.report.cli import main as report_main
+from scripts.report.output import write_report
 
 # 2 epochs x 2 steps of movement pruning on AdamW: the optimizer and the pruner both hold
 # state, so each of the memory figures is non-zero.
@@ -114,3 +124,135 @@ def test_the_trainer_writes_only_where_its_run_json_lives(tiny_spec, tmp_path, c
     assert "out_dir" in err and str(tmp_path / "elsewhere") in err and err.count("\n") == 1
     assert not (tmp_path / "elsewhere").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+# -- files are created, never followed through symbolic links ------------------------------------
+
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A file outside the matrix that a symbolic link in the results directory points to."""
+    path = tmp_path / "victim.txt"
+    path.write_text("precious\n")
+    return path
+
+
+def _refused_without_touching(matrix_dir: Path, victim: Path, named: str) -> None:
+    rc, out = run([make_spec(0)], matrix_dir)
+    assert rc == EXIT_REFUSED, out
+    assert out.count("\n") == 1 and named in out and "symbolic link" in out, out
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["train.log", "run.json", "metrics.json", "checkpoint_last.pt"])
+def test_a_run_file_that_is_a_symbolic_link_is_refused(tmp_path, victim, monkeypatch, name):
+    fake_plan(monkeypatch)
+    run_dir = tmp_path / "m" / make_spec(0).run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / name).symlink_to(victim)
+    _refused_without_touching(tmp_path / "m", victim, str(run_dir / name))
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, victim, monkeypatch):
+    fake_plan(monkeypatch)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / ".lock").symlink_to(victim)
+    _refused_without_touching(tmp_path / "m", victim, str(tmp_path / "m" / ".lock"))
+    with pytest.raises(LockRefused, match="symbolic link"):
+        MatrixLock(tmp_path / "m").acquire()  # the lock itself never opens through a link
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_run_directory_that_is_a_symbolic_link_is_refused(tmp_path, victim, monkeypatch):
+    fake_plan(monkeypatch)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / make_spec(0).run_id).symlink_to(elsewhere, target_is_directory=True)
+    _refused_without_touching(tmp_path / "m", victim, make_spec(0).run_id)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_temporary_files_are_never_opened_through_a_planted_link(tmp_path, victim, monkeypatch):
+    # The old fixed temporary names (.run.json.<pid>.tmp, .report.md.tmp) could be planted.
+    fake_plan(monkeypatch)
+    run_dir = tmp_path / "m" / make_spec(0).run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / f".run.json.{os.getpid()}.tmp").symlink_to(victim)
+    rc, out = run([make_spec(0)], tmp_path / "m")
+    assert rc == EXIT_OK, out
+    target = tmp_path / "report.md"
+    (tmp_path / ".report.md.tmp").symlink_to(victim)
+    atomic_write_text(target, "report\n")
+    assert target.read_text() == "report\n"
+    assert victim.read_text() == "precious\n"
+
+
+# -- kept files honour the umask -----------------------------------------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_every_atomic_write_honours_the_umask(tmp_path, umask):
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_torch_save({"x": torch.zeros(2)}, tmp_path / "b.pt")
+    atomic_write_text(tmp_path / "c.txt", "c\n")
+    for name in ("a.json", "b.pt", "c.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_a_run_and_its_matrix_are_readable_by_the_group(tmp_path, monkeypatch):
+    previous = os.umask(0o022)
+    try:
+        fake_plan(monkeypatch)
+        assert run([make_spec(0)], tmp_path / "m")[0] == EXIT_OK
+        train(make_tiny_spec(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1}))
+    finally:
+        os.umask(previous)
+    kept = [tmp_path / "m" / "matrix.json", tmp_path / "m" / make_spec(0).run_id / "run.json"]
+    kept += [tmp_path / "run" / n for n in ("metrics.json", "checkpoint_last.pt")]
+    kept += [tmp_path / "run" / "checkpoint_best.pt"]
+    for path in kept:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def _report_matrix(root: Path, name: str = "r") -> Path:
+    run = FakeRun("adamwprune", "state", 0.5, 0, CAND_50, ramp_sparsity(0.5, 12))
+    return write_matrix(root, name, [run], baseline="")
+
+
+def test_report_files_are_never_written_through_links(tmp_path, victim):
+    matrix = _report_matrix(tmp_path / "results")
+    for name in ("metrics.csv", "report.md", ".report.md.tmp"):
+        (matrix / name).symlink_to(victim)
+    write_report(matrix)
+    assert victim.read_text() == "precious\n"
+    assert not (matrix / "metrics.csv").is_symlink() and not (matrix / "report.md").is_symlink()
+    assert "run_id" in (matrix / "metrics.csv").read_text()
+
+
+def test_a_plots_directory_that_is_a_link_is_refused(tmp_path, capsys):
+    matrix = _report_matrix(tmp_path / "results")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "accuracy_evolution_keep.png").write_bytes(b"precious")
+    (matrix / "plots").symlink_to(elsewhere, target_is_directory=True)
+    assert report_main(["--results-dir", str(tmp_path / "results"), "--matrix", "r"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plots" in err and "symbolic link" in err, err
+    assert [p.name for p in elsewhere.iterdir()] == ["accuracy_evolution_keep.png"]
+    assert (elsewhere / "accuracy_evolution_keep.png").read_bytes() == b"precious"
+
+
+def test_report_files_honour_the_umask(tmp_path, umask):
+    matrix = _report_matrix(tmp_path / "results")
+    write_report(matrix)
+    kept = [matrix / "report.md", matrix / "metrics.csv", *(matrix / "plots").glob("*.png")]
+    assert len(kept) > 2
+    for path in kept:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from lib.atomic import atomic_write_text
 from scripts.report.cells import build_cell, fmt_estimate
 from scripts.report.data import MatrixResults, load_matrix, method_display_name
 from scripts.report.markdown import (
@@ -20,7 +21,7 @@ from scripts.report.markdown import (
     md_escape,
     md_table,
 )
-from scripts.report.output import PLOTS_DIR, REPORT_FILE, write_text
+from scripts.report.output import PLOTS_DIR, REPORT_FILE
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
 
 
@@ -161,5 +162,5 @@ def write_comparison(matrix_a: Path, matrix_b: Path, results_dir: Path) -> Path:
     rendered = plot_comparison(a, b, out_dir / PLOTS_DIR)
     links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     path = out_dir / REPORT_FILE
-    write_text(path, render_comparison(a, b, links))
+    atomic_write_text(path, render_comparison(a, b, links))
     return path

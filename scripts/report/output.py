@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from lib.atomic import atomic_file, atomic_write_text
 from scripts.report.cells import resolve_comparison
 from scripts.report.data import MatrixResults, load_matrix, method_display_name
 from scripts.report.sections import render_report
@@ -40,7 +41,7 @@ def write_metrics_csv(results: MatrixResults, path: Path) -> int:
     it stays in each run's metrics.json.
     """
     rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_RUN_FIELDS + CSV_EPOCH_FIELDS)
         for run in results.runs:
@@ -74,11 +75,5 @@ def write_report(
     plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     write_metrics_csv(results, matrix_dir / CSV_FILE)
     report_path = matrix_dir / REPORT_FILE
-    write_text(report_path, render_report(results, comparison, plot_links))
+    atomic_write_text(report_path, render_report(results, comparison, plot_links))
     return report_path
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from lib.atomic import atomic_file  # noqa: E402
 from lib.spec import sparsity_token  # noqa: E402
 from scripts.report.data import (  # noqa: E402
     DATASET_DISPLAY,
@@ -72,7 +73,8 @@ def _title_prefix(results: MatrixResults) -> str:
 
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, dpi=DPI, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -465,6 +467,11 @@ def render_plots(
         raise ReportError(
             f"matrix.json report.plots: unknown plot {unknown[0]!r}; accepted: "
             f"{', '.join(PLOT_KINDS)}"
+        )
+    if out_dir.is_symlink():
+        raise ReportError(
+            f"{out_dir} is a symbolic link; the report writes and removes its plots there "
+            "and never through a link: remove the link"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Plots of an earlier render that this one does not draw (a sparsity level dropped, a plot
