@@ -145,6 +145,15 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_trackers(specs) -> None:
+    """A tracker that is on but not installed stops the matrix before any run starts."""
+    from lib.tracking import missing_libraries_message
+
+    message = missing_libraries_message(specs)
+    if message:
+        raise ConfigError(message)
+
+
 def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
     from lib.data import DataError, check_dataset_present
     from lib.runner import run_matrix
@@ -153,6 +162,7 @@ def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
         check_dataset_present(config.data)
     except DataError as e:
         raise ConfigError(f"{e} (CONFIG_DATA_DIR={config.data.data_dir!r})") from None
+    _check_trackers(specs)
 
     return run_matrix(
         specs,
@@ -204,6 +214,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     # The matrix's own settings (jobs, GPUs, fail-fast) come from its snapshot, read by the
     # same loader as any .config, so they are validated the same way.
     config = cfg.load_snapshot(settings[0], f"{manifest_path} (config snapshot)")
+    _check_trackers(specs)
     print(f"continuing matrix {matrix_dir.name!r} ({len(specs)} runs)")
     return run_matrix(
         specs,

@@ -25,6 +25,7 @@ from lib.spec import (
     ModelSpec,
     OptimizerSpec,
     PruningSpec,
+    TrackingSpec,
     TrainSpec,
     is_plain_name,
 )
@@ -81,6 +82,7 @@ class Config:
     matrix: MatrixSettings
     report: ReportSettings
     symbols: tuple[tuple[str, str], ...]  # ("CONFIG_X", "value") as .config holds them
+    tracking: TrackingSpec = TrackingSpec()
 
     def train_for(self, opt: OptimizerSpec) -> TrainSpec:
         """The training settings of a run with `opt`: AdamWAdv, and AdamWPrune on the AdamWAdv
@@ -426,6 +428,33 @@ def _distributed(r: _Reader) -> dict:
     }
 
 
+def _tracking(r: _Reader) -> TrackingSpec:
+    """The tracking menu; names are checked here so a typo is caught before any run starts,
+    not by the tracker in the middle of the night."""
+    tensorboard, wandb, trackio = (
+        r.bool(f"TRACKING_{name}") for name in ("TENSORBOARD", "WANDB", "TRACKIO")
+    )
+    spec = TrackingSpec(
+        tensorboard=tensorboard,
+        tensorboard_dir=r.str("TRACKING_TENSORBOARD_DIR") if tensorboard else "",
+        wandb=wandb,
+        wandb_project=r.str("TRACKING_WANDB_PROJECT") if wandb else TrackingSpec.wandb_project,
+        wandb_entity=r.str("TRACKING_WANDB_ENTITY") if wandb else "",
+        wandb_mode=r.choice("TRACKING_WANDB_MODE", ("offline", "online")) if wandb else "offline",
+        trackio=trackio,
+        trackio_project=r.str("TRACKING_TRACKIO_PROJECT") if trackio else "",
+        trackio_dir=r.str("TRACKING_TRACKIO_DIR") if trackio else "",
+    )
+    for symbol, value, may_be_empty in (
+        ("TRACKING_WANDB_PROJECT", spec.wandb_project, False),
+        ("TRACKING_WANDB_ENTITY", spec.wandb_entity, True),
+        ("TRACKING_TRACKIO_PROJECT", spec.trackio_project, True),
+    ):
+        if (value or not may_be_empty) and not is_plain_name(value):
+            raise r.fail(symbol, value, NAME_ACCEPTED + (", or empty" if may_be_empty else ""))
+    return spec
+
+
 def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
     """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
     r = _Reader(kconf, path)
@@ -549,6 +578,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     )
     # "# CONFIG_X is not set" is kept as CONFIG_X=n: a bool that defaults to y but is off (the
     # GPU defconfigs' TRAIN_DETERMINISTIC) must stay off when the snapshot is reloaded.
+    tracking = _tracking(r)
     symbols = tuple(
         (f"CONFIG_{sym.name}", "n") if line.startswith("#") else tuple(line.split("=", 1))
         for sym in kconf.unique_defined_syms
@@ -566,6 +596,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         matrix=matrix,
         report=report,
         symbols=symbols,
+        tracking=tracking,
     )
 
 

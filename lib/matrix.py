@@ -39,6 +39,7 @@ def plan(config: Config) -> list[RunSpec]:
                         optimizer=opt,
                         pruning=pruning,
                         seed=seed,
+                        tracking=config.tracking,
                     )
                     specs.append(replace(spec, out_dir=str(matrix_dir / spec.run_id)))
     if not specs:

@@ -26,6 +26,8 @@ PRUNE_SCOPES = ("global", "layerwise")
 LR_SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
+TRACKERS = ("tensorboard", "wandb", "trackio")
+WANDB_MODES = ("offline", "online")
 BATCH_RULES = ("global", "per_gpu")  # what TrainSpec.batch_size means with several GPUs
 DDP_BACKENDS = ("auto", "nccl", "gloo")
 
@@ -162,6 +164,27 @@ class PruningSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Live tracking sinks (lib.tracking). Where a run is *watched*, not what is trained: not
+    part of identity(), so turning a tracker on never marks finished runs CHANGED."""
+
+    tensorboard: bool = False
+    tensorboard_dir: str = ""  # "": <run dir>/tensorboard; else <dir>/<matrix>/<run id>
+    wandb: bool = False
+    wandb_project: str = "prunebench"
+    wandb_entity: str = ""  # "": the logged-in user's default entity
+    wandb_mode: str = "offline"  # offline | online
+    trackio: bool = False
+    trackio_project: str = ""  # "": the matrix name
+    trackio_dir: str = ""  # "": trackio's own store ($TRACKIO_DIR or its default)
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """The trackers that are on, in TRACKERS order."""
+        return tuple(name for name in TRACKERS if getattr(self, name))
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything one training run needs. The trainer reads nothing else."""
 
@@ -174,6 +197,7 @@ class RunSpec:
     seed: int = 0
     out_dir: str = ""  # results/<matrix>/<run_id>; set by the planner
     run_id: str = field(default="")
+    tracking: TrackingSpec = TrackingSpec()
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -207,6 +231,7 @@ class RunSpec:
             seed=d["seed"],
             out_dir=d.get("out_dir", ""),
             run_id=d.get("run_id", ""),
+            tracking=TrackingSpec(**d.get("tracking", {})),  # absent before tracking existed
         )
 
     @classmethod
@@ -223,6 +248,7 @@ class RunSpec:
         d.pop("out_dir")
         d.pop("run_id")
         d.pop("matrix")
+        d.pop("tracking")  # where the run is watched, not what is trained
         for volatile in ("workers", "pin_memory", "persistent_workers", "data_dir", "download"):
             d["data"].pop(volatile)
         for how in ("ddp_backend", "ddp_mask_check"):  # how it is trained, not what

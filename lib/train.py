@@ -63,6 +63,7 @@ from lib.metrics import (
 )
 from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity, state_memory
 from lib.spec import LR_SCHEDULES, PRECISIONS, RunSpec, TrainSpec
+from lib.tracking import Tracker
 from models import build_model, count_parameters
 from optimizers import build_optimizer
 
@@ -271,6 +272,7 @@ class _Run:
         self.environment: dict[str, Any] = {}
         self.model_info: dict[str, Any] = {}
         self.state_memory: dict[str, Any] = {}
+        self.tracker = Tracker()  # none until setup() opens the spec's sinks
 
     # -- metrics.json ---------------------------------------------------------------------------
 
@@ -411,6 +413,9 @@ class _Run:
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
             print(f"resumed from {self.last_path} after epoch {len(self.epochs)}", flush=True)
         self.forward_model = torch.compile(self.model) if train.compile else self.model
+        self.tracker = Tracker.start(
+            spec, steps_per_epoch=self.steps_per_epoch, finished_epochs=self.epochs
+        )
         self.write_metrics(STATUS_RUNNING)
 
     def load_last_checkpoint(self) -> dict[str, Any] | None:
@@ -500,6 +505,7 @@ class _Run:
                     self.save_best_checkpoint(record)
                 self.save_last_checkpoint()
             self.write_metrics(STATUS_RUNNING)
+            self.tracker.epoch(record)
 
             launch_seconds.append(epoch_seconds)
             remaining = total_epochs - epoch
@@ -585,6 +591,13 @@ class _Run:
                     f"{top1:.2f}% | lr {optimizer.param_groups[0]['lr']:.3g} | {rate:.1f} img/s "
                     f"| epoch ETA {format_duration(eta)}",
                     flush=True,
+                )
+                self.tracker.progress(
+                    (epoch - 1) * steps + done,
+                    loss=loss_avg,
+                    top1=top1,
+                    lr=last_lr,
+                    images_per_second=rate,
                 )
                 last_report, reported_steps = now, done
         done = len(batch_sizes)
@@ -676,7 +689,14 @@ def train(spec: RunSpec) -> dict[str, Any]:
             print(f"run {spec.run_id} already completed; nothing to do", flush=True)
             return previous
     with _StopOnSignals() as stop:
-        return _Run(spec, stop).execute()
+        run = _Run(spec, stop)
+        status = STATUS_RUNNING  # interrupted, unless execute() returns
+        try:
+            doc = run.execute()
+            status = doc["summary"]["status"]
+            return doc
+        finally:
+            run.tracker.finish(status)
 
 
 def main(argv: list[str] | None = None) -> int:
