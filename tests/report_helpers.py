@@ -258,3 +258,17 @@ def section(markdown: str, heading: str) -> str:
     rest = markdown[start + len(heading) + 1 :]
     end = rest.find("\n## ")
     return rest if end < 0 else rest[:end]
+
+
+def table_header(markdown: str, heading: str) -> list[str]:
+    """The header cells of the first table after `heading`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == heading)
+    line = next(line for line in lines[start + 1 :] if line.startswith("|"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def row_dict(markdown: str, heading: str, first: str) -> dict[str, str]:
+    """The row of the first table after `heading` whose first cell is `first`, by header."""
+    header = table_header(markdown, heading)
+    return dict(zip(header, row_for(table_rows(markdown, heading), first), strict=True))

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import statistics
+from collections.abc import Callable
 from typing import Any
 
-from lib.metrics import MATRIX_FILE, METRICS_FILE, STABILITY_WINDOW, STATUS_FAILED
+from lib.metrics import (
+    MATRIX_FILE,
+    METRICS_FILE,
+    SPARSITY_TOLERANCE,
+    STABILITY_WINDOW,
+    STATUS_FAILED,
+)
 from scripts.report.cells import (
     Cell,
     Comparison,
@@ -107,6 +115,7 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
         f"- **Dataset**: {dataset}",
         f"- **Epochs**: {info['epochs']}",
         f"- **Batch Size**: {info['batch_size']}",
+        f"- **GPUs per run**: {fmt_range([r.gpus for r in results.runs], 0)}",
         f"- **Target sparsities**: {sparsities}",
         f"- **Seeds**: {', '.join(map(str, seeds))} ({len(seeds)} per cell)",
         "- **Compared configurations**:",
@@ -272,24 +281,33 @@ def _noise_clause(verdict: Verdict, leader: Cell, runner_up: Cell) -> str:
     )
 
 
-def section_executive_summary(
-    results: MatrixResults, grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison
-) -> str:
-    lines = ["## Executive Summary", ""]
+def _leads(
+    grid: list[tuple[float, dict[str, Cell]]],
+) -> list[tuple[str, Cell, Cell | None, Verdict | None]]:
+    """Per sparsity with numbers: where, the leading cell, the runner-up and the verdict on
+    their difference. The leader-vs-runner-up differences of all levels are one family
+    (Holm), shared by the executive summary and the findings."""
     leads: list[tuple[str, Cell, Cell | None]] = []
     for sparsity, cells in grid:
         scored = _distinct_scored(list(cells.values()), "best")
         if scored:
             where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
             leads.append((where, scored[0], scored[1] if len(scored) > 1 else None))
-    # The leader-vs-runner-up differences of all levels are one family (Holm).
     verdicts = judge(
         [
             None if second is None else welch_difference(top.best, second.best)
             for _, top, second in leads
         ]
     )
-    for (where, top, second), verdict in zip(leads, verdicts, strict=True):
+    return [(*lead, v) for lead, v in zip(leads, verdicts, strict=True)]
+
+
+def section_executive_summary(
+    results: MatrixResults, grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison
+) -> str:
+    lines = ["## Executive Summary", ""]
+    leads = _leads(grid)
+    for where, top, second, verdict in leads:
         if second is None:
             lines.append(
                 f"- At {where}, only **{method_display_name(top.key)}** has results: "
@@ -354,11 +372,12 @@ def section_executive_summary(
         )
     excluded = [r for r in results.runs if r.completed and not r.counts] + results.duplicates
     if excluded or results.stray:
+        n = len(excluded) + len(results.stray)
         lines.append(
-            f"- {len(excluded) + len(results.stray)} more result"
-            f"{'' if len(excluded) + len(results.stray) == 1 else 's'} on disk "
-            "(short runs, runs that never reached their target, duplicates, directories not in "
-            "the plan) are listed under *Excluded runs* and are not part of any number."
+            f"- {n} more result{'' if n == 1 else 's'} on disk (short runs, runs that never "
+            "reached their target, duplicates, directories not in the plan) "
+            f"{'is' if n == 1 else 'are'} listed under *Excluded runs* and "
+            f"{'is' if n == 1 else 'are'} not part of any number."
         )
     return "\n".join(lines)
 
@@ -495,6 +514,8 @@ def section_memory(results: MatrixResults, comparison: Comparison) -> str:
                 "CUDA peak allocated (MiB)",
                 "CUDA peak reserved (MiB)",
                 "CPU peak RSS (MiB)",
+                "Optimizer state (B/param)",
+                "Pruning state (B/prunable param)",
                 "Optimizer + pruning state (B/param)",
             ],
             _memory_summary_rows(results, comparison),
@@ -536,10 +557,13 @@ def _memory_summary_rows(results: MatrixResults, comparison: Comparison) -> list
         if not runs:
             continue
         peaks = [r.peak_memory() for r in runs]
-        states = [r.state_bytes_per_param()["total_per_param"] for r in runs]
+        states = [r.state_bytes_per_param() for r in runs]
 
         def collect(name: str, peaks: list[dict] = peaks) -> list[float]:
             return [p[name] for p in peaks if p[name] is not None]
+
+        def state(name: str, states: list[dict] = states) -> str:
+            return fmt_range([s[name] for s in states if s[name] is not None], 2)
 
         rows.append(
             [
@@ -548,63 +572,341 @@ def _memory_summary_rows(results: MatrixResults, comparison: Comparison) -> list
                 fmt_range(collect("cuda_allocated_mb"), 1),
                 fmt_range(collect("cuda_reserved_mb"), 1),
                 fmt_range(collect("cpu_rss_mb"), 1),
-                fmt_range([v for v in states if v is not None], 2),
+                state("optimizer_per_param"),
+                state("pruning_per_prunable_param"),
+                state("total_per_param"),
             ]
         )
     return rows
 
 
-def section_stability(results: MatrixResults, comparison: Comparison) -> str:
+def _mean_std(values: list[float], signed: bool = False) -> str:
+    """`0.22%` for one value, `0.22 ± 0.05%` (sample std) for several, `—` for none."""
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    spec = "+.2f" if signed else ".2f"
+    if len(values) == 1:
+        return f"{mean:{spec}}%"
+    return f"{mean:{spec}} ± {statistics.stdev(values):.2f}%"
+
+
+def _window(run: RunResult) -> int:
+    """How many epochs the run's `std_last10` covers."""
+    return min(STABILITY_WINDOW, run.summary["epochs_completed"]) if run.summary else 0
+
+
+def _std_header(runs: list[RunResult]) -> tuple[str, bool]:
+    """The std column's header, saying how many epochs it covers, and whether cells must say
+    it themselves (runs of different lengths)."""
+    windows = {_window(r) for r in runs if r.summary}
+    if len(windows) == 1:
+        n = windows.pop()
+        return f"Std Dev (last {n} epoch{'' if n == 1 else 's'})", False
+    return f"Std Dev (last {STABILITY_WINDOW} epochs, fewer where marked)", True
+
+
+def _best_of_any_epoch(run: RunResult) -> str:
+    """The best test top-1 over all epochs, with the measured sparsity it was reached at: what
+    a run that reaches its target late or never really measured (issue of the seed's 90%)."""
+    if run.target_sparsity == 0 or not run.epochs:
+        return "—"
+    best = max(run.epochs, key=lambda e: e["test_top1"])
+    sparsity = best.get("sparsity")
+    where = "unknown sparsity" if sparsity is None else f"{sparsity * 100:.1f}%"
+    return f"{best['test_top1']:.2f}% at {where} (epoch {best['epoch']})"
+
+
+def _sparsity_at(run: RunResult, epoch: int | None) -> str:
+    if run.target_sparsity == 0 or epoch is None:
+        return "—"
+    record = next((e for e in run.epochs if e["epoch"] == epoch), None)
+    if record is None or record.get("sparsity") is None:
+        return "—"
+    return f"{record['sparsity'] * 100:.1f}%"
+
+
+# Per-run columns beyond the fixed ones: (header, value of a run). Integrations that know more
+# about a run (a tracker's link, say) add their column here; every per-run table shows it.
+RUN_COLUMNS: list[tuple[str, Callable[[RunResult], str]]] = [
+    ("GPUs", lambda run: str(run.gpus)),
+]
+
+
+def _stability_cells(results: MatrixResults, comparison: Comparison) -> list[list[str]]:
+    """Per method and sparsity, over the seeds that count: the seed's stability table."""
     rows = []
-    for run in _ordered_runs(results, comparison):
-        s = run.summary
-        if s is None:
-            continue
-        planned = run.planned_epochs
-        epochs = f"{s['epochs_completed']}" + (f"/{planned}" if planned else "")
-        reached = s["target_reached_epoch"]
-        rows.append(
-            [
-                _run_label(run),
-                run.status if run.completed else f"**{run.status}**",
-                epochs,
-                fmt_pct(s["best_top1"]) if s["best_top1"] is not None else "not reached",
-                "—" if s["best_epoch"] is None else str(s["best_epoch"]),
-                "not reached" if reached is None else str(reached),
-                fmt_pct(s["final_top1"]),
-                fmt_pct(s["std_last10"]),
-                fmt_signed(s["peak_to_final"]) if s["peak_to_final"] is not None else "—",
+    for key in comparison.methods:
+        for sparsity in results.sparsities():
+            runs = results.counted(key, sparsity)
+            if not runs:
+                continue
+            summaries = [r.summary for r in runs]
+            finals = [
+                s["final_sparsity"] * 100 for s in summaries if s["final_sparsity"] is not None
             ]
-        )
+            rows.append(
+                [
+                    method_display_name(key),
+                    fmt_sparsity(sparsity),
+                    str(len(runs)),
+                    _mean_std([s["std_last10"] for s in summaries]),
+                    _mean_std(
+                        [s["peak_to_final"] for s in summaries if s["peak_to_final"] is not None]
+                    ),
+                    fmt_range(
+                        [s["best_epoch"] for s in summaries if s["best_epoch"] is not None], 0
+                    ),
+                    (fmt_range(finals, 1) + "%") if finals else "—",
+                ]
+            )
+    return rows
+
+
+def section_stability(results: MatrixResults, comparison: Comparison) -> str:
+    runs = [r for r in _ordered_runs(results, comparison) if r.summary is not None]
+    counted = [r for r in runs if r.counts]
+    std_header, mark_window = _std_header(counted or runs)
     lines = [
         "### Stability Analysis",
         "",
-        f"Per run. *Std Dev* is the population standard deviation (ddof=0) of test top-1 over "
-        f"the last {STABILITY_WINDOW} epochs (fewer if the run is shorter). *Peak-to-final* = "
-        "best − final top-1, in points. *Target reached* is the first epoch whose measured "
-        "sparsity reached the target; *best* counts only epochs from there on. Runs not "
-        "completed show their numbers so far and are marked.",
+        "Per method and target sparsity, over the seeds that count (mean ± sample std when "
+        "there are several). *Std Dev* is the population standard deviation (ddof=0) of test "
+        f"top-1 over a run's last {STABILITY_WINDOW} epochs (all of them if it is shorter; the "
+        "header says how many). *Peak-to-final* = best − final top-1, in points. *Best epoch*: "
+        "the range over seeds. *Achieved sparsity*: the measured sparsity of the prunable "
+        "weights after the last epoch.",
         "",
     ]
-    if not rows:
+    if not runs:
         lines.append("*No run has recorded an epoch yet.*")
         return "\n".join(lines)
-    lines.append(
+    cells = _stability_cells(results, comparison)
+    if cells:
+        lines.append(
+            md_table(
+                [
+                    "Method",
+                    "Sparsity",
+                    "Seeds",
+                    std_header,
+                    "Peak-to-final",
+                    "Best epoch",
+                    "Achieved sparsity",
+                ],
+                cells,
+            )  # fmt: skip
+        )
+    else:
+        lines.append("*No run counts yet (see the runs below).*")
+    rows = []
+    for run in runs:
+        s = run.summary
+        planned = run.planned_epochs
+        epochs = f"{s['epochs_completed']}" + (f"/{planned}" if planned else "")
+        reached = s["target_reached_epoch"]
+        std = fmt_pct(s["std_last10"])
+        if mark_window and s["std_last10"] is not None and _window(run) < STABILITY_WINDOW:
+            std += f" ({_window(run)} epochs)"
+        final_sparsity = s.get("final_sparsity")
+        rows.append(
+            [
+                _run_label(run),
+                run.status if run.counts else f"**{run.exclusion[0]}**",
+                epochs,
+                *(value(run) for _, value in RUN_COLUMNS),
+                fmt_pct(s["best_top1"]) if s["best_top1"] is not None else "not reached",
+                "—" if s["best_epoch"] is None else str(s["best_epoch"]),
+                _sparsity_at(run, s["best_epoch"]),
+                "not reached" if reached is None else str(reached),
+                _best_of_any_epoch(run),
+                fmt_pct(s["final_top1"]),
+                "—" if final_sparsity is None or run.target_sparsity == 0
+                else f"{final_sparsity * 100:.1f}%",
+                std,
+                fmt_signed(s["peak_to_final"]) if s["peak_to_final"] is not None else "—",
+            ]
+        )  # fmt: skip
+    lines += [
+        "",
+        "#### Stability per run",
+        "",
+        "*Best top-1 (at target)* counts only epochs whose measured sparsity reached the "
+        "target; *Sparsity at best* is the measured sparsity of that epoch. *Best of any "
+        "epoch* ignores the target and says at which measured sparsity it was reached: for a "
+        "run that reaches its target late or never, that is what its best accuracy measured. "
+        "Runs that do not count are marked (why: *Unfinished and failed runs*, *Excluded "
+        "runs*) and show their numbers so far.",
+        "",
         md_table(
             [
                 "Run",
                 "Status",
                 "Epochs",
-                "Best top-1",
+                *(h for h, _ in RUN_COLUMNS),
+                "Best top-1 (at target)",
                 "Best epoch",
+                "Sparsity at best",
                 "Target reached (epoch)",
+                "Best of any epoch",
                 "Final top-1",
-                f"Std Dev (last {STABILITY_WINDOW} epochs)",
+                "Final sparsity",
+                std_header,
                 "Peak-to-final",
             ],
             rows,
+        ),  # fmt: skip
+    ]
+    return "\n".join(lines)
+
+
+def _headline_memory(runs: list[RunResult]) -> tuple[str, float] | None:
+    """Mean peak over `runs`: CUDA allocated when every run has it, else CPU peak RSS."""
+    peaks = [r.peak_memory() for r in runs]
+    for name, label in (
+        ("cuda_allocated_mb", "peak CUDA memory allocated"),
+        ("cpu_rss_mb", "peak CPU RSS"),
+    ):
+        values = [p[name] for p in peaks]
+        if values and all(v is not None for v in values):
+            return label, statistics.fmean(values)
+    return None
+
+
+def _finding_accuracy(grid: list[tuple[float, dict[str, Cell]]]) -> list[str]:
+    lines = []
+    for where, top, second, verdict in _leads(grid):
+        if second is None:
+            continue
+        name, other = method_display_name(top.key), method_display_name(second.key)
+        values = f"{top.best.mean:.2f}% vs {second.best.mean:.2f}% ({other})"
+        if printed(top.best.mean) == printed(second.best.mean):
+            lines.append(f"   - {where}: **{name}** and {other} tie: {values}.")
+            continue
+        if verdict.significant is None:
+            noise = f"no noise estimate ({verdict.difference.no_noise_reason})"
+        elif verdict.significant:
+            noise = "larger than the seed-to-seed noise"
+        else:
+            noise = "within the seed-to-seed noise"
+        gap = fmt_printed_difference(top.best.mean, second.best.mean)
+        lines.append(
+            f"   - **{name}** leads at {where}: {values}, {gap.rstrip('%')} points, {noise}."
         )
+    return lines
+
+
+def _finding_memory(results: MatrixResults, comparison: Comparison) -> list[str]:
+    reference = comparison.candidate
+    others = [comparison.baseline] if comparison.baseline else comparison.methods
+    if reference is None:
+        return []
+    mine = _headline_memory(results.counted(reference))
+    lines = []
+    for key in others:
+        if key == reference or key is None:
+            continue
+        theirs = _headline_memory(results.counted(key))
+        if mine is None or theirs is None or mine[0] != theirs[0]:
+            continue
+        delta = mine[1] - theirs[1]
+        relative = abs(delta) / theirs[1] * 100 if theirs[1] else 0.0
+        if f"{delta:.1f}" in ("0.0", "-0.0"):
+            change = f"the same {mine[0]} as"
+        else:
+            change = f"{abs(delta):,.1f} MiB ({relative:.2f}%) {'less' if delta < 0 else 'more'} {mine[0]} than"
+        lines.append(
+            f"   - {method_display_name(reference)} uses {change} {method_display_name(key)} "
+            f"({mine[1]:,.1f} MiB vs {theirs[1]:,.1f} MiB, mean over their runs)."
+        )
+    for key in comparison.methods:
+        spread = [
+            v for s in results.sparsities()
+            if (v := _headline_memory(results.counted(key, s))) is not None
+        ]  # fmt: skip
+        if len(spread) > 1:
+            low, high = min(v for _, v in spread), max(v for _, v in spread)
+            lines.append(
+                f"   - {method_display_name(key)}: {spread[0][0]} ranges {low:,.1f} – "
+                f"{high:,.1f} MiB across its {len(spread)} sparsity levels."
+            )
+    return lines
+
+
+def _finding_stability(results: MatrixResults, comparison: Comparison) -> list[str]:
+    lines = []
+    for key in comparison.methods:
+        runs = results.counted(key)
+        stds = [r.summary["std_last10"] for r in runs if r.summary["std_last10"] is not None]
+        drops = [r.summary["peak_to_final"] for r in runs if r.summary["peak_to_final"] is not None]
+        if not stds:
+            continue
+        text = (
+            f"   - {method_display_name(key)}, mean over {len(runs)} run"
+            f"{'' if len(runs) == 1 else 's'}: std over the last epochs "
+            f"{statistics.fmean(stds):.2f}%"
+        )
+        if drops:
+            text += f", peak-to-final {statistics.fmean(drops):.2f} points"
+        early = [
+            r for r in runs
+            if r.summary["best_epoch"] is not None and r.planned_epochs
+            and r.summary["best_epoch"] <= 0.6 * r.planned_epochs
+        ]  # fmt: skip
+        if early:
+            first = min(early, key=lambda r: r.summary["best_epoch"])
+            text += (
+                f"; {len(early)} of {len(runs)} runs peaked in the first 60% of training "
+                f"(earliest: epoch {first.summary['best_epoch']} of {first.planned_epochs} at "
+                f"{fmt_sparsity(first.target_sparsity)})"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def _finding_sparsity(results: MatrixResults) -> list[str]:
+    gaps = [
+        (r.summary["final_sparsity"] - r.target_sparsity, r)
+        for r in results.counted()
+        if r.target_sparsity > 0 and r.summary["final_sparsity"] is not None
+    ]
+    if not gaps:
+        return []
+    largest, run = max(gaps, key=lambda g: abs(g[0]))
+    below = [r for gap, r in gaps if gap < -SPARSITY_TOLERANCE]
+    head = (
+        "Every counted pruned run ended at or above its target"
+        if not below
+        else f"{len(below)} of {len(gaps)} counted pruned runs ended below their target"
     )
+    return [
+        f"   - {head}; the largest deviation of the final measured sparsity from the target is "
+        f"{largest * 100:+.2f} points (`{run.run_id}`)."
+    ]
+
+
+def section_findings(
+    results: MatrixResults, grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison
+) -> str:
+    """The seed's *Key Findings*, generated from the numbers of the tables above."""
+    parts = [
+        ("Accuracy (best top-1, leader vs runner-up)", _finding_accuracy(grid)),
+        ("Memory", _finding_memory(results, comparison)),
+        ("Stability", _finding_stability(results, comparison)),
+        ("Achieved sparsity", _finding_sparsity(results)),
+    ]
+    lines = [
+        "## Key Findings",
+        "",
+        "Generated from the tables of this report (only runs that count); nothing here is "
+        "written by hand.",
+        "",
+    ]
+    numbered = [(title, items) for title, items in parts if items]
+    if not numbered:
+        lines.append("No finished runs yet, so there are no findings.")
+    for i, (title, items) in enumerate(numbered, start=1):
+        lines += [f"{i}. **{title}**", *items]
     return "\n".join(lines)
 
 
@@ -780,6 +1082,7 @@ def render_report(
         section_accuracy(grid, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),
+        section_findings(results, grid, comparison),
         section_unfinished(results, comparison),
         section_excluded(results, comparison),
         section_technical(results, comparison),
