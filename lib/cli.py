@@ -182,9 +182,13 @@ def cmd_test_matrix(args: argparse.Namespace) -> int:
 
 
 def newest_matrix(results_dir: Path) -> Path:
+    from lib.metrics import MatrixWithoutPlan
     from lib.metrics import newest_matrix as find_newest
 
-    newest = find_newest(results_dir)
+    try:
+        newest = find_newest(results_dir)
+    except MatrixWithoutPlan as e:
+        raise ConfigError(str(e)) from None
     if newest is None:
         raise ConfigError(f"no matrix under {results_dir}/ to continue; run make test-matrix")
     return newest

@@ -188,13 +188,45 @@ def build_document(
     }
 
 
+class MatrixWithoutPlan(ValueError):
+    """The newest matrix directory holds runs but no matrix.json (one-line message)."""
+
+
+def _activity(matrix_dir: Path) -> float:
+    """When a matrix directory without matrix.json was last written: the directory itself
+    (deleting matrix.json counts) and its runs' run.json and metrics.json."""
+    paths = [matrix_dir, *matrix_dir.glob("*/run.json"), *matrix_dir.glob(f"*/{METRICS_FILE}")]
+    return max(p.stat().st_mtime for p in paths)
+
+
 def newest_matrix(results_dir: str | os.PathLike[str]) -> Path | None:
     """The matrix directory under `results_dir` whose matrix.json was written last (comparison
-    outputs, `compare-*`, are not matrices), or None when there is none."""
+    outputs, `compare-*`, are not matrices), or None when there is none.
+
+    A directory that holds runs but no matrix.json is never passed over for an older matrix:
+    when it was written after the newest matrix.json, MatrixWithoutPlan names it. Its plan is
+    not rebuilt from the runs' run.json files, which miss the runs that never started and
+    the matrix's configuration snapshot; make test-matrix with the .config that planned it
+    writes matrix.json again and keeps every finished run.
+    """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return None
-    manifests = [
-        p for p in results_dir.glob(f"*/{MATRIX_FILE}") if not p.parent.name.startswith("compare-")
-    ]
-    return max(manifests, key=lambda p: p.stat().st_mtime).parent if manifests else None
+    planned: list[tuple[float, Path]] = []
+    unplanned: list[tuple[float, Path]] = []
+    for path in results_dir.iterdir():
+        if path.name.startswith("compare-") or not path.is_dir():
+            continue
+        if (path / MATRIX_FILE).is_file():
+            planned.append(((path / MATRIX_FILE).stat().st_mtime, path))
+        elif any(path.glob("*/run.json")) or any(path.glob(f"*/{METRICS_FILE}")):
+            unplanned.append((_activity(path), path))
+    newest = max(planned, default=None)
+    orphan = max(unplanned, default=None)
+    if orphan is not None and (newest is None or orphan[0] >= newest[0]):
+        raise MatrixWithoutPlan(
+            f"{orphan[1]} holds runs but no {MATRIX_FILE} (its plan) and is the newest matrix "
+            f"under {results_dir}: run make test-matrix with the .config that planned it "
+            "(finished runs are kept), or name another matrix with MATRIX=NAME"
+        )
+    return newest[1] if newest is not None else None

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from test_runner import fake_plan, make_spec, run
 from lib.atomic import atomic_torch_save, atomic_write_text
 from lib.cli import main as cli_main
 from lib.lock import LockRefused, MatrixLock
-from lib.metrics import METRICS_FILE, atomic_write_json, read_metrics
+from lib.metrics import METRICS_FILE, atomic_write_json, newest_matrix, read_metrics
 from lib.runner import EXIT_OK, EXIT_REFUSED
 from lib.spec import RunSpec
 from lib.train import EXIT_BAD_SPEC, train
@@ -256,3 +257,48 @@ def test_report_files_honour_the_umask(tmp_path, umask):
     assert len(kept) > 2
     for path in kept:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# -- a matrix without its matrix.json is named, never swapped for another -------------------------
+
+
+def _two_matrices(results: Path) -> tuple[Path, Path]:
+    """`older` with its plan, then `newer` whose matrix.json was deleted after its runs."""
+    older = _report_matrix(results, "older")
+    newer = _report_matrix(results, "newer")
+    past = time.time() - 100
+    for path in [older, *older.rglob("*")]:
+        os.utime(path, (past, past))
+    (newer / "matrix.json").unlink()
+    return older, newer
+
+
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_continue_names_the_newest_matrix_without_its_plan(tmp_path, capsys):
+    older, newer = _two_matrices(tmp_path / "results")
+    before = _stamps(tmp_path / "results")
+    assert cli_main(["continue", "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{newer} holds runs but no matrix.json" in err, err
+    assert "continuing" not in err and _stamps(tmp_path / "results") == before
+
+
+def test_report_names_the_newest_matrix_without_its_plan(tmp_path, capsys):
+    older, newer = _two_matrices(tmp_path / "results")
+    assert report_main(["--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{newer} holds runs but no matrix.json" in err, err
+    assert not (older / "report.md").exists() and not (newer / "report.md").exists()
+
+
+def test_an_older_matrix_without_its_plan_does_not_hide_the_newest(tmp_path):
+    older, newer = _two_matrices(tmp_path / "results")
+    (older / "matrix.json").rename(newer / "matrix.json")  # now `older` lacks its plan
+    os.utime(newer / "matrix.json")  # and `newer` was written since
+    past = time.time() - 100
+    for path in [older, *older.rglob("*")]:
+        os.utime(path, (past, past))
+    assert newest_matrix(tmp_path / "results") == newer

@@ -20,6 +20,7 @@ from lib.metrics import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
+    MatrixWithoutPlan,
     MetricsError,
     read_metrics,
     summarize,
@@ -420,7 +421,10 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
 
 def newest_matrix(results_dir: str | Path) -> Path:
     """The matrix directory whose matrix.json was written last."""
-    newest = lib_newest_matrix(results_dir)
+    try:
+        newest = lib_newest_matrix(results_dir)
+    except MatrixWithoutPlan as e:
+        raise ReportError(str(e)) from None
     if newest is None:
         raise ReportError(f"no matrix under {results_dir}: no */{MATRIX_FILE} found")
     return newest
