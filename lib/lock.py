@@ -22,6 +22,11 @@ from pathlib import Path
 from lib.atomic import open_no_follow
 
 LOCK_FILE = ".lock"
+# How long a runner waits for a lock whose recorded runner is gone: right after a kill -9 the
+# children that inherited the lock are still being ended (PR_SET_PDEATHSIG) and the dead
+# runner may be a zombie its parent has not collected yet.
+LOCK_WAIT_SECONDS = 5.0
+LOCK_RETRY_SECONDS = 0.1
 
 
 class LockRefused(RuntimeError):
@@ -33,13 +38,18 @@ class LockHeld(LockRefused):
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet collected by its parent) is gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux) or a race with its exit: kill(2) said it exists
+    return state != "Z"
 
 
 def _holder_pid(text: str) -> int | None:
@@ -80,11 +90,7 @@ class MatrixLock:
                 "and never writes through a link: remove it"
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-            os.close(fd)
-            raise LockHeld(self._held_message(previous)) from None
+            self._wait_for(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -100,6 +106,21 @@ class MatrixLock:
                 "ended without releasing it"
             )
         return None
+
+    def _wait_for(self, fd: int) -> None:
+        """Take the flock; while the recorded runner is gone (or not recorded yet) wait up to
+        LOCK_WAIT_SECONDS for whatever still holds it to end. A live runner: LockHeld at once."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                alive = previous is not None and _pid_alive(previous)
+                if alive or time.monotonic() >= deadline:
+                    raise LockHeld(self._held_message(previous)) from None
+                time.sleep(LOCK_RETRY_SECONDS)
 
     def _held_message(self, pid: int | None) -> str:
         where = self.path.parent

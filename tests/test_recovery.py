@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from conftest import make_tiny_spec
 from test_report import CAND_50, FakeRun, ramp_sparsity, write_matrix
 from test_runner import fake_plan, make_spec, run
 
+import lib.lock
 from lib.atomic import atomic_torch_save, atomic_write_text
 from lib.cli import main as cli_main
-from lib.lock import LockRefused, MatrixLock
+from lib.lock import LockHeld, LockRefused, MatrixLock
 from lib.metrics import METRICS_FILE, atomic_write_json, newest_matrix, read_metrics
 from lib.runner import EXIT_OK, EXIT_REFUSED
 from lib.spec import RunSpec
@@ -302,3 +305,73 @@ def test_an_older_matrix_without_its_plan_does_not_hide_the_newest(tmp_path):
     for path in [older, *older.rglob("*")]:
         os.utime(path, (past, past))
     assert newest_matrix(tmp_path / "results") == newer
+
+
+# -- a dead runner's lock: its pid is a zombie, its children are still dying -------------------------
+
+# Holds the flock of argv[1] for argv[2] seconds without writing to the file, as the training
+# children that inherited a killed runner's lock do until PR_SET_PDEATHSIG has ended them.
+INHERITED_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def zombie():
+    """A process that has exited but was not collected by its parent: kill(pid, 0) succeeds."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.02)
+    yield child.pid
+    child.wait()
+
+
+def _held_by_dying_children(matrix_dir: Path, runner_pid: int, seconds: float):
+    matrix_dir.mkdir()
+    (matrix_dir / ".lock").write_text(f"pid={runner_pid} host=h since=2026-01-01T00:00:00Z\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", INHERITED_LOCK, str(matrix_dir / ".lock"), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_zombie_runner_is_gone_and_its_lock_is_waited_for(tmp_path, zombie):
+    holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=1.0)
+    try:
+        lock = MatrixLock(tmp_path / "m")
+        message = lock.acquire()
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert message == (
+        f"taking over the lock of {tmp_path / 'm'}: its runner (pid {zombie}) ended without "
+        "releasing it"
+    )
+
+
+def test_a_lock_kept_by_what_a_zombie_runner_left_is_refused_without_kill_advice(
+    tmp_path, zombie, monkeypatch
+):
+    monkeypatch.setattr(lib.lock, "LOCK_WAIT_SECONDS", 0.5)
+    holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockHeld) as refused:
+            MatrixLock(tmp_path / "m").acquire()
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"left behind by runner pid {zombie} (gone)" in str(refused.value)
+    assert f"kill {zombie}" not in str(refused.value)
+    assert waited >= 0.5
