@@ -389,3 +389,38 @@ def test_tracker_not_installed_stops_the_matrix_before_any_run(tmp_path, monkeyp
     assert len(error) == 1
     assert "CONFIG_TRACKING_WANDB=y" in error[0] and "pip install -e '.[wandb]'" in error[0]
     assert not results.exists()  # nothing launched
+
+
+# -- the report's links ---------------------------------------------------------------------------
+
+
+def test_report_links_each_run_to_its_trackers(tmp_path):
+    from report_helpers import CAND_50, FakeRun, write_matrix
+
+    from lib.metrics import atomic_write_json
+    from scripts.report.data import load_matrix
+    from scripts.report.output import write_report
+
+    runs = [FakeRun("adamwprune", "state", 0.5, seed, CAND_50) for seed in (0, 1)]
+    matrix = write_matrix(tmp_path, "watched", runs, baseline="")
+    assert "## Live Tracking" not in write_report(matrix).read_text()  # nothing tracked
+
+    tracked, untracked = (r.run_id for r in load_matrix(matrix).runs)
+    state = {
+        "sinks": {
+            "tensorboard": {"dir": str(matrix / tracked / "tensorboard")},
+            "wandb": {"id": "ab12cd34", "mode": "offline", "dir": str(matrix / tracked / "wandb")},
+            "trackio": {"project": "watched", "run": tracked, "id": "f00"},
+        }
+    }
+    atomic_write_json(matrix / tracked / STATE_FILE, state)
+    text = write_report(matrix).read_text()
+    section = text[text.index("## Live Tracking") : text.index("## Technical Details")]
+    assert f"`tensorboard --logdir {matrix}`" in section
+    assert f"`wandb sync {matrix}/*/wandb`" in section
+    assert "`trackio show --project watched`" in section
+    row = next(line for line in section.splitlines() if line.startswith(f"| `{tracked}`"))
+    assert f"[{tracked}/tensorboard]({tracked}/tensorboard)" in row  # relative to report.md
+    assert f"offline run `ab12cd34` in [{tracked}/wandb]({tracked}/wandb)" in row
+    assert f"project `watched`, run `{tracked}`" in row
+    assert untracked not in section  # only runs that logged somewhere

@@ -29,6 +29,7 @@ from lib.metrics import (
     newest_matrix as lib_newest_matrix,
 )
 from lib.spec import RunSpec, method_key
+from lib.tracking import read_state
 
 STATUS_PENDING = "pending"
 STATUS_UNREADABLE = "unreadable"  # metrics.json exists but is corrupt or of another schema
@@ -64,6 +65,7 @@ class RunResult:
     model_info: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
     duplicate_of: str | None = None  # the run_id of the planned run with the same identity
+    tracking: dict[str, Any] = field(default_factory=dict)  # tracking.json: live tracker links
 
     @property
     def completed(self) -> bool:
@@ -310,6 +312,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         reason=entry.get("error"),
         log_tail=entry.get("log_tail"),
         spec=spec,
+        tracking=read_state(run_dir),
     )
     if unreadable_reason is not None:
         result.status = STATUS_UNREADABLE

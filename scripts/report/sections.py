@@ -43,6 +43,7 @@ from scripts.report.markdown import (
     printed,
 )
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
+from scripts.report.tracking import section_tracking
 
 
 def _config_summary(results: MatrixResults) -> dict[str, Any]:
@@ -1085,7 +1086,8 @@ def render_report(
         section_findings(results, grid, comparison),
         section_unfinished(results, comparison),
         section_excluded(results, comparison),
+        section_tracking(results),
         section_technical(results, comparison),
         section_plots(plots or []),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(s for s in sections if s) + "\n"
