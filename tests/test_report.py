@@ -293,6 +293,8 @@ def test_plots_are_written_embedded_and_non_empty(seed_matrix: Path) -> None:
     assert names == {
         "accuracy_evolution_s50.png",
         "accuracy_evolution_s70.png",
+        "accuracy_evolution_method_adamwprune-adamw_state-hybrid.png",
+        "accuracy_evolution_method_adamwspam_magnitude.png",
         "accuracy_vs_sparsity.png",
         "memory.png",
         "memory_vs_accuracy.png",

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lib.atomic import atomic_file  # noqa: E402
 from lib.spec import sparsity_token  # noqa: E402
+from scripts.report.cells import dense_key_of, resolve_comparison  # noqa: E402
 from scripts.report.data import (  # noqa: E402
     DATASET_DISPLAY,
     MODEL_DISPLAY,
@@ -52,7 +53,8 @@ class PlotFile:
     caption: str
 
 
-def _colors(methods: Sequence[str]) -> dict[str, str]:
+def colors(methods: Sequence[str]) -> dict[str, str]:
+    """One colour per method, by its place in the report's method order."""
     palette = plt.get_cmap("tab10").colors
     return {
         key: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, key in enumerate(methods)
@@ -88,141 +90,242 @@ def _run_memory(run: RunResult) -> tuple[str, float] | None:
     return None
 
 
-def _draw_accuracy_runs(
-    ax: plt.Axes, runs: list[RunResult], methods: Sequence[str], sparsity: float, first_epoch: int
+@dataclass(frozen=True)
+class SparsityPoint:
+    """One cell of the accuracy-vs-sparsity plot: the best-accuracy estimate the tables show."""
+
+    sparsity: float
+    mean: float
+    low: float  # 95% CI of the mean (= mean with one seed)
+    high: float
+    n: int  # seeds that count
+    planned: int  # seeds planned
+
+    @property
+    def partial(self) -> bool:
+        return self.n < self.planned
+
+
+def sparsity_points(results: MatrixResults, key: str) -> list[SparsityPoint]:
+    """Best top-1 per target sparsity of one method, from the runs that count, with the same
+    95% interval of the mean as the report's tables (scripts.report.stats.estimate)."""
+    points = []
+    for sparsity in results.sparsities():
+        planned = results.cell(key, sparsity)
+        values = [
+            r.summary["best_top1"]
+            for r in results.counted(key, sparsity)
+            if r.summary["best_top1"] is not None
+        ]
+        if not values:
+            continue
+        est = estimate(values)
+        low = est.ci_low if est.ci_low is not None else est.mean
+        high = est.ci_high if est.ci_high is not None else est.mean
+        points.append(SparsityPoint(sparsity, est.mean, low, high, est.n, len(planned)))
+    return points
+
+
+def _epoch_means(runs: list[RunResult], first_epoch: int) -> tuple[list[int], list, list, list]:
+    """Per epoch present in every run: mean test top-1 and its 95% interval over the runs."""
+    common = set.intersection(*({e["epoch"] for e in r.epochs} for r in runs))
+    epochs = sorted(e for e in common if e >= first_epoch)
+    means, lows, highs = [], [], []
+    for epoch in epochs:
+        values = [next(e["test_top1"] for e in r.epochs if e["epoch"] == epoch) for r in runs]
+        est = estimate(values)
+        means.append(est.mean)
+        lows.append(est.ci_low if est.ci_low is not None else est.mean)
+        highs.append(est.ci_high if est.ci_high is not None else est.mean)
+    return epochs, means, lows, highs
+
+
+def _draw_mean_band(
+    ax: plt.Axes, runs: list[RunResult], color: str, label: str, first_epoch: int, tag: str
 ) -> None:
-    colors = _colors(methods)
-    labelled: set[str] = set()
+    """Mean over the runs, its 95% band (several runs), and each run thin underneath."""
+    for run in runs:
+        records = [e for e in run.epochs if e["epoch"] >= first_epoch]
+        ax.plot(
+            [e["epoch"] for e in records], [e["test_top1"] for e in records], color=color,
+            linewidth=0.7, alpha=0.35, label="_seed",
+        )  # fmt: skip
+    epochs, means, lows, highs = _epoch_means(runs, first_epoch)
+    if len(runs) > 1:
+        ax.fill_between(epochs, lows, highs, color=color, alpha=0.18, label=f"_band_{tag}")
+        label += f" (mean of {len(runs)} seeds, 95% band)"
+    ax.plot(epochs, means, color=color, linewidth=1.8, label=label)
+
+
+def draw_accuracy_mean(
+    ax: plt.Axes, results: MatrixResults, methods: Sequence[str], sparsity: float,
+    first_epoch: int,
+) -> None:  # fmt: skip
+    """One sparsity: per method the mean over the seeds that count with its 95% band; runs
+    that do not count dashed and labelled with why."""
+    palette = colors(methods)
+    reached_epochs = []
     for key in methods:
-        for run in sorted((r for r in runs if r.method_key == key), key=lambda r: r.seed):
+        runs = results.cell(key, sparsity)
+        counted = [r for r in runs if r.counts and r.epochs]
+        if counted:
+            _draw_mean_band(ax, counted, palette[key], method_display_name(key), first_epoch, key)
+            reached_epochs += [r.summary["target_reached_epoch"] for r in counted]
+        for run in (r for r in runs if not r.counts and r.epochs):
             records = [e for e in run.epochs if e["epoch"] >= first_epoch]
-            label = None
-            if not run.counts:
-                label = f"{method_display_name(key)} seed {run.seed} ({run.exclusion[0]})"
-            elif key not in labelled:
-                label = method_display_name(key)
-                labelled.add(key)
             ax.plot(
                 [e["epoch"] for e in records], [e["test_top1"] for e in records],
-                color=colors[key], linestyle="-" if run.counts else "--", linewidth=1.6,
-                alpha=0.9, label=label,
+                color=palette[key], linestyle="--", linewidth=1.0,
+                label=f"{method_display_name(key)} seed {run.seed} ({run.exclusion[0]})",
             )  # fmt: skip
-            reached = run.summary and run.summary.get("target_reached_epoch")
-            if sparsity > 0 and reached and reached >= first_epoch:
-                y = next(e["test_top1"] for e in run.epochs if e["epoch"] == reached)
-                ax.plot(
-                    [reached], [y], marker="o", markersize=8, color=colors[key],
-                    markeredgecolor="black", linestyle="none",
-                )  # fmt: skip
+    reached = [e for e in reached_epochs if e is not None]
+    if sparsity > 0 and reached and min(reached) >= first_epoch:
+        ax.axvline(
+            min(reached), color="grey", linestyle=":", linewidth=1,
+            label="target sparsity reached",
+        )  # fmt: skip
     ax.set_xlabel("Epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("Test top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)
 
 
+def _method_view(results: MatrixResults, key: str, out_dir: Path) -> PlotFile | None:
+    """The seed's view: one method across its sparsity levels (its dense run as 0%)."""
+    levels = [(s, results.counted(key, s)) for s in results.sparsities() if s > 0]
+    levels = [(s, [r for r in runs if r.epochs]) for s, runs in levels]
+    levels = [(s, runs) for s, runs in levels if runs]
+    dense = [r for r in results.counted(dense_key_of(key), 0.0) if r.epochs]
+    if dense:
+        levels.insert(0, (0.0, dense))
+    if len(levels) < 2:
+        return None
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for i, (sparsity, runs) in enumerate(levels):
+        color = matplotlib.colors.to_hex(cmap(i / max(1, len(levels) - 1) * 0.9))
+        _draw_mean_band(ax, runs, color, _sparsity_text(sparsity), 1, f"{sparsity:g}")
+    ax.set_xlabel("Epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("Test top-1 accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(f"{_title_prefix(results)}: {method_display_name(key)} across sparsity levels")
+    path = out_dir / f"accuracy_evolution_method_{key}.png"
+    _save(fig, path)
+    return PlotFile(path, f"{method_display_name(key)}: test top-1 per epoch at each sparsity")
+
+
 def plot_accuracy_evolution(
     results: MatrixResults, methods: Sequence[str], out_dir: Path
 ) -> list[PlotFile]:
     """One figure per sparsity: the whole run (left) and the part that decides the result
-    (right: from the first epoch at the target sparsity, where the accuracies are close)."""
+    (right: from the first epoch at the target sparsity, where the accuracies are close);
+    then, per pruning method, the seed's one-method-across-sparsities view."""
     files = []
     for sparsity in results.sparsities():
         runs = [r for r in results.runs if r.target_sparsity == sparsity and r.epochs]
         if not runs:
             continue
         last_epoch = max(e["epoch"] for r in runs for e in r.epochs)
-        reached = [r.summary["target_reached_epoch"] for r in runs if r.summary]
+        reached = [r.summary["target_reached_epoch"] for r in runs if r.summary and r.counts]
         reached = [e for e in reached if e is not None]
         # Dense runs have no target to reach; zoom on the second half instead.
         zoom_from = min(reached) if sparsity > 0 and reached else (last_epoch + 1) // 2
         fig, (full, zoom) = plt.subplots(
             1, 2, figsize=(FIGSIZE[0] * 1.5, FIGSIZE[1]), gridspec_kw={"width_ratios": [3, 2]}
         )
-        _draw_accuracy_runs(full, runs, methods, sparsity, first_epoch=1)
-        _draw_accuracy_runs(zoom, runs, methods, sparsity, first_epoch=max(1, zoom_from))
+        draw_accuracy_mean(full, results, methods, sparsity, first_epoch=1)
+        draw_accuracy_mean(zoom, results, methods, sparsity, first_epoch=max(1, zoom_from))
         full.set_title("All epochs")
         zoom.set_title(
             f"From epoch {zoom_from}"
             + (" (target sparsity reached)" if sparsity > 0 and reached else "")
         )
-        handles, labels = full.get_legend_handles_labels()
-        if sparsity > 0:
-            handles.append(
-                Line2D([], [], marker="o", color="white", markerfacecolor="grey",
-                       markeredgecolor="black", markersize=8)
-            )  # fmt: skip
-            labels.append("target sparsity reached")
-        full.legend(handles, labels, loc="lower right", fontsize="small")
+        full.legend(loc="lower right", fontsize="small")
         seeds = len({r.seed for r in runs})
-        note = f" (one line per seed, {seeds} seeds)" if seeds > 1 else ""
+        note = f" (mean over {seeds} seeds with 95% band; thin: each seed)" if seeds > 1 else ""
         fig.suptitle(
             f"{_title_prefix(results)}: test top-1 accuracy, {_sparsity_text(sparsity)}{note}"
         )
         path = out_dir / f"accuracy_evolution_{sparsity_token(sparsity)}.png"
         _save(fig, path)
         files.append(PlotFile(path, f"Test top-1 accuracy per epoch, {_sparsity_text(sparsity)}"))
+    for key in methods:
+        if not key.endswith("_dense"):
+            view = _method_view(results, key, out_dir)
+            if view is not None:
+                files.append(view)
     return files
 
 
-def _draw_accuracy_vs_sparsity(
+def draw_accuracy_vs_sparsity(
     ax: plt.Axes,
     results: MatrixResults,
     methods: Sequence[str],
-    colors: dict[str, str],
+    palette: dict[str, str],
     linestyle: str = "-",
     suffix: str = "",
     dodge_offset: float = 0.0,
-) -> bool:
-    """Mean best top-1 per sparsity with ±1 sample-std bars; False when nothing to draw."""
-    drawn = False
+) -> int:
+    """Mean best top-1 per sparsity with the tables' 95% intervals as error bars; a dense
+    method as a horizontal line with its 95% band. A cell with fewer seeds than planned is
+    marked with its count. Returns the most seeds behind any point (0: nothing drawn)."""
+    seeds = 0
     pruned_methods = [k for k in methods if any(s > 0 for s in _method_sparsities(results, k))]
     for key in methods:
-        xs, ys, errs = [], [], []
+        points = sparsity_points(results, key)
+        if not points:
+            continue
+        seeds = max(seeds, *(p.n for p in points))
+        name = f"{method_display_name(key)}{suffix}"
+        if [p.sparsity for p in points] == [0.0]:  # dense only: a reference across sparsities
+            p = points[0]
+            ax.axhline(
+                p.mean, color=palette[key], linestyle=linestyle, linewidth=1.4,
+                label=f"{name}: {p.mean:.2f}%" + ("" if p.n > 1 else " (one seed)"),
+            )  # fmt: skip
+            if p.high > p.low:
+                ax.axhspan(p.low, p.high, color=palette[key], alpha=0.12, label="_dense_band")
+            continue
         # Nudge methods sideways a little so error bars at one sparsity do not hide each other.
         dodge = dodge_offset
         if key in pruned_methods:
             dodge += (pruned_methods.index(key) - (len(pruned_methods) - 1) / 2) * 0.6
-        for sparsity in results.sparsities():
-            values = [
-                r.summary["best_top1"]
-                for r in results.counted(key, sparsity)
-                if r.summary["best_top1"] is not None
-            ]
-            if not values:
-                continue
-            est = estimate(values)
-            xs.append(sparsity * 100 + (dodge if sparsity > 0 else 0.0))
-            ys.append(est.mean)
-            errs.append(est.std or 0.0)
-        if not xs:
-            continue
-        drawn = True
-        if xs == [0.0]:  # dense only
-            # A dense method has one point; a reference line across all sparsities reads
-            # better than a lone dot at 0%.
-            ax.axhline(
-                ys[0], color=colors[key], linestyle="--" if linestyle == "-" else ":",
-                linewidth=1.4, label=f"{method_display_name(key)}{suffix}: {ys[0]:.2f}%",
-            )  # fmt: skip
-            continue
+        xs = [p.sparsity * 100 + (dodge if p.sparsity > 0 else 0.0) for p in points]
         ax.errorbar(
-            xs, ys, yerr=errs, color=colors[key], marker="o", capsize=4, linewidth=1.6,
-            linestyle=linestyle, label=f"{method_display_name(key)}{suffix}", markersize=7,
+            xs, [p.mean for p in points],
+            yerr=[[p.mean - p.low for p in points], [p.high - p.mean for p in points]],
+            color=palette[key], marker="o", capsize=4, linewidth=1.6, linestyle=linestyle,
+            label=name, markersize=7,
             # Hollow markers for a second (dashed) series: the legend shows markers, not dashes.
-            markerfacecolor=colors[key] if linestyle == "-" else "white",
+            markerfacecolor=palette[key] if linestyle == "-" else "white",
         )  # fmt: skip
-    return drawn
+        for x, p in zip(xs, points, strict=True):
+            if p.partial:
+                ax.annotate(
+                    f"{p.n} of {p.planned} seeds", xy=(x, p.mean), xytext=(6, -12),
+                    textcoords="offset points", fontsize="x-small", color=palette[key],
+                )  # fmt: skip
+    return seeds
 
 
-def _finish_accuracy_vs_sparsity(
-    ax: plt.Axes, sparsities: Sequence[float], title: str, legend_below: bool = False
+def finish_accuracy_vs_sparsity(
+    ax: plt.Axes,
+    sparsities: Sequence[float],
+    title: str,
+    legend_below: bool = False,
+    seeds: int = 2,
 ) -> None:
     levels = [s * 100 for s in sparsities if s > 0]
     if levels:
         ax.set_xticks(levels, [f"{level:g}%" for level in levels])
     ax.set_title(title)
     ax.set_xlabel("Target sparsity (%)")
-    ax.set_ylabel("Best test top-1 accuracy (%)\n(mean over seeds, bars: ±1 sample std)")
+    if seeds > 1:
+        ax.set_ylabel("Best test top-1 accuracy (%)\n(mean over seeds, bars: 95% CI of the mean)")
+    else:
+        ax.set_ylabel("Best test top-1 accuracy (%)\n(one seed per cell: no error bars)")
     ax.grid(True, alpha=0.3)
     if legend_below:
         ax.legend(
@@ -237,38 +340,50 @@ def plot_accuracy_vs_sparsity(
     results: MatrixResults, methods: Sequence[str], out_dir: Path
 ) -> list[PlotFile]:
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    if not _draw_accuracy_vs_sparsity(ax, results, methods, _colors(methods)):
+    seeds = draw_accuracy_vs_sparsity(ax, results, methods, colors(methods))
+    if not seeds:
         plt.close(fig)
         return []
-    _finish_accuracy_vs_sparsity(
+    finish_accuracy_vs_sparsity(
         ax,
         results.sparsities(),
         f"{_title_prefix(results)}: best top-1 accuracy vs target sparsity",
+        seeds=seeds,
     )
     path = out_dir / "accuracy_vs_sparsity.png"
     _save(fig, path)
-    return [PlotFile(path, "Best top-1 accuracy vs target sparsity (error bars: ±1 sample std)")]
+    bars = "error bars: 95% CI of the mean" if seeds > 1 else "one seed: no error bars"
+    return [PlotFile(path, f"Best top-1 accuracy vs target sparsity ({bars})")]
 
 
-def plot_comparison(a: MatrixResults, b: MatrixResults, out_dir: Path) -> list[PlotFile]:
-    """Accuracy vs sparsity of two matrices in one plot: A solid, B dashed, one colour per
-    method in both."""
-    methods = a.method_keys() + [k for k in b.method_keys() if k not in a.method_keys()]
-    colors = _colors(methods)
+def comparison_figure(a: MatrixResults, b: MatrixResults) -> tuple[plt.Figure, plt.Axes] | None:
+    """Accuracy vs sparsity of two matrices in one plot: A solid, B dashed; each method has
+    the colour it has in A's own report (B's extra methods follow)."""
+    methods = resolve_comparison(a).methods
+    methods += [k for k in resolve_comparison(b).methods if k not in methods]
+    palette = colors(methods)
     fig, ax = plt.subplots(figsize=(FIGSIZE[0] * 1.2, FIGSIZE[1] + 0.4 * len(methods)))
-    drawn_a = _draw_accuracy_vs_sparsity(ax, a, methods, colors, "-", f" [A: {a.name}]", -0.3)
-    drawn_b = _draw_accuracy_vs_sparsity(ax, b, methods, colors, "--", f" [B: {b.name}]", 0.3)
-    if not (drawn_a or drawn_b):
+    seeds_a = draw_accuracy_vs_sparsity(ax, a, methods, palette, "-", f" [A: {a.name}]", -0.3)
+    seeds_b = draw_accuracy_vs_sparsity(ax, b, methods, palette, "--", f" [B: {b.name}]", 0.3)
+    if not (seeds_a or seeds_b):
         plt.close(fig)
-        return []
-    _finish_accuracy_vs_sparsity(
+        return None
+    finish_accuracy_vs_sparsity(
         ax,
         sorted(set(a.sparsities()) | set(b.sparsities())),
         "Best top-1 accuracy vs target sparsity: A (solid, filled) vs B (dashed, hollow)",
         legend_below=True,
+        seeds=max(seeds_a, seeds_b),
     )
+    return fig, ax
+
+
+def plot_comparison(a: MatrixResults, b: MatrixResults, out_dir: Path) -> list[PlotFile]:
+    drawn = comparison_figure(a, b)
+    if drawn is None:
+        return []
     path = out_dir / "accuracy_vs_sparsity.png"
-    _save(fig, path)
+    _save(drawn[0], path)
     return [
         PlotFile(
             path, "Best top-1 accuracy vs target sparsity: A solid and filled, B dashed and hollow"
@@ -295,11 +410,33 @@ MEMORY_TITLES = {
 }
 
 
+def _zoom_y(ax: plt.Axes, values: list[float]) -> bool:
+    """Bars whose heights differ by a few percent look equal from zero: start the axis near
+    the data instead (and say so). Returns whether the axis was cut."""
+    low, high = min(values), max(values)
+    if low <= 0 or (high - low) / high > 0.25:
+        return False
+    pad = max((high - low) * 0.6, high * 0.004)
+    ax.set_ylim(low - pad, high + pad)
+    return True
+
+
 def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -> list[PlotFile]:
+    drawn = memory_figure(results, methods)
+    if drawn is None:
+        return []
+    path = out_dir / "memory.png"
+    _save(drawn[0], path)
+    return [PlotFile(path, "Peak memory per method and sparsity (each run's own process)")]
+
+
+def memory_figure(
+    results: MatrixResults, methods: Sequence[str]
+) -> tuple[plt.Figure, list[plt.Axes]] | None:
     by_kind = _memory_by_kind(results)
     if not by_kind:
-        return []
-    colors = _colors(methods)
+        return None
+    palette = colors(methods)
     sparsities = results.sparsities()
     rows = len(by_kind)
     fig, axes = plt.subplots(rows, 1, figsize=(FIGSIZE[0], (FIGSIZE[1] + 0.6) * rows))
@@ -315,6 +452,7 @@ def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -
             for sparsity in sparsities
         }
         width = 0.8 / max(1, max(len(keys) for keys in present.values()))
+        heights = []
         for group, sparsity in enumerate(sparsities):
             # Centre only the bars this sparsity has (a dense method has one bar, alone).
             keys = present[sparsity]
@@ -324,16 +462,18 @@ def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -
                 ]
                 bars = ax.bar(
                     group + (slot - (len(keys) - 1) / 2) * width, max(values), width=width,
-                    color=colors[key],
+                    color=palette[key],
                     label=None if key in labelled else method_display_name(key),
                 )  # fmt: skip
                 labelled.add(key)
-                ax.bar_label(bars, fmt="{:,.0f}", fontsize="x-small", padding=2)
+                heights.append(max(values))
+                ax.bar_label(bars, fmt="{:,.1f}", fontsize="x-small", padding=2)
         ax.set_xticks(range(len(sparsities)), [_sparsity_text(s) for s in sparsities])
         ax.set_xlabel("Target sparsity")
-        ax.set_ylabel(kind)
-        ax.set_title(f"{_title_prefix(results)}: {MEMORY_TITLES[kind]} (max over seeds)")
         ax.margins(y=0.12)
+        cut = _zoom_y(ax, heights)
+        ax.set_ylabel(kind + ("\n(axis does not start at 0)" if cut else ""))
+        ax.set_title(f"{_title_prefix(results)}: {MEMORY_TITLES[kind]} (max over seeds)")
         ax.grid(True, axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         order = {method_display_name(k): i for i, k in enumerate(methods)}
@@ -343,9 +483,7 @@ def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -
             loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labelled)),
             fontsize="small", frameon=False,
         )  # fmt: skip
-    path = out_dir / "memory.png"
-    _save(fig, path)
-    return [PlotFile(path, "Peak memory per method and sparsity (each run's own process)")]
+    return fig, axes
 
 
 def plot_memory_vs_accuracy(
@@ -359,7 +497,7 @@ def plot_memory_vs_accuracy(
     points = {kind: entries for kind, entries in points.items() if entries}
     if not points:
         return []
-    colors = _colors(methods)
+    palette = colors(methods)
     sparsities = results.sparsities()
     markers = {s: SPARSITY_MARKERS[i % len(SPARSITY_MARKERS)] for i, s in enumerate(sparsities)}
     fig, axes = plt.subplots(len(points), 1, figsize=(FIGSIZE[0], FIGSIZE[1] * len(points)))
@@ -367,7 +505,7 @@ def plot_memory_vs_accuracy(
     for ax, (kind, entries) in zip(axes, sorted(points.items()), strict=True):
         for run, memory in entries:
             ax.scatter(
-                memory, run.summary["best_top1"], color=colors[run.method_key],
+                memory, run.summary["best_top1"], color=palette[run.method_key],
                 marker=markers[run.target_sparsity], s=70, edgecolors="black", linewidths=0.5,
             )  # fmt: skip
         present_methods = [k for k in methods if any(r.method_key == k for r, _ in entries)]
@@ -376,7 +514,7 @@ def plot_memory_vs_accuracy(
         ]
         handles = [
             Line2D(
-                [], [], marker="o", linestyle="none", color=colors[k], label=method_display_name(k)
+                [], [], marker="o", linestyle="none", color=palette[k], label=method_display_name(k)
             )
             for k in present_methods
         ] + [
@@ -399,7 +537,7 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
     runs = [r for r in results.runs if r.target_sparsity > 0 and r.epochs]
     if not runs:
         return []
-    colors = _colors(methods)
+    palette = colors(methods)
     fig, ax = plt.subplots(figsize=FIGSIZE)
     labelled: set[str] = set()
     # Methods share one schedule, so their curves often coincide: draw the earlier ones wider
@@ -420,7 +558,7 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
                 label = method_display_name(key)
                 labelled.add(key)
             ax.plot(
-                [p[0] for p in points], [p[1] for p in points], color=colors[key],
+                [p[0] for p in points], [p[1] for p in points], color=palette[key],
                 linestyle="-" if run.completed else "--", linewidth=width, alpha=0.85,
                 label=label,
             )  # fmt: skip
