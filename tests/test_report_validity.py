@@ -8,6 +8,7 @@ report lists the run with its reason.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -238,3 +239,49 @@ def test_p_value_df_and_holm_beside_each_verdict(tmp_path: Path) -> None:
     assert f"p = {p70.pvalue:.3f}" in cell70 and f"Holm p = {holm70:.3f}" in cell70
     assert "not significant" in cell70
     assert "2 comparisons" in text and "Holm" in text
+
+
+# --------------------------------------------------------------------------- all at once
+
+
+def test_stray_short_nan_and_target_not_reached_together(tmp_path: Path, capsys) -> None:
+    """The issue's acceptance: a matrix with a stray run, a short run, a NaN run and a
+    target-not-reached run renders (CLI, exit 0), excludes each from every number and lists
+    why; metrics.csv says which runs were excluded."""
+    runs = three_seeds()
+    runs[0] = FakeRun("adamwprune", "state", 0.5, 0, [99.0] * 2, planned_epochs=4)  # short
+    runs[1] = FakeRun(  # never reaches 50%
+        "adamwspam", "magnitude", 0.5, 0, [95.0] * 4, sparsity=[0.1, 0.2, 0.3, 0.4]
+    )
+    matrix = write_matrix(tmp_path, "mixed", runs)
+    nan_run = "resnet50_adamwprune-adamw_state-hybrid_s50_seed1"
+    rewrite_metrics(matrix / nan_run, lambda d: d["epochs"][1].update(test_top1=float("nan")))
+    shutil.copytree(matrix / nan_run, matrix / "stray-copy")
+    rewrite_metrics(
+        matrix / "stray-copy", lambda d: [e.update(test_top1=88.0) for e in d["epochs"]]
+    )
+
+    assert cli.main(["--results-dir", str(tmp_path), "--matrix", "mixed"]) == 0
+    assert capsys.readouterr().err == ""
+    text = (matrix / "report.md").read_text()
+    numbers = text.split("#### Stability per run")[0]
+    for leaked in ("99.00", "95.00", "88.00", "nan"):
+        assert leaked not in numbers.lower(), leaked
+    rows = table_rows(text, "### Accuracy Comparison")
+    assert row_for(rows, "**50%**")[1:3] == [
+        "**75.00%** (1 of 3 seeds)",
+        "73.30 ± 0.14% (2 of 3 seeds)",
+    ]
+    excluded = {r[0]: r[1] for r in table_rows(text, "## Excluded runs")}
+    assert excluded == {
+        f"`{CAND_RUN}`": "short run",
+        "`resnet50_adamwspam_magnitude_s50_seed0`": "target not reached",
+        "`stray-copy`": "not in the plan",
+    }
+    unfinished = {r[0]: r[1] for r in table_rows(text, "## Unfinished and failed runs")}
+    assert unfinished == {f"`{nan_run}`": "**unreadable**"}
+    with open(matrix / "metrics.csv", newline="") as f:
+        flags = {(r["run_id"], r["excluded"]) for r in csv.DictReader(f)}
+    assert (CAND_RUN, "short run") in flags
+    assert ("resnet50_adamwspam_magnitude_s50_seed2", "") in flags
+    assert not any(run_id in (nan_run, "stray-copy") for run_id, _ in flags)

@@ -31,13 +31,23 @@ CSV_EPOCH_FIELDS = (
     "peak_memory_reserved_mb",
     "memory_kind",
 )
-CSV_RUN_FIELDS = ("run_id", "method_key", "method", "target_sparsity", "seed", "status")
+# `excluded`: why the run is in no number of the report (empty when it counts).
+CSV_RUN_FIELDS = (
+    "run_id",
+    "method_key",
+    "method",
+    "target_sparsity",
+    "seed",
+    "status",
+    "excluded",
+)
 
 
 def write_metrics_csv(results: MatrixResults, path: Path) -> int:
     """Every recorded epoch of every run as one long table; returns the number of rows.
 
-    Per-layer sparsity is left out (one column per layer would make the file unreadable);
+    Planned runs only (duplicates and directories the plan does not list are not results of
+    this matrix). Per-layer sparsity is left out (one column per layer would make the file unreadable);
     it stays in each run's metrics.json.
     """
     rows = 0
@@ -52,6 +62,7 @@ def write_metrics_csv(results: MatrixResults, path: Path) -> int:
                 run.target_sparsity,
                 run.seed,
                 run.status,
+                "" if run.counts else run.exclusion[0],
             ]
             for epoch in run.epochs:
                 writer.writerow(
