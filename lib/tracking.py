@@ -191,7 +191,13 @@ class TensorBoardSink(Sink):
         self.writer.close()
 
     def where(self, entry):
-        return f"{entry['dir']} (tensorboard --logdir {self.log_dir().parent})"
+        tracking = self.spec.tracking
+        matrix_dir = (
+            Path(tracking.tensorboard_dir) / self.spec.matrix
+            if tracking.tensorboard_dir
+            else Path(self.spec.out_dir).parent
+        )
+        return f"{entry['dir']} (the matrix: tensorboard --logdir {matrix_dir})"
 
 
 class WandbSink(Sink):
@@ -324,11 +330,6 @@ def _is_rank_zero() -> bool:
         return True
 
 
-def _one_line(error: BaseException) -> str:
-    text = (str(error).strip() or type(error).__name__).splitlines()[0]
-    return f"{type(error).__name__}: {text}"
-
-
 def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's tracking.json ({} when there is none or it cannot be read)."""
     try:
@@ -407,11 +408,13 @@ class Tracker:
         self._save()
 
     def finish(self, status: str = STATUS_RUNNING) -> None:
+        from lib.train import one_line  # lib.train imports this module
+
         for sink in self.sinks:
             try:
                 sink.close(status)
             except Exception as error:  # noqa: BLE001
-                print(f"warning: tracking: {sink.name} did not close cleanly ({_one_line(error)})")
+                print(f"warning: tracking: {sink.name} did not close cleanly ({one_line(error)})")
         self.sinks = []
 
     # -- failures -----------------------------------------------------------------------------
@@ -427,8 +430,10 @@ class Tracker:
             self._turn_off(sink, error)
 
     def _turn_off(self, sink: Sink, error: BaseException) -> None:
+        from lib.train import one_line  # lib.train imports this module
+
         print(
-            f"warning: tracking: {sink.name} turned off for this run ({_one_line(error)}); "
+            f"warning: tracking: {sink.name} turned off for this run ({one_line(error)}); "
             "metrics.json is unaffected",
             flush=True,
         )

@@ -402,7 +402,7 @@ def test_report_links_each_run_to_its_trackers(tmp_path):
     from scripts.report.output import write_report
 
     runs = [FakeRun("adamwprune", "state", 0.5, seed, CAND_50) for seed in (0, 1)]
-    matrix = write_matrix(tmp_path, "watched", runs, baseline="")
+    matrix = write_matrix(tmp_path, "watched", runs, baseline="", plots=[])
     assert "## Live Tracking" not in write_report(matrix).read_text()  # nothing tracked
 
     tracked, untracked = (r.run_id for r in load_matrix(matrix).runs)
