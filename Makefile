@@ -11,6 +11,19 @@ SETUP_STAMP := $(VENV)/.setup-stamp
 KCONFIG_CONFIG ?= .config
 export KCONFIG_CONFIG
 
+# MATRIX, COMPARE and RERUN_FAILED count only when given on make's command line
+# (make continue MATRIX=name). Variables of these generic names in the environment (a CI
+# matrix, a shell profile) are ignored with a note, so they never pick a matrix or retry failed
+# runs behind the user's back. Values reach the CLI as single-quoted arguments, unexpanded:
+# never as shell or make text. unexport: make would expand them to put them in the environment.
+unexport MATRIX COMPARE RERUN_FAILED
+cli_var = $(if $(filter command line,$(origin $(1))),$(value $(1)))
+quote = '$(subst ','\'',$(1))'
+ignored_env = $(foreach v,$(1),$(if $(filter environment,$(origin $(v))),$(info note: $(v) in \
+	the environment is ignored; give it on make's command line: make $@ $(v)=...)))
+rerun_arg = $(if $(call cli_var,RERUN_FAILED),--rerun-failed=$(call quote,$(call cli_var,RERUN_FAILED)))
+matrix_arg = $(if $(call cli_var,MATRIX),--matrix $(call quote,$(call cli_var,MATRIX)))
+
 DEFCONFIGS := $(sort $(notdir $(wildcard defconfigs/*)))
 DEFCONFIG_TARGETS := $(addprefix defconfig-,$(DEFCONFIGS))
 DEMO_CONFIG := .config.demo
@@ -105,18 +118,19 @@ defconfig-%: $(SETUP_STAMP)
 # running and reporting
 
 test-matrix: $(SETUP_STAMP)
-	@$(PY) -m lib.cli test-matrix $(if $(RERUN_FAILED),--rerun-failed)
+	@$(call ignored_env,RERUN_FAILED)$(PY) -m lib.cli test-matrix $(rerun_arg)
 
 test-matrix-dry-run: $(SETUP_STAMP)
 	@$(PY) -m lib.cli dry-run
 
 continue: $(SETUP_STAMP)
-	@$(PY) -m lib.cli continue $(if $(MATRIX),--matrix $(MATRIX)) $(if $(RERUN_FAILED),--rerun-failed)
+	@$(call ignored_env,MATRIX RERUN_FAILED)$(PY) -m lib.cli continue $(matrix_arg) $(rerun_arg)
 
 report: $(SETUP_STAMP)
-	$(if $(COMPARE),$(if $(filter-out 2,$(words $(COMPARE))),$(error COMPARE="$(COMPARE)": \
-	give two matrix names, e.g. make report COMPARE="demo mymatrix")))
-	@$(PY) -m scripts.report $(if $(MATRIX),--matrix $(MATRIX)) $(if $(COMPARE),--compare $(COMPARE))
+	$(if $(call cli_var,COMPARE),$(if $(filter-out 2,$(words $(call cli_var,COMPARE))),$(error \
+	COMPARE="$(call cli_var,COMPARE)": give two matrix names, e.g. make report COMPARE="demo mymatrix")))
+	@$(call ignored_env,MATRIX COMPARE)$(PY) -m scripts.report $(matrix_arg) \
+		$(if $(call cli_var,COMPARE),--compare $(foreach m,$(call cli_var,COMPARE),$(call quote,$(m))))
 
 # The demo keeps its own configuration file, so it never overwrites the user's .config.
 demo: $(SETUP_STAMP)

@@ -243,6 +243,21 @@ def cmd_docs(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+YES = ("1", "y", "yes", "true", "on")
+NO = ("", "0", "n", "no", "false", "off")
+
+
+def yes_no(name: str, value: str) -> bool:
+    """A make variable's yes or no (`RERUN_FAILED=0` is no, as is an empty value)."""
+    text = value.strip().lower()
+    if text in YES or text in NO:
+        return text in YES
+    raise ConfigError(
+        f"{name}={value!r} is neither yes nor no; accepted: {'/'.join(YES)} or "
+        f"{'/'.join(n for n in NO if n)}/empty"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate .config").set_defaults(func=cmd_check_config)
     sub.add_parser("dry-run", help="print the planned runs").set_defaults(func=cmd_dry_run)
     p = sub.add_parser("test-matrix", help="run the matrix of .config")
-    p.add_argument("--rerun-failed", action="store_true")
+    p.add_argument("--rerun-failed", nargs="?", const="yes", default="no", metavar="YES_NO")
     p.set_defaults(func=cmd_test_matrix)
     p = sub.add_parser("continue", help="resume the newest matrix")
     p.add_argument("--results-dir", default="", help="default: CONFIG_RESULTS_DIR of .config")
     p.add_argument("--matrix", default="")
-    p.add_argument("--rerun-failed", action="store_true")
+    p.add_argument("--rerun-failed", nargs="?", const="yes", default="no", metavar="YES_NO")
     p.set_defaults(func=cmd_continue)
     p = sub.add_parser("docs", help="generate the Kconfig reference")
     p.add_argument("--output", default="docs/kconfig.md")
@@ -280,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "rerun_failed"):
+            args.rerun_failed = yes_no("RERUN_FAILED", args.rerun_failed)
         return args.func(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

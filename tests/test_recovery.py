@@ -23,6 +23,7 @@ from conftest import make_tiny_spec
 from test_report import CAND_50, FakeRun, ramp_sparsity, write_matrix
 from test_runner import fake_plan, make_spec, run
 
+import lib.cli
 import lib.lock
 from lib.atomic import atomic_torch_save, atomic_write_text
 from lib.cli import main as cli_main
@@ -34,6 +35,9 @@ from lib.train import EXIT_BAD_SPEC, train
 from lib.train import main as train_main
 from scripts.report.cli import main as report_main
 from scripts.report.output import write_report
+
+REPO = Path(__file__).resolve().parent.parent
+MAKE_VARIABLES = ("MATRIX", "COMPARE", "RERUN_FAILED")
 
 # 2 epochs x 2 steps of movement pruning on AdamW: the optimizer and the pruner both hold
 # state, so each of the memory figures is non-zero.
@@ -375,3 +379,97 @@ def test_a_lock_kept_by_what_a_zombie_runner_left_is_refused_without_kill_advice
     assert f"left behind by runner pid {zombie} (gone)" in str(refused.value)
     assert f"kill {zombie}" not in str(refused.value)
     assert waited >= 0.5
+
+
+# -- make variables reach the CLI as arguments, never as shell text ----------------------------------
+
+ARGV_RECORDER = """#!/bin/sh
+# Stands in for the interpreter: records the arguments make passed.
+for a in "$@"; do printf '%s\\0' "$a"; done > "$ARGV_FILE"
+"""
+
+
+def _make(tmp_path: Path, *args: str, env: dict | None = None, py: str | None = None):
+    environment = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
+    environment.update(env or {}, KCONFIG_CONFIG=str(tmp_path / "no.config"))
+    environment["ARGV_FILE"] = str(tmp_path / "argv")
+    return subprocess.run(
+        ["make", "--no-print-directory", "-s", f"PY={py or sys.executable}", "SETUP_STAMP=", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _argv(tmp_path: Path, *args: str, env: dict | None = None) -> list[str]:
+    recorder = tmp_path / "python"
+    recorder.write_text(ARGV_RECORDER)
+    recorder.chmod(0o755)
+    res = _make(tmp_path, *args, env=env, py=str(recorder))
+    assert res.returncode == 0, res.stderr
+    return (tmp_path / "argv").read_text().split("\0")[:-1]
+
+
+HOSTILE = [
+    ("continue", "MATRIX", "x; touch {f}"),
+    ("continue", "MATRIX", "$(shell touch {f})"),
+    ("continue", "MATRIX", "$$(touch {f})"),
+    ("continue", "MATRIX", "`touch {f}`"),
+    ("continue", "MATRIX", "'; touch {f}; '"),
+    ("report", "MATRIX", "x;>{f}"),
+    ("report", "COMPARE", "a b;>{f}"),
+    ("report", "COMPARE", "a $(shell touch {f})"),
+    ("report", "COMPARE", "a $$(>{f})"),
+    ("continue", "RERUN_FAILED", "1;>{f}"),
+]
+
+
+@pytest.mark.parametrize(("target", "variable", "value"), HOSTILE)
+def test_make_variables_never_run_as_commands(tmp_path, target, variable, value):
+    marker = tmp_path / "F"
+    res = _make(tmp_path, target, f"{variable}={value.format(f=marker)}")
+    assert res.returncode != 0
+    assert not marker.exists(), res.stdout + res.stderr
+
+
+def test_make_passes_each_variable_as_one_argument(tmp_path):
+    assert _argv(tmp_path, "continue", "MATRIX=it's mine", "RERUN_FAILED=0") == [
+        "-m", "lib.cli", "continue", "--matrix", "it's mine", "--rerun-failed=0"
+    ]  # fmt: skip
+    assert _argv(tmp_path, "report", "COMPARE=a $b") == [
+        "-m", "scripts.report", "--compare", "a", "$b"
+    ]  # fmt: skip
+    assert _argv(tmp_path, "test-matrix", "RERUN_FAILED=") == ["-m", "lib.cli", "test-matrix"]
+
+
+def test_make_ignores_the_variables_in_the_environment(tmp_path):
+    env = {"MATRIX": "other", "RERUN_FAILED": "0", "COMPARE": "a b"}
+    assert _argv(tmp_path, "continue", env=env) == ["-m", "lib.cli", "continue"]
+    assert _argv(tmp_path, "report", env=env) == ["-m", "scripts.report"]
+    res = _make(tmp_path, "continue", env=env, py=str(tmp_path / "python"))
+    assert "MATRIX in the environment is ignored" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "rerun"),
+    [("0", False), ("", False), ("no", False), ("No", False), ("false", False), ("off", False)]
+    + [("1", True), ("yes", True), ("true", True), ("on", True)],
+)
+def test_rerun_failed_zero_empty_and_no_mean_no(tmp_path, monkeypatch, value, rerun):
+    seen = {}
+    monkeypatch.setattr(
+        lib.cli, "_run", lambda config, specs, rerun_failed: seen.update(r=rerun_failed) or 0
+    )
+    monkeypatch.setattr(lib.cli.cfg, "load", lambda path: None)
+    monkeypatch.setattr(lib.cli, "_plan", lambda config: [])
+    monkeypatch.setattr(lib.cli, "_need_config", lambda: "x")
+    assert cli_main(["test-matrix", f"--rerun-failed={value}"]) == 0
+    assert seen == {"r": rerun}
+
+
+def test_rerun_failed_rejects_anything_else_in_one_line(tmp_path, capsys):
+    assert cli_main(["continue", "--results-dir", str(tmp_path), "--rerun-failed=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RERUN_FAILED='maybe'" in err and "accepted" in err, err
