@@ -20,7 +20,8 @@ last step and epoch that reached the sinks. A relaunched run continues the same 
 skips the steps already logged (an interrupted epoch is replayed from its start), logs the
 finished epochs that never reached the sinks (a tracker turned on for a half-done run gets
 them too), and TensorBoard purges events that a killed process wrote after the last
-recorded step (`purge_step`), so no step appears twice.
+recorded step (`purge_step`), so no step appears twice. A run that restarts further back
+than its trackers got starts new W&B / trackio runs and purges TensorBoard from step 1.
 """
 
 from __future__ import annotations
@@ -362,6 +363,18 @@ class Tracker:
         state.update(version=STATE_VERSION, steps_per_epoch=steps_per_epoch)
         state.setdefault("last_step", 0)
         state.setdefault("last_epoch", 0)
+        if state["last_epoch"] > len(finished_epochs):
+            # The run went back further than its trackers (a checkpoint moved aside, or none
+            # kept): W&B and trackio cannot take steps back, so they start new runs;
+            # TensorBoard purges from step 1. Every finished epoch is logged again below.
+            print(
+                f"tracking: the run restarts after epoch {len(finished_epochs)} but its trackers "
+                f"got epoch {state['last_epoch']}: new W&B and trackio runs",
+                flush=True,
+            )
+            state.update(last_step=0, last_epoch=0)
+            for name in ("wandb", "trackio"):
+                state["sinks"].pop(name, None)
         tracker.state = state
         for name in spec.tracking.sinks:
             sink = SINKS[name](spec)

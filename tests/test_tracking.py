@@ -424,3 +424,28 @@ def test_report_links_each_run_to_its_trackers(tmp_path):
     assert f"offline run `ab12cd34` in [{tracked}/wandb]({tracked}/wandb)" in row
     assert f"project `watched`, run `{tracked}`" in row
     assert untracked not in section  # only runs that logged somewhere
+
+
+def test_run_restarting_behind_its_trackers_starts_them_again(tiny_spec, tmp_path, trackio_store):
+    """Checkpoint moved aside (or none kept): the run trains epoch 1 again, so the trackers
+    must not keep the old attempt's epoch 2 nor skip the new attempt's steps."""
+    spec = tracked_spec(tiny_spec, tmp_path, trackio_store, tensorboard=True, trackio=True)
+    per_layer = {"conv1.weight": 0.5}
+    old = [{"epoch": e, "test_top1": 10.0 * e, "sparsity_per_layer": per_layer} for e in (1, 2)]
+    tracker = Tracker.start(spec, steps_per_epoch=STEPS_PER_EPOCH, finished_epochs=[])
+    for record in old:
+        tracker.epoch(record)
+    tracker.finish()
+    first = read_state(spec.out_dir)
+
+    new = {"epoch": 1, "test_top1": 55.0, "sparsity_per_layer": per_layer}
+    tracker = Tracker.start(spec, steps_per_epoch=STEPS_PER_EPOCH, finished_epochs=[new])
+    tracker.progress(STEPS_PER_EPOCH + 1, loss=1.0, top1=50.0, lr=0.1, images_per_second=1.0)
+    tracker.finish()
+    state = read_state(spec.out_dir)
+    assert (state["last_epoch"], state["last_step"]) == (1, STEPS_PER_EPOCH + 1)
+    assert state["sinks"]["trackio"]["id"] != first["sinks"]["trackio"]["id"]  # a new run
+    for read in (tensorboard_series, trackio_series):
+        series = read(spec)
+        assert series["epoch/test_top1"] == [(STEPS_PER_EPOCH, 55.0)]
+        assert series["train/loss"] == [(STEPS_PER_EPOCH + 1, 1.0)]
