@@ -13,12 +13,51 @@ Files appended to in place (train.log, the matrix lock) are opened with `open_no
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# Failures of the place a file is written to, not of the run: once the operator has made
+# room (or remounted), the same run can simply continue.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large for this file system or ulimit",
+}
+
+
+# Exit status of a process that stopped on a StorageError (sysexits' EX_TEMPFAIL: try again
+# later). The trainer uses it so that the runner knows even when metrics.json could not be
+# written.
+EXIT_ENVIRONMENT = 75
+
+
+class StorageError(OSError):
+    """Writing `filename` failed for lack of space (or quota, or a read-only mount): an
+    environment failure. `str()` is one line: "no space left on device while writing <path>"."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror} while writing {self.filename}"
+
+
+def storage_error(error: BaseException, path: str | os.PathLike[str]) -> StorageError | None:
+    """The environment failure behind `error`, or None. The OSError may sit in the context
+    chain: torch's zip writer replaces the ENOSPC of a full disk by its own "[enforce fail at
+    inline_container.cc] unexpected pos" RuntimeError while it unwinds."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, StorageError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in ENVIRONMENT_ERRNOS:
+            return StorageError(seen.errno, ENVIRONMENT_ERRNOS[seen.errno], str(path))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _umask() -> int:
@@ -47,22 +86,28 @@ def atomic_file(
     path: str | os.PathLike[str], mode: str = "wb", newline: str | None = None
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on a clean exit flush, fsync and rename it over
-    `path`. On any error the temporary file is removed and `path` is left untouched."""
+    `path`. On any error the temporary file is removed and `path` is left untouched; a full
+    disk (or quota, or read-only mount) raises StorageError naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, **text) as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as error:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        environment = storage_error(error, path)
+        if environment is not None and environment is not error:
+            raise environment from error
         raise
 
 
@@ -78,3 +123,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` (UTF-8) through `atomic_file`."""
     with atomic_file(path, "w") as f:
         f.write(text)
+
+
+def set_aside_corrupt(path: Path) -> Path:
+    """Rename a damaged file to `<name>.corrupt-<UTC time>` beside it (kept as evidence, out
+    of the way of a fresh one); return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, target)
+    return target

@@ -83,6 +83,7 @@ def summarize(
     status: str,
     error: str | None = None,
     total_seconds: float | None = None,
+    environment_failure: bool = False,
 ) -> dict[str, Any]:
     """Derive the run summary from its per-epoch records.
 
@@ -94,6 +95,8 @@ def summarize(
       min(10, n) epochs.
     - peak_to_final: best_top1 - final_top1 (percentage points), None without a best.
     - target_reached_epoch: first epoch whose measured sparsity reached the target.
+    - environment_failure: the run failed for its disk (full, quota, read-only), not for
+      what it trains; the runner relaunches it without being asked (docs/runner.md).
     Accuracies are percentages (0-100); epochs are 1-based.
     """
     if status not in STATUSES:
@@ -119,6 +122,7 @@ def summarize(
     return {
         "status": status,
         "error": error,
+        "environment_failure": environment_failure and status == STATUS_FAILED,
         "epochs_completed": len(epochs),
         "best_top1": best_top1,
         "best_epoch": best_epoch,
@@ -160,6 +164,7 @@ def build_document(
     environment: dict[str, Any] | None = None,
     model_info: dict[str, Any] | None = None,
     state_memory: dict[str, Any] | None = None,
+    environment_failure: bool = False,
 ) -> dict[str, Any]:
     """A complete metrics.json document for `spec` from its epoch records.
 
@@ -184,6 +189,7 @@ def build_document(
             status=status,
             error=error,
             total_seconds=total,
+            environment_failure=environment_failure,
         ),
     }
 

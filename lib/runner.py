@@ -40,7 +40,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from lib.atomic import atomic_write_text, open_no_follow
+from lib.atomic import (
+    EXIT_ENVIRONMENT,
+    atomic_write_text,
+    open_no_follow,
+    set_aside_corrupt,
+    storage_error,
+)
 from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
     MATRIX_FILE,
@@ -194,6 +200,7 @@ class Run:
     log_offset: int = 0
     metrics_mtime: float = 0.0
     interrupted: bool = False  # stopped by a signal; resumable
+    environment_failure: bool = False  # failed for its disk; relaunched by the next runner
 
     @property
     def run_dir(self) -> Path:
@@ -338,17 +345,6 @@ def _with_run_dirs(specs: list[RunSpec], matrix_dir: Path) -> list[RunSpec]:
     return out
 
 
-def set_aside_corrupt(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    os.replace(path, target)
-    return target
-
-
 # ---------------------------------------------------------------------------------------------
 # The runner
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +458,8 @@ class _Runner:
         self.stop_signal: int | None = None  # the runner was asked to stop
         self.stop_announced = False
         self.stopped_for_failure = False
+        self.environment_failure: str | None = None  # why no further run starts
+        self.manifest_error: str | None = None
         self.last_progress = 0.0
 
     # -- output ---------------------------------------------------------------------------------
@@ -472,6 +470,20 @@ class _Runner:
     # -- matrix.json ----------------------------------------------------------------------------
 
     def write_manifest(self) -> None:
+        try:
+            self._write_manifest()
+        except OSError as e:
+            environment = storage_error(e, self.matrix_dir / MATRIX_FILE)
+            if environment is None:
+                raise
+            # matrix.json is a summary of the runs' own files: carry on, write it next time
+            if self.manifest_error is None:
+                self.say(f"matrix.json not updated: {environment}")
+            self.manifest_error = str(environment)
+        else:
+            self.manifest_error = None
+
+    def _write_manifest(self) -> None:
         matrix_name = self.runs[0].spec.matrix if self.runs else self.matrix_dir.name
         atomic_write_json(
             self.matrix_dir / MATRIX_FILE,
@@ -525,7 +537,12 @@ class _Runner:
             if doc is not None:
                 run.note_metrics(doc)
                 run.metrics_mtime = path.stat().st_mtime
-            status = (doc or {}).get("summary", {}).get("status")
+            summary = (doc or {}).get("summary", {})
+            status = summary.get("status")
+            if status == STATUS_FAILED and summary.get("environment_failure"):
+                # a full disk is no result: tried again without RERUN_FAILED once there is room
+                self.say(f"{run.spec.run_id}: failed earlier ({summary.get('error')}); retrying")
+                status = None
             if status == STATUS_COMPLETED:
                 run.status = STATUS_COMPLETED
                 run.error = run.log_tail = None
@@ -634,6 +651,8 @@ class _Runner:
             )
             return
         run.log_tail = self.read_log_tail(run)
+        summary = (doc or {}).get("summary", {})
+        environment = returncode == EXIT_ENVIRONMENT or bool(summary.get("environment_failure"))
         if returncode == 0:
             reason = f"the trainer exited 0 but metrics.json says {status or 'nothing'}"
         elif status == STATUS_FAILED and doc["summary"].get("error"):
@@ -641,12 +660,32 @@ class _Runner:
         else:
             reason = describe_exit(returncode)
             last_line = (run.log_tail or "").strip().splitlines()[-1:]
-            if returncode > 0 and last_line:
+            if returncode == EXIT_ENVIRONMENT and last_line:
+                # the trainer could not record it: its last line says what ran full
+                reason = last_line[0].strip().removeprefix("error: ")
+            elif returncode > 0 and last_line:
                 reason += f": {last_line[0].strip()}"
         run.status = STATUS_FAILED
         run.error = reason
-        record_failure(run.spec, reason)
+        run.environment_failure = environment
+        try:
+            record_failure(run.spec, reason, environment_failure=environment)
+        except OSError as e:
+            if storage_error(e, run.metrics_path) is None:
+                raise
+            # metrics.json keeps `running`: the next runner relaunches the run all the same
         self.say(f"{run.spec.run_id}: FAILED: {reason} (log: {run.run_dir / LOG_FILE})")
+        if environment:
+            self.stop_for_environment(reason)
+
+    def stop_for_environment(self, reason: str) -> None:
+        """A full disk fails every run that starts: start no more; those running go on."""
+        if self.environment_failure is None:
+            self.environment_failure = reason
+            self.say(
+                f"{reason}: no further run starts; make room, then make continue resumes "
+                "the unfinished runs"
+            )
 
     @staticmethod
     def _accuracy(run: Run) -> str:
@@ -756,10 +795,17 @@ class _Runner:
             f"{len(queue)} to run in {self.slot_count} slot(s)"
         )
         while True:
-            launching = self.stop_signal is None and not self.stopped_for_failure
-            while launching and queue and self.free_slots:
-                run = queue.pop(0)
-                self.launch(run, self.free_slots.pop(0))
+            while self.may_launch() and queue and self.free_slots:
+                run, slot = queue.pop(0), self.free_slots.pop(0)
+                try:
+                    self.launch(run, slot)
+                except OSError as e:  # its run.json or train.log: the disk is full
+                    environment = storage_error(e, e.filename or run.run_dir)
+                    if environment is None or run.process is not None:
+                        raise
+                    self.free_slots.insert(0, slot)
+                    run.status = STATUS_PENDING
+                    self.stop_for_environment(str(environment))
                 self.write_manifest()
             self.announce_stop()
             active = [r for r in self.runs if r.process is not None]
@@ -786,6 +832,13 @@ class _Runner:
         self.write_manifest()
         return self.summarize_end()
 
+    def may_launch(self) -> bool:
+        return (
+            self.stop_signal is None
+            and not self.stopped_for_failure
+            and self.environment_failure is None
+        )
+
     def summarize_end(self) -> int:
         completed = [r for r in self.runs if r.status == STATUS_COMPLETED]
         failed = [r for r in self.runs if r.status == STATUS_FAILED]
@@ -796,8 +849,14 @@ class _Runner:
         )
         for run in failed:
             print(f"  FAILED {run.spec.run_id}: {run.error}", file=self.out)
-        if failed and not self.rerun_failed:
+        if any(not r.environment_failure for r in failed) and not self.rerun_failed:
             print("  (make test-matrix RERUN_FAILED=1 retries failed runs)", file=self.out)
+        if any(r.environment_failure for r in failed):
+            print(
+                "  (runs that failed for their disk are retried by make continue, once there "
+                "is room)",
+                file=self.out,
+            )
         if unfinished:
             print(
                 f"  {len(unfinished)} run(s) not finished; make continue resumes them",
@@ -806,14 +865,14 @@ class _Runner:
         self.out.flush()
         if self.stop_signal is not None:
             return EXIT_INTERRUPTED
-        if failed:
+        if failed or self.environment_failure is not None:
             return EXIT_FAILED
         if unfinished:  # a child was stopped by a signal from outside the runner
             return EXIT_INTERRUPTED
         return EXIT_OK
 
 
-def record_failure(spec: RunSpec, reason: str) -> None:
+def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = False) -> None:
     """Make the run's metrics.json say `failed` with `reason`, keeping its epochs.
 
     The trainer does this itself for failures it sees; a child killed from outside (the OOM
@@ -830,7 +889,16 @@ def record_failure(spec: RunSpec, reason: str) -> None:
     if doc is None:
         if path.exists():
             set_aside_corrupt(path)
-        atomic_write_json(path, build_document(spec, [], status=STATUS_FAILED, error=reason))
+        atomic_write_json(
+            path,
+            build_document(
+                spec,
+                [],
+                status=STATUS_FAILED,
+                error=reason,
+                environment_failure=environment_failure,
+            ),
+        )
         return
     previous = doc.get("summary") or {}
     doc["summary"] = summarize(
@@ -839,6 +907,7 @@ def record_failure(spec: RunSpec, reason: str) -> None:
         status=STATUS_FAILED,
         error=reason,
         total_seconds=previous.get("total_seconds"),
+        environment_failure=environment_failure,
     )
     atomic_write_json(path, doc)
 

@@ -14,9 +14,11 @@ and relaunched run ends with the metrics an uninterrupted run would have had (ti
 Work is saved at epoch boundaries: an interrupted epoch is replayed from its start.
 
 Exit codes of the CLI: 0 completed, 1 failed (metrics.json has status `failed` and a one-line
-`error`), 2 unreadable run.json, 130 / 143 interrupted by SIGINT / SIGTERM (the run stops at a
-step boundary; checkpoint and metrics.json on disk describe the last finished epoch, status
-`running`; relaunching continues).
+`error`), 2 unreadable run.json, 75 the disk is full (or over quota, or read-only: metrics.json
+says `failed` with `environment_failure` where it could still be written, else `running`; the
+runner relaunches it once there is room), 130 / 143 interrupted by SIGINT / SIGTERM (the run
+stops at a step boundary; checkpoint and metrics.json on disk describe the last finished
+epoch, status `running`; relaunching continues).
 
 The learning-rate schedule is stepped once per optimizer step (see `lr_factor`), so warmup and
 cosine decay are smooth within an epoch and independent of the number of steps per epoch.
@@ -46,7 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.atomic import atomic_torch_save
+from lib.atomic import (
+    EXIT_ENVIRONMENT,
+    StorageError,
+    atomic_torch_save,
+    set_aside_corrupt,
+    storage_error,
+)
 from lib.data import DataError, build_loaders
 from lib.environment import capture_environment
 from lib.memory import PeakMemoryMeter
@@ -81,6 +89,18 @@ PROGRESS_SECONDS = 30.0
 
 class RunError(RuntimeError):
     """A run that cannot start or continue as configured (one-line message)."""
+
+
+class DamagedCheckpoint(RunError):
+    """checkpoint_last.pt cannot be loaded."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        # torch's own text runs to ~600 characters of advice; its first sentence says it all
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+        cause = f"{type(error).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
+        super().__init__(f"cannot load {path} ({cause})")
+        self.path = path
+        self.cause = cause
 
 
 class TrainingDiverged(RuntimeError):
@@ -276,7 +296,9 @@ class _Run:
 
     # -- metrics.json ---------------------------------------------------------------------------
 
-    def document(self, status: str, error: str | None = None) -> dict[str, Any]:
+    def document(
+        self, status: str, error: str | None = None, *, environment_failure: bool = False
+    ) -> dict[str, Any]:
         return build_document(
             self.spec,
             self.epochs,
@@ -285,19 +307,58 @@ class _Run:
             environment=self.environment,
             model_info=self.model_info,
             state_memory=self.state_memory,
+            environment_failure=environment_failure,
         )
 
-    def write_metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
-        doc = self.document(status, error)
+    def write_metrics(
+        self, status: str, error: str | None = None, *, environment_failure: bool = False
+    ) -> dict[str, Any]:
+        doc = self.document(status, error, environment_failure=environment_failure)
         atomic_write_json(self.metrics_path, doc)
         return doc
+
+    def fail_on_damaged_checkpoint(self, damaged: DamagedCheckpoint) -> dict[str, Any]:
+        """Record the failure (so no later runner relaunches it blindly), keep the damaged file
+        beside the run under another name, and say how to start the run again from scratch."""
+        aside = set_aside_corrupt(self.last_path)
+        message = (
+            f"{self.last_path} is damaged ({damaged.cause}); moved to {aside.name}: "
+            f"make continue MATRIX={self.spec.matrix} RERUN_FAILED=1 restarts this run from "
+            "epoch 1"
+        )
+        print(f"run failed: {message}", flush=True)
+        try:  # what metrics.json recorded so far stays (train() checked that it is this run's)
+            previous = read_metrics(self.metrics_path)
+            self.epochs = list(previous["epochs"])
+            self.environment = previous.get("environment") or {}
+            self.model_info = previous.get("model_info") or {}
+            self.state_memory = previous.get("state_memory") or {}
+        except MetricsError:
+            pass
+        return self.write_metrics(STATUS_FAILED, message)
+
+    def fail_on_storage(self, environment: StorageError) -> dict[str, Any]:
+        """A full disk (or quota, or read-only mount): an environment failure. Recorded as such
+        where it still can be; if not, metrics.json keeps status `running` of the last saved
+        epoch, which the runner relaunches just the same."""
+        try:
+            print(f"run failed: {environment}", flush=True)
+        except OSError:
+            pass  # the log is on the same full disk
+        try:
+            return self.write_metrics(STATUS_FAILED, str(environment), environment_failure=True)
+        except OSError:
+            raise environment from None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
         # Outside the failure handling: a checkpoint of another configuration must not get this
         # run's metrics.json written over it.
-        checkpoint = self.load_last_checkpoint()
+        try:
+            checkpoint = self.load_last_checkpoint()
+        except DamagedCheckpoint as damaged:
+            return self.fail_on_damaged_checkpoint(damaged)
         if checkpoint is not None:
             self.epochs = list(checkpoint["epochs"])
         try:
@@ -320,6 +381,9 @@ class _Run:
                     flush=True,
                 )
                 raise interrupted from error
+            environment = storage_error(error, getattr(error, "filename", None) or "train.log")
+            if environment is not None:
+                return self.fail_on_storage(environment)
             if not isinstance(error, (DataError, RunError, TrainingDiverged)):
                 traceback.print_exc(file=sys.stderr)
             message = one_line(error)
@@ -424,11 +488,7 @@ class _Run:
         try:
             checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn/foreign file must not be trained on
-            raise RunError(
-                f"cannot load {self.last_path} ({type(e).__name__}: {e}); it is damaged: restore "
-                "it, or move it aside to restart this run from epoch 1, then rerun it "
-                "(make continue RERUN_FAILED=1)"
-            ) from None
+            raise DamagedCheckpoint(self.last_path, e) from None
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise RunError(
                 f"{self.last_path} has checkpoint format {checkpoint.get('format')!r}, "
@@ -501,9 +561,14 @@ class _Run:
             target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
             summary = summarize(self.epochs, target, status=STATUS_RUNNING)
             if spec.train.checkpoint:
-                if summary["best_epoch"] == epoch:
-                    self.save_best_checkpoint(record)
-                self.save_last_checkpoint()
+                try:
+                    if summary["best_epoch"] == epoch:
+                        self.save_best_checkpoint(record)
+                    self.save_last_checkpoint()
+                except BaseException:
+                    # Not on disk, so not recorded: a relaunch trains this epoch again.
+                    self.epochs.pop()
+                    raise
             self.write_metrics(STATUS_RUNNING)
             self.tracker.epoch(record)
 
@@ -730,6 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:
+        environment = storage_error(e, e.filename or spec.out_dir)
+        if environment is None:
+            raise
+        print(f"error: {environment}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    if doc["summary"].get("environment_failure"):
+        return EXIT_ENVIRONMENT
     return EXIT_COMPLETED if doc["summary"]["status"] == STATUS_COMPLETED else EXIT_FAILED
 
 

@@ -162,11 +162,13 @@ def test_truncated_checkpoint_fails_the_run_with_one_line_and_keeps_the_file(
     checkpoint = out_dir / LAST_CHECKPOINT
     checkpoint.write_bytes(b"PK\x03\x04 torn in half")
     assert main([str(run_json)]) == 1
-    error = capsys.readouterr().err.strip()
+    error = read_metrics(out_dir / "metrics.json")["summary"]["error"]  # recorded: no relaunch
+    assert error in capsys.readouterr().out
     assert len(error.splitlines()) == 1
     assert str(checkpoint) in error and "damaged" in error and "RERUN_FAILED=1" in error
-    assert checkpoint.read_bytes() == b"PK\x03\x04 torn in half"  # evidence kept
-    assert not (out_dir / "metrics.json").exists()  # nothing trained on a torn checkpoint
+    (aside,) = out_dir.glob("checkpoint_last.pt.corrupt-*")
+    assert aside.read_bytes() == b"PK\x03\x04 torn in half"  # evidence kept, out of the way
+    assert read_metrics(out_dir / "metrics.json")["epochs"] == []  # nothing trained on it
 
 
 def test_missing_dataset_is_refused_before_any_run_starts(tmp_path):

@@ -35,7 +35,7 @@ def test_disk_full_during_a_write_leaves_the_previous_document_intact(tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(metrics.os, "fsync", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=f"^no space left on device while writing {path}$"):
         atomic_write_json(path, {"epochs": [1, 2, 3, 4]})
     monkeypatch.setattr(metrics.os, "fsync", real_fsync)
     assert path.read_bytes() == before
