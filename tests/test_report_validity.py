@@ -285,3 +285,14 @@ def test_stray_short_nan_and_target_not_reached_together(tmp_path: Path, capsys)
     assert (CAND_RUN, "short run") in flags
     assert ("resnet50_adamwspam_magnitude_s50_seed2", "") in flags
     assert not any(run_id in (nan_run, "stray-copy") for run_id, _ in flags)
+
+
+def test_a_metrics_json_with_a_bad_identity_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, "identity", three_seeds())
+    rewrite_metrics(matrix / CAND_RUN, lambda d: d["identity"].update(seed=None))
+    other = "resnet50_adamwspam_magnitude_s50_seed1"
+    rewrite_metrics(matrix / other, lambda d: d["identity"].update(target_sparsity="half"))
+    text = render(matrix)
+    rows = {r[0]: r for r in table_rows(text, "## Unfinished and failed runs")}
+    assert rows[f"`{CAND_RUN}`"][1] == "**unreadable**" and "seed" in rows[f"`{CAND_RUN}`"][3]
+    assert "target_sparsity" in rows[f"`{other}`"][3]

@@ -228,13 +228,17 @@ def _method_key_of(entry: dict[str, Any], metrics: dict[str, Any] | None) -> str
     return RunSpec.from_dict(entry["spec"]).method_key
 
 
-def _target_sparsity_of(spec: dict[str, Any] | None, metrics: dict[str, Any] | None) -> float:
-    if metrics is not None and "target_sparsity" in metrics["identity"]:
-        return float(metrics["identity"]["target_sparsity"])
-    pruning = (spec or {}).get("pruning") or {}
-    if pruning.get("method", "none") == "none":
-        return 0.0
-    return float(pruning.get("sparsity", 0.0))
+def _planned_target_and_seed(spec: dict[str, Any] | None) -> tuple[float, int]:
+    """Target sparsity and seed from the plan's RunSpec (0.0 / 0 where it says nothing usable)."""
+    spec = spec if isinstance(spec, dict) else {}
+    pruning = spec.get("pruning") if isinstance(spec.get("pruning"), dict) else {}
+    target = 0.0
+    if pruning.get("method", "none") != "none":
+        value = pruning.get("sparsity", 0.0)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            target = float(value)
+    seed = spec.get("seed", 0)
+    return target, seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
 def _first_line(text: Any) -> str | None:
@@ -299,15 +303,32 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
     except (KeyError, TypeError) as e:
         key = "unknown"
         unreadable_reason = unreadable_reason or f"cannot tell the method of {run_id} ({e})"
-    target = _target_sparsity_of(spec, metrics)
-    seed = (metrics or {}).get("identity", {}).get("seed", (spec or {}).get("seed", 0))
+    # The plan's spec says what was meant; metrics.json's identity what was run. A value in
+    # the identity that is not a number makes the run unreadable (naming it), never a crash.
+    target, seed = _planned_target_and_seed(spec)
+    identity = (metrics or {}).get("identity") or {}
+    for name in ("target_sparsity", "seed"):
+        if name not in identity or metrics is None:
+            continue
+        value = identity[name]
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "seed":
+            valid = valid and float(value).is_integer()
+        if not valid or not math.isfinite(value):
+            unreadable_reason = unreadable_reason or (
+                f"{metrics_path.name}: identity '{name}' is {value!r}, not a number"
+            )
+        elif name == "seed":
+            seed = int(value)
+        else:
+            target = float(value)
     planned_status = entry.get("status") or STATUS_PENDING
 
     result = RunResult(
         run_id=run_id,
         method_key=key,
         target_sparsity=target,
-        seed=int(seed),
+        seed=seed,
         status=planned_status,
         reason=entry.get("error"),
         log_tail=entry.get("log_tail"),
