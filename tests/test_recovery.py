@@ -473,3 +473,19 @@ def test_rerun_failed_rejects_anything_else_in_one_line(tmp_path, capsys):
     assert cli_main(["continue", "--results-dir", str(tmp_path), "--rerun-failed=maybe"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "RERUN_FAILED='maybe'" in err and "accepted" in err, err
+
+
+@pytest.mark.parametrize("option", ["--matrix", "--compare"])
+def test_report_names_are_single_directories(tmp_path, capsys, option):
+    results = tmp_path / "a" / "results"
+    _report_matrix(tmp_path, "outside")  # a matrix outside the results directory
+    _report_matrix(results, "inside")
+    names = ["../../outside"] if option == "--matrix" else ["inside", "../../outside"]
+    assert report_main(["--results-dir", str(results), option, *names]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'../../outside' is not a matrix name" in err, err
+    assert not (tmp_path / "outside" / "report.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "outside"]
+    assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == sorted(
+        p.name for p in (results / "inside").iterdir()
+    )

@@ -15,11 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lib.spec import NAME_ACCEPTED, is_plain_name
 from scripts.report.data import ReportError, newest_matrix
 from scripts.report.output import write_report
 
 
 def _matrix_dir(results_dir: Path, name: str, option: str) -> Path:
+    if not is_plain_name(name):  # the report is written there: never outside results_dir
+        raise ReportError(f"{option} {name!r} is not a matrix name; accepted: {NAME_ACCEPTED}")
     path = results_dir / name
     if not (path / "matrix.json").is_file():
         available = sorted(p.parent.name for p in results_dir.glob("*/matrix.json"))
