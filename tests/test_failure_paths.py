@@ -220,26 +220,13 @@ def test_distinct_levels_and_gpus_are_still_accepted(tmp_path):
 # A damaged checkpoint_last.pt
 
 TRAINER = [sys.executable, "-m", "lib.train"]
-SNAPSHOT = {"CONFIG_TRAIN_EPOCHS": "1"}
-REPORT = {"baseline": "", "candidate": "", "plots": []}
 
 
 def run_real(specs, matrix_dir, child_cmd=None, **kwargs) -> tuple[int, str]:
-    import io
+    """The runner with the real trainer (or `child_cmd`) as its children."""
+    from test_runner import run
 
-    from lib.runner import run_matrix
-
-    out = io.StringIO()
-    rc = run_matrix(
-        specs,
-        matrix_dir,
-        config_snapshot=SNAPSHOT,
-        report_settings=REPORT,
-        out=out,
-        child_cmd=child_cmd or TRAINER,
-        **kwargs,
-    )
-    return rc, out.getvalue()
+    return run(specs, matrix_dir, child_cmd=child_cmd or TRAINER, **kwargs)
 
 
 def quick_spec(tiny_spec, tmp_path, seed=0, **overrides):
