@@ -1045,7 +1045,7 @@ def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
     status = doc["summary"].get("status") if doc else None
     if status == STATUS_COMPLETED:
         return STATE_DONE, trained
-    if status == STATUS_FAILED:
+    if status == STATUS_FAILED and not doc["summary"].get("environment_failure"):
         return STATE_FAILED, trained
     if doc is not None or (run_dir / LAST_CHECKPOINT).exists():
         return STATE_RESUMABLE, trained

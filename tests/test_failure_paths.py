@@ -146,6 +146,11 @@ def test_continue_and_report_with_a_binary_config_say_so(tmp_path, monkeypatch, 
     assert "not a Kconfig configuration" in one_error_line(err)
     with pytest.raises(ConfigError, match="not a Kconfig configuration"):
         cfg.results_dir_setting(path)
+    from scripts.report.cli import main as report_main
+
+    assert report_main([]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("report: error: ") and str(path) in line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,3 +458,19 @@ def _trainer_with_a_disk_budget(budget_file: str, run_json: str) -> int:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--disk-budget"]:
     sys.exit(_trainer_with_a_disk_budget(sys.argv[2], sys.argv[3]))
+
+
+def test_the_dry_run_shows_a_disk_failed_run_as_resumable(tiny_spec, tmp_path):
+    from lib.metrics import STATUS_FAILED, atomic_write_json, build_document
+    from lib.runner import STATE_FAILED, STATE_RESUMABLE, plan_state
+
+    spec = quick_spec(tiny_spec, tmp_path)
+    run_dir = tmp_path / "results" / "m" / spec.run_id
+    run_dir.mkdir(parents=True)
+    error = f"no space left on device while writing {run_dir}/checkpoint_last.pt"
+    doc = build_document(spec, [], status=STATUS_FAILED, error=error, environment_failure=True)
+    atomic_write_json(run_dir / "metrics.json", doc)
+    assert plan_state(spec, run_dir) == (STATE_RESUMABLE, 0)
+    doc = build_document(spec, [], status=STATUS_FAILED, error="loss is nan")
+    atomic_write_json(run_dir / "metrics.json", doc)
+    assert plan_state(spec, run_dir) == (STATE_FAILED, 0)

@@ -58,9 +58,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.results_dir is None:  # where make test-matrix writes: CONFIG_RESULTS_DIR
-        from lib.config import results_dir_setting
+        from lib.config import ConfigError, results_dir_setting
 
-        args.results_dir = results_dir_setting()
+        try:
+            args.results_dir = results_dir_setting()
+        except ConfigError as e:  # a .config that is binary or a directory
+            print(f"report: error: {e}", file=sys.stderr)
+            return 2
     try:
         if args.compare:
             from scripts.report.compare import write_comparison
