@@ -29,7 +29,7 @@ DEFCONFIG_TARGETS := $(addprefix defconfig-,$(DEFCONFIGS))
 DEMO_CONFIG := .config.demo
 
 .PHONY: help setup menuconfig oldconfig olddefconfig savedefconfig defconfig list-defconfigs \
-	check-config test-matrix test-matrix-dry-run continue report check test lint bench demo \
+	check-config test-matrix test-matrix-dry-run continue status report check test lint bench demo \
 	docs clean mrproper $(DEFCONFIG_TARGETS)
 
 help:
@@ -51,10 +51,13 @@ help:
 	@echo ""
 	@echo "Running:"
 	@echo "  test-matrix           run every planned run of .config (skips finished runs,"
-	@echo "                        resumes unfinished ones); RERUN_FAILED=1 retries failed runs"
+	@echo "                        resumes unfinished ones); RERUN_FAILED=1 retries failed runs;"
+	@echo "                        with the Slurm executor: submit them as one job array"
 	@echo "  test-matrix-dry-run   print the planned runs, their state and an estimated duration"
 	@echo "  continue              resume the newest matrix as it was planned"
 	@echo "                        (MATRIX=name for another one)"
+	@echo "  status                one line per run of the newest matrix: its state and, for"
+	@echo "                        Slurm, its array task and scheduler state (MATRIX=name)"
 	@echo "  report                write results/<matrix>/report.md and plots for the newest"
 	@echo "                        matrix (MATRIX=name; COMPARE=\"a b\" compares two matrices)"
 	@echo ""
@@ -125,6 +128,9 @@ test-matrix-dry-run: $(SETUP_STAMP)
 
 continue: $(SETUP_STAMP)
 	@$(call ignored_env,MATRIX RERUN_FAILED)$(PY) -m lib.cli continue $(matrix_arg) $(rerun_arg)
+
+status: $(SETUP_STAMP)
+	@$(PY) -m lib.cli status $(if $(MATRIX),--matrix $(MATRIX))
 
 report: $(SETUP_STAMP)
 	$(if $(call cli_var,COMPARE),$(if $(filter-out 2,$(words $(call cli_var,COMPARE))),$(error \

@@ -142,6 +142,17 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
     print(f"matrix {config.matrix.name!r} -> {_matrix_dir(config)}")
     print(format_plan(specs, Path(config.matrix.results_dir)))
+    if config.matrix.executor == "slurm":
+        from lib.slurm import SlurmError, format_submission
+
+        try:
+            print(
+                format_submission(
+                    specs, Path(config.matrix.results_dir), config.matrix.slurm, config.matrix.name
+                )
+            )
+        except SlurmError as e:
+            raise ConfigError(str(e)) from None
     return 0
 
 
@@ -156,7 +167,6 @@ def _check_trackers(specs) -> None:
 
 def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
     from lib.data import DataError, check_dataset_present
-    from lib.runner import run_matrix
 
     try:
         check_dataset_present(config.data)
@@ -164,11 +174,48 @@ def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
         raise ConfigError(f"{e} (CONFIG_DATA_DIR={config.data.data_dir!r})") from None
     _check_trackers(specs)
 
-    return run_matrix(
+    return _execute(
+        config,
         specs,
         _matrix_dir(config),
         config_snapshot=config.symbol_dict(),
         report_settings=config.report.to_dict(),
+        rerun_failed=rerun_failed,
+    )
+
+
+def _execute(
+    config: cfg.Config,
+    specs,
+    matrix_dir: Path,
+    *,
+    config_snapshot: dict[str, str],
+    report_settings: dict,
+    rerun_failed: bool,
+) -> int:
+    """Hand the matrix to its executor: the local runner, or one Slurm job array."""
+    from lib import slurm
+    from lib.runner import run_matrix
+
+    if config.matrix.executor == "slurm":
+        return slurm.submit_matrix(
+            specs,
+            matrix_dir,
+            settings=config.matrix.slurm,
+            config_snapshot=config_snapshot,
+            report_settings=report_settings,
+            rerun_failed=rerun_failed,
+        )
+    try:
+        slurm.refuse_local_if_active(matrix_dir)
+    except slurm.SlurmError as e:
+        print(f"error: {e}", flush=True)
+        return EXIT_USAGE
+    return run_matrix(
+        specs,
+        matrix_dir,
+        config_snapshot=config_snapshot,
+        report_settings=report_settings,
         jobs=config.matrix.jobs,
         gpus=list(config.matrix.gpus) or None,
         rerun_failed=rerun_failed,
@@ -190,22 +237,28 @@ def newest_matrix(results_dir: Path) -> Path:
     except MatrixWithoutPlan as e:
         raise ConfigError(str(e)) from None
     if newest is None:
-        raise ConfigError(f"no matrix under {results_dir}/ to continue; run make test-matrix")
+        raise ConfigError(f"no matrix under {results_dir}/; run make test-matrix first")
     return newest
 
 
-def cmd_continue(args: argparse.Namespace) -> int:
-    """Resume the newest matrix exactly as it was planned (from its matrix.json, not from the
-    current .config, which may have changed since)."""
-    from lib.runner import run_matrix
-    from lib.spec import NAME_ACCEPTED, RunSpec, is_plain_name
+def _chosen_matrix_dir(args: argparse.Namespace) -> Path:
+    """--matrix NAME under --results-dir (default: CONFIG_RESULTS_DIR), or the newest matrix."""
+    from lib.spec import NAME_ACCEPTED, is_plain_name
 
     results_dir = Path(args.results_dir) if args.results_dir else cfg.results_dir_setting()
     if args.matrix and not is_plain_name(args.matrix):
         raise ConfigError(
             f"--matrix {args.matrix!r} is not a matrix name; accepted: {NAME_ACCEPTED}"
         )
-    matrix_dir = results_dir / args.matrix if args.matrix else newest_matrix(results_dir)
+    return results_dir / args.matrix if args.matrix else newest_matrix(results_dir)
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    """Resume the newest matrix exactly as it was planned (from its matrix.json, not from the
+    current .config, which may have changed since)."""
+    from lib.spec import RunSpec
+
+    matrix_dir = _chosen_matrix_dir(args)
     manifest_path = matrix_dir / "matrix.json"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -220,16 +273,26 @@ def cmd_continue(args: argparse.Namespace) -> int:
     config = cfg.load_snapshot(settings[0], f"{manifest_path} (config snapshot)")
     _check_trackers(specs)
     print(f"continuing matrix {matrix_dir.name!r} ({len(specs)} runs)")
-    return run_matrix(
+    return _execute(
+        config,
         specs,
         matrix_dir,
         config_snapshot=settings[0],
         report_settings=settings[1],
-        jobs=config.matrix.jobs,
-        gpus=list(config.matrix.gpus) or None,
         rerun_failed=args.rerun_failed,
-        fail_fast=not config.matrix.continue_on_failure,
     )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lib.status import StatusError, status_lines
+
+    matrix_dir = _chosen_matrix_dir(args)
+    try:
+        lines = status_lines(matrix_dir)
+    except StatusError as e:
+        raise ConfigError(str(e)) from None
+    print("\n".join(lines), flush=True)
+    return 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -286,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", default="")
     p.add_argument("--rerun-failed", nargs="?", const="yes", default="no", metavar="YES_NO")
     p.set_defaults(func=cmd_continue)
+    p = sub.add_parser("status", help="one line per run of the newest matrix")
+    p.add_argument("--results-dir", default="", help="default: CONFIG_RESULTS_DIR of .config")
+    p.add_argument("--matrix", default="")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("docs", help="generate the Kconfig reference")
     p.add_argument("--output", default="docs/kconfig.md")
     p.set_defaults(func=cmd_docs)

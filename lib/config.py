@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +45,13 @@ PLOTS = (
     "memory_vs_accuracy",
     "sparsity",
 )
+EXECUTORS = ("local", "slurm")
+_SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+_SLURM_PARTITION_RE = re.compile(r"^[A-Za-z0-9._,-]*$")
+_SLURM_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._,&|!*\[\]():=-]*$")
+# sbatch options the Slurm executor sets itself (lib/slurm.py): the array, where its logs go,
+# the signal that saves a run before its time limit.
+SLURM_RESERVED_OPTIONS = ("array", "output", "error", "signal", "open-mode", "wrap")
 
 
 class ConfigError(ValueError):
@@ -57,6 +66,24 @@ class MatrixSettings:
     jobs: int
     gpus: tuple[str, ...]
     continue_on_failure: bool
+    executor: str = "local"  # local | slurm
+    slurm: SlurmSettings | None = None  # with the slurm executor
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The Slurm executor's sbatch settings (lib/Kconfig.slurm); empty strings and 0 mean
+    "the cluster's default" and are left out of the job script."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_minutes: int = 1440
+    cpus_per_gpu: int = 8
+    mem_gb: int = 0
+    constraint: str = ""
+    array_parallelism: int = 0
+    extra_args: tuple[str, ...] = ()  # long sbatch options, one argument each
 
 
 @dataclass(frozen=True)
@@ -455,6 +482,51 @@ def _tracking(r: _Reader) -> TrackingSpec:
     return spec
 
 
+def _slurm_extra_args(r: _Reader) -> tuple[str, ...]:
+    """SLURM_EXTRA_ARGS split like a shell would split it (quotes group), never run by one."""
+    name, raw = "SLURM_EXTRA_ARGS", r.str("SLURM_EXTRA_ARGS")
+    accepted = "long sbatch options separated by spaces, e.g. --exclude=node07 --mail-type=END"
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise r.fail(name, raw, f"{accepted}; no newlines or control characters")
+    try:
+        args = tuple(shlex.split(raw))
+    except ValueError as e:  # an unclosed quote
+        raise r.fail(name, raw, f"{accepted} ({e})") from None
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        if not option.startswith("--") or len(option) < 3:
+            raise r.fail(name, raw, f"{accepted}; {arg!r} is not a long option (--name=value)")
+        if option[2:] in SLURM_RESERVED_OPTIONS:
+            reserved = ", ".join(f"--{o}" for o in SLURM_RESERVED_OPTIONS)
+            raise r.fail(name, raw, f"{accepted}; not {reserved}: the Slurm executor sets them")
+    return args
+
+
+def _slurm(r: _Reader) -> SlurmSettings:
+    def text(name: str, pattern: re.Pattern[str], accepted: str) -> str:
+        value = r.str(name).strip()
+        if not pattern.match(value):
+            raise r.fail(name, value, accepted)
+        return value
+
+    simple = "letters, digits, '.', '_' and '-', or empty for the cluster's default"
+    return SlurmSettings(
+        partition=text("SLURM_PARTITION", _SLURM_PARTITION_RE, f"{simple}; ',' between several"),
+        account=text("SLURM_ACCOUNT", _SLURM_NAME_RE, simple),
+        qos=text("SLURM_QOS", _SLURM_NAME_RE, simple),
+        time_minutes=r.int("SLURM_TIME_MINUTES"),
+        cpus_per_gpu=r.int("SLURM_CPUS_PER_GPU"),
+        mem_gb=r.int("SLURM_MEM_GB"),
+        constraint=text(
+            "SLURM_CONSTRAINT",
+            _SLURM_CONSTRAINT_RE,
+            "node features as --constraint takes them, e.g. h100 or a100&ib, no spaces",
+        ),
+        array_parallelism=r.int("SLURM_ARRAY_PARALLELISM"),
+        extra_args=_slurm_extra_args(r),
+    )
+
+
 def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
     """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
     r = _Reader(kconf, path)
@@ -563,6 +635,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
             str(train.gpus_per_run),
             f"1..{len(gpus)}, the number of GPUs in CONFIG_MATRIX_GPUS={r.str('MATRIX_GPUS')!r}",
         )
+    executor = r.choice("MATRIX_EXECUTOR", EXECUTORS)
     matrix = MatrixSettings(
         name=name,
         results_dir=r.str("RESULTS_DIR") or "results",
@@ -570,6 +643,8 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         jobs=r.int("MATRIX_JOBS"),
         gpus=gpus,
         continue_on_failure=r.bool("MATRIX_CONTINUE_ON_FAILURE"),
+        executor=executor,
+        slurm=_slurm(r) if executor == "slurm" else None,
     )
     report = ReportSettings(
         baseline=r.str("REPORT_BASELINE"),

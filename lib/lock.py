@@ -122,6 +122,20 @@ class MatrixLock:
                     raise LockHeld(self._held_message(previous)) from None
                 time.sleep(LOCK_RETRY_SECONDS)
 
+    def live_holder(self) -> int | None:
+        """The pid of the live runner on this host that holds the lock, read from the lock
+        file without taking the lock (taking it, even for a moment, could refuse a runner
+        starting at that instant). None when no runner holds it, or one on another host."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+        pid = _holder_pid(text)
+        if pid is None or fields.get("host") != socket.gethostname() or not _pid_alive(pid):
+            return None
+        return pid
+
     def _held_message(self, pid: int | None) -> str:
         where = self.path.parent
         if pid is None:

@@ -912,7 +912,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     atomic_write_json(path, doc)
 
 
-def run_matrix(
+def open_matrix(
     specs: list[RunSpec],
     matrix_dir: Path,
     *,
@@ -924,12 +924,11 @@ def run_matrix(
     fail_fast: bool = False,
     child_cmd: list[str] | None = None,
     out: IO[str] = sys.stdout,
-) -> int:
-    """Run every spec that is not finished yet; return the exit code (see the module doc).
-
-    `child_cmd` is the command prefix of a child; the run's run.json path is appended
-    (default: `python -m lib.train`).
-    """
+) -> _Runner:
+    """The checks before anything starts, shared by every executor: the run directories, the
+    matrix lock (held on return; `runner.lock.release()` gives it back), the configurations
+    already on disk, the manifest of earlier runners. Raises RunnerRefused or LockRefused
+    (one-line messages) with the lock released."""
     matrix_dir = Path(matrix_dir)
     runner = None
     try:
@@ -960,9 +959,45 @@ def run_matrix(
         refuse_links(matrix_dir, runner.runs)
         check_configurations(runner.runs)
         runner.carry_over_manifest()
-    except (RunnerRefused, LockRefused) as e:
+    except BaseException:
         if runner is not None:
             runner.lock.release()
+        raise
+    return runner
+
+
+def run_matrix(
+    specs: list[RunSpec],
+    matrix_dir: Path,
+    *,
+    config_snapshot: dict[str, str],
+    report_settings: dict,
+    jobs: int = 1,
+    gpus: list[str] | None = None,
+    rerun_failed: bool = False,
+    fail_fast: bool = False,
+    child_cmd: list[str] | None = None,
+    out: IO[str] = sys.stdout,
+) -> int:
+    """Run every spec that is not finished yet; return the exit code (see the module doc).
+
+    `child_cmd` is the command prefix of a child; the run's run.json path is appended
+    (default: `python -m lib.train`).
+    """
+    try:
+        runner = open_matrix(
+            specs,
+            matrix_dir,
+            config_snapshot=config_snapshot,
+            report_settings=report_settings,
+            jobs=jobs,
+            gpus=gpus,
+            rerun_failed=rerun_failed,
+            fail_fast=fail_fast,
+            child_cmd=child_cmd,
+            out=out,
+        )
+    except (RunnerRefused, LockRefused) as e:
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED
 

@@ -1,0 +1,456 @@
+"""The Slurm executor: every unfinished run of a matrix as ONE job array, through submitit.
+
+    submit_matrix(specs, results/<matrix>, settings=..., ...) -> exit code
+
+Each array task runs `lib.slurm_job.MatrixRun`, which starts the same trainer as the local
+runner (`python -m lib.train <run_dir>/run.json`) in the same run directory; nothing in the
+training loop knows which executor launched it. Before its time limit (or when the cluster
+preempts it) a task is signalled, its run stops at the next step with its last finished epoch
+on disk, and submitit requeues it; the requeued task resumes from checkpoint_last.pt.
+
+What was submitted is recorded in `<matrix_dir>/slurm.json`: the job id and which array task
+trains which run. A second submission while that job is queued or running is refused (the
+record and the scheduler's queue are what is shared between login nodes; no file lock spans
+nodes). submitit keeps its job scripts, pickles and logs under `<matrix_dir>/slurm/`.
+
+Only squeue and scontrol are used to ask the scheduler (sacct needs an accounting database
+that not every cluster, nor the test cluster, has).
+
+Exit codes: 0 submitted (or nothing left to submit); 1 nothing submitted because every
+unfinished run failed earlier (RERUN_FAILED=1 resubmits them); 2 refused before submitting
+anything (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from lib.config import SlurmSettings
+from lib.lock import LockRefused
+from lib.metrics import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json
+from lib.runner import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    RUN_FILE,
+    STATE_NEW,
+    STATE_RESUMABLE,
+    RunnerRefused,
+    atomic_write_text,
+    format_duration,
+    open_matrix,
+    plan_state,
+)
+from lib.spec import RunSpec
+
+RECORD_FILE = "slurm.json"
+RECORD_SCHEMA_VERSION = 1
+SUBMITIT_DIR = "slurm"  # under the matrix directory: one folder per array task
+# Seconds between Slurm's warning signal and its kill at the time limit: the run stops at its
+# next step well within it.
+SIGNAL_DELAY_SECONDS = 90
+# How often one run may hit the time limit and be requeued. Progress is saved every epoch,
+# so this only stops a run whose single epoch does not fit in the limit from looping forever.
+MAX_TIMEOUT_REQUEUES = 100
+QUERY_TIMEOUT_SECONDS = 60
+
+# Scheduler states after which a job holds no resources and will not run again. Any other
+# state (PENDING, RUNNING, REQUEUED, COMPLETING, SUSPENDED, ...) counts as queued or running.
+ENDED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
+    }
+)
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"})
+
+
+class SlurmError(Exception):
+    """The submission cannot go ahead (one-line message; exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What is needed before anything is submitted
+# ---------------------------------------------------------------------------------------------
+
+SCHEDULER_TOOLS = ("sbatch", "srun", "squeue", "scontrol")
+
+
+def require_submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise SlurmError(
+            "CONFIG_MATRIX_EXECUTOR_SLURM needs submitit, which is not installed: "
+            "pip install -e '.[slurm]' (or choose the local executor)"
+        ) from None
+    return submitit
+
+
+def require_scheduler() -> None:
+    missing = [tool for tool in SCHEDULER_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise SlurmError(
+            f"CONFIG_MATRIX_EXECUTOR_SLURM: {missing[0]} is not on PATH; submit from a machine "
+            "of the Slurm cluster (a login node), or choose the local executor"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The job array's shape and sbatch parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """What one array task (one run) asks for."""
+
+    tasks: int  # processes, one per GPU (DistributedDataParallel ranks)
+    gpus: int  # 0 for a run on the CPU
+    cpus_per_task: int
+    mem_gb: int  # 0: the cluster's default
+
+    def describe(self) -> str:
+        gpus = f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else "no GPU"
+        mem = f"{self.mem_gb} GB memory" if self.mem_gb else "the cluster's default memory"
+        return (
+            f"1 node, {self.tasks} task{'s' if self.tasks != 1 else ''}, {gpus}, "
+            f"{self.cpus_per_task} CPU{'s' if self.cpus_per_task != 1 else ''} per task, {mem}"
+        )
+
+
+def task_shape(spec: RunSpec, settings: SlurmSettings) -> TaskShape:
+    """One task per GPU of the run (GPUS_PER_RUN); a run on the CPU asks for no GPU."""
+    ranks = max(1, int(getattr(spec.train, "gpus_per_run", 1)))
+    return TaskShape(
+        tasks=ranks,
+        gpus=0 if spec.train.device == "cpu" else ranks,
+        cpus_per_task=settings.cpus_per_gpu,
+        mem_gb=settings.mem_gb,
+    )
+
+
+def _extra_parameters(extra_args: tuple[str, ...]) -> dict[str, Any]:
+    """`--name=value` / `--flag` (validated by lib.config) as submitit's extra #SBATCH lines."""
+    out: dict[str, Any] = {}
+    for arg in extra_args:
+        name, sep, value = arg[2:].partition("=")
+        out[name] = value if sep else True
+    return out
+
+
+def sbatch_parameters(
+    settings: SlurmSettings, spec: RunSpec, count: int, matrix_name: str
+) -> dict[str, Any]:
+    """The parameters of submitit's SlurmExecutor (sbatch's names) for an array of `count`
+    runs shaped like `spec`."""
+    shape = task_shape(spec, settings)
+    params: dict[str, Any] = {
+        "job_name": f"prunebench-{matrix_name}",
+        "time": settings.time_minutes,
+        "nodes": 1,
+        "ntasks_per_node": shape.tasks,
+        "cpus_per_task": shape.cpus_per_task,
+        "signal_delay_s": SIGNAL_DELAY_SECONDS,
+        "array_parallelism": settings.array_parallelism or count,
+        "stderr_to_stdout": True,
+        # Requeue on preemption / node failure even where the cluster's default says not to.
+        "additional_parameters": {"requeue": True, **_extra_parameters(settings.extra_args)},
+    }
+    if shape.gpus:
+        params["gpus_per_node"] = shape.gpus
+    if shape.mem_gb:
+        params["mem"] = f"{shape.mem_gb}GB"
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(settings, name):
+            params[name] = getattr(settings, name)
+    return params
+
+
+def _folder(matrix_dir: Path) -> Path:
+    # submitit turns %j into <array job id>_<task index>: one folder per array task.
+    return Path(matrix_dir).resolve() / SUBMITIT_DIR / "%j"
+
+
+def sbatch_directives(params: dict[str, Any], matrix_dir: Path, count: int) -> list[str]:
+    """The #SBATCH lines submitit writes for this array (rendered by submitit itself)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(
+        command="(submitit)", folder=_folder(matrix_dir), map_count=count, **params
+    )
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The record of submissions, and what the scheduler says about them
+# ---------------------------------------------------------------------------------------------
+
+
+def read_record(matrix_dir: Path) -> dict[str, Any] | None:
+    path = Path(matrix_dir) / RECORD_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise SlurmError(
+            f"{path} cannot be read ({e}); it records which Slurm job trains this matrix: "
+            "check squeue, and move the file away only if no job of this matrix is queued"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("submissions"), list):
+        raise SlurmError(f"{path} is not a Slurm submission record (no 'submissions' list)")
+    return record
+
+
+def task_ids(record: dict[str, Any] | None) -> dict[str, str]:
+    """run id -> the Slurm job id (`123_4`) of its latest submission."""
+    out: dict[str, str] = {}
+    for submission in (record or {}).get("submissions", []):
+        out.update(submission.get("tasks") or {})
+    return out
+
+
+def scheduler_states(job_ids: list[str]) -> dict[str, str]:
+    """`{"123_4": "RUNNING", ...}` for every task of `job_ids` that squeue still knows
+    (finished jobs leave its memory after the cluster's MinJobAge). Raises SlurmError when
+    squeue cannot answer."""
+    if not job_ids:
+        return {}
+    if shutil.which("squeue") is None:
+        raise SlurmError("squeue is not on PATH")
+    states: dict[str, str] = {}
+    for job_id in job_ids:  # one call each: squeue rejects the whole list if one id is gone
+        try:
+            done = subprocess.run(
+                [
+                    "squeue",
+                    "--noheader",
+                    "--array",
+                    "--states=all",
+                    f"--jobs={job_id}",
+                    "--format=%i|%T",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=QUERY_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"squeue did not answer within {QUERY_TIMEOUT_SECONDS}s") from None
+        if done.returncode != 0:
+            if "Invalid job id" in done.stderr:
+                continue  # no longer known to the controller: ended
+            message = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise SlurmError(f"squeue failed: {message}")
+        for line in done.stdout.splitlines():
+            task, _, state = line.strip().partition("|")
+            if task:
+                states[task] = state.split()[0] if state else "UNKNOWN"
+    return states
+
+
+def active_job(matrix_dir: Path) -> tuple[str, dict[str, str]] | None:
+    """(job id, {task: state}) of the matrix's latest submission while any of its tasks is
+    queued or running; None when there is none."""
+    record = read_record(matrix_dir)
+    if not record or not record["submissions"]:
+        return None
+    job_id = str(record["submissions"][-1]["job_id"])
+    try:
+        states = scheduler_states([job_id])
+    except SlurmError as e:
+        raise SlurmError(
+            f"cannot tell whether Slurm job {job_id} of this matrix is still queued ({e}); "
+            "nothing was submitted"
+        ) from None
+    active = {task: state for task, state in states.items() if state not in ENDED_STATES}
+    return (job_id, active) if active else None
+
+
+def refuse_if_active(matrix_dir: Path) -> None:
+    """A run never trains twice at once: no submission (nor local run) beside a live array."""
+    found = active_job(matrix_dir)
+    if found is None:
+        return
+    job_id, states = found
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    raise SlurmError(
+        f"matrix {Path(matrix_dir).name} is already submitted: Slurm job {job_id} is queued or "
+        f"running ({summary}); make status watches it, scancel {job_id} cancels it"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitting
+# ---------------------------------------------------------------------------------------------
+
+
+def _say(out: IO[str], message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=out, flush=True)
+
+
+def _submit_array(submitit: Any, params: dict[str, Any], matrix_dir: Path, run_dirs: list[Path]):
+    from lib.slurm_job import MatrixRun
+
+    executor = submitit.SlurmExecutor(
+        folder=_folder(matrix_dir), max_num_timeout=MAX_TIMEOUT_REQUEUES
+    )
+    executor.update_parameters(**params)
+    try:
+        return executor.submit_array([MatrixRun(str(d)) for d in run_dirs])
+    except Exception as e:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
+        lines = [
+            line.strip()
+            for line in str(e).splitlines()
+            if line.strip() and "Traceback" not in line and "Error when" not in line
+        ]
+        reason = next((line for line in lines if "error" in line.lower()), None)
+        raise SlurmError(
+            f"sbatch refused the job array: {reason or (lines[-1] if lines else type(e).__name__)}"
+        ) from None
+
+
+def submit_matrix(
+    specs: list[RunSpec],
+    matrix_dir: Path,
+    *,
+    settings: SlurmSettings,
+    config_snapshot: dict[str, str],
+    report_settings: dict,
+    rerun_failed: bool = False,
+    out: IO[str] | None = None,
+) -> int:
+    """Submit every run of `specs` that is not finished as one job array; return the exit
+    code (see the module doc). Nothing is submitted when any check fails."""
+    matrix_dir = Path(matrix_dir)
+    out = out or sys.stdout
+    try:
+        submitit = require_submitit()
+        require_scheduler()
+        runner = open_matrix(
+            specs,
+            matrix_dir,
+            config_snapshot=config_snapshot,
+            report_settings=report_settings,
+            rerun_failed=rerun_failed,
+            out=out,
+        )
+    except (SlurmError, RunnerRefused, LockRefused) as e:
+        print(f"error: {e}", file=out, flush=True)
+        return EXIT_REFUSED
+    try:  # the matrix lock is held: no local runner nor a second submission meanwhile
+        refuse_if_active(matrix_dir)
+        queue = runner.classify()
+        runner.write_manifest()
+        failed = [r for r in runner.runs if r.status == STATUS_FAILED]
+        completed = sum(r.status == STATUS_COMPLETED for r in runner.runs)
+        if not queue:
+            _say(
+                out,
+                f"matrix {matrix_dir.name}: nothing to submit ({completed} of "
+                f"{len(runner.runs)} runs completed, {len(failed)} failed)",
+            )
+            if failed:
+                print("  (RERUN_FAILED=1 resubmits the failed runs)", file=out, flush=True)
+            return EXIT_FAILED if failed else EXIT_OK
+        for run in queue:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
+        params = sbatch_parameters(settings, queue[0].spec, len(queue), matrix_dir.name)
+        jobs = _submit_array(submitit, params, matrix_dir, [run.run_dir for run in queue])
+        job_id = str(jobs[0].job_id).split("_")[0]
+        tasks = {run.spec.run_id: str(job.job_id) for run, job in zip(queue, jobs, strict=True)}
+        record = read_record(matrix_dir) or {"schema_version": RECORD_SCHEMA_VERSION}
+        record.setdefault("submissions", []).append(
+            {
+                "job_id": job_id,
+                "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "tasks": tasks,
+                "sbatch": params,
+                "folder": str(_folder(matrix_dir)),
+            }
+        )
+        atomic_write_json(matrix_dir / RECORD_FILE, record)
+    except SlurmError as e:
+        print(f"error: {e}", file=out, flush=True)
+        return EXIT_REFUSED
+    finally:
+        runner.lock.release()
+    shape = task_shape(queue[0].spec, settings)
+    kind = "job array" if len(queue) > 1 else "job"  # submitit submits one run as a plain job
+    _say(
+        out,
+        f"matrix {matrix_dir.name}: submitted Slurm {kind} {job_id}: {len(queue)} run(s), "
+        f"each {shape.describe()}; {completed} already completed"
+        + (f", {len(failed)} failed (not resubmitted)" if failed else ""),
+    )
+    print(f"  watch:  make status MATRIX={matrix_dir.name}   (or squeue -j {job_id})", file=out)
+    print(f"  cancel: scancel {job_id}   (make continue resubmits what is unfinished)", file=out)
+    print(
+        f"  logs:   {matrix_dir}/<run>/train.log, submitit's in {matrix_dir / SUBMITIT_DIR}/",
+        file=out,
+        flush=True,
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run
+# ---------------------------------------------------------------------------------------------
+
+
+def format_submission(
+    specs: list[RunSpec], results_root: Path, settings: SlurmSettings, matrix_name: str
+) -> str:
+    """What make test-matrix would submit: the array size, each task's resources and the
+    sbatch parameters. Submits nothing."""
+    results_root = Path(results_root)
+    matrix_dir = results_root / matrix_name
+    queue = [
+        spec
+        for spec in specs
+        if plan_state(spec, matrix_dir / spec.run_id)[0] in (STATE_NEW, STATE_RESUMABLE)
+    ]
+    if not queue:
+        return "Slurm: nothing to submit"
+    require_submitit()
+    params = sbatch_parameters(settings, queue[0], len(queue), matrix_name)
+    shape = task_shape(queue[0], settings)
+    lines = [
+        f"Slurm: make test-matrix submits one job array of {len(queue)} task(s), one run each, "
+        "through submitit",
+        f"  each task: {shape.describe()}, time limit {format_duration(settings.time_minutes * 60)}"
+        f" (requeued from its last epoch when it runs out)",
+        "  sbatch parameters:",
+        *(f"    {line}" for line in sbatch_directives(params, matrix_dir, len(queue))),
+    ]
+    if shutil.which("sbatch") is None:
+        lines.append("  note: sbatch is not on PATH here: submit from a login node of the cluster")
+    return "\n".join(lines)
+
+
+def refuse_local_if_active(matrix_dir: Path) -> None:
+    """The local runner must not train a matrix whose Slurm array is queued or running. Where
+    squeue is not installed this machine is not part of that cluster and cannot ask it."""
+    if read_record(matrix_dir) is None or shutil.which("squeue") is None:
+        return
+    refuse_if_active(matrix_dir)

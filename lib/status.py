@@ -1,0 +1,146 @@
+"""`make status`: one line per run of a matrix, whichever executor trains it.
+
+The state comes from each run's metrics.json (what the trainer wrote last); whether a run is
+being trained right now comes from the local runner's lock or, for runs submitted to Slurm,
+from the scheduler (squeue), next to the run's array task and its scheduler state:
+
+    resnet18_sgd_dense_seed0     completed, top-1 97.10% after 3 epochs   slurm 41_0 COMPLETED
+    resnet18_adamw_dense_seed0   running epoch 2 of 3                     slurm 41_1 RUNNING
+    resnet18_adam_dense_seed0    stopped after epoch 1 of 3               slurm 41_2 PENDING
+    resnet18_adamw_dense_seed1   failed: training diverged: lower the learning rate ...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lib.lock import MatrixLock
+from lib.metrics import (
+    MATRIX_FILE,
+    METRICS_FILE,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    MetricsError,
+    read_metrics,
+)
+from lib.slurm import (
+    ENDED_STATES,
+    RUNNING_STATES,
+    SlurmError,
+    read_record,
+    scheduler_states,
+    task_ids,
+)
+
+PENDING, RUNNING, STOPPED, COMPLETED, FAILED = (
+    "pending",
+    "running",
+    "stopped",
+    "completed",
+    "failed",
+)
+ORDER = (COMPLETED, RUNNING, STOPPED, PENDING, FAILED)
+
+
+class StatusError(Exception):
+    """The matrix cannot be read (one-line message)."""
+
+
+def _run_line(
+    doc: dict[str, Any] | None, epochs: int, being_trained: bool, unreadable: str | None
+) -> tuple[str, str]:
+    """(state, text) of one run."""
+    if unreadable:
+        return STOPPED, f"metrics.json unreadable ({unreadable}); make continue rebuilds it"
+    summary = (doc or {}).get("summary") or {}
+    done = len((doc or {}).get("epochs") or [])
+    status = summary.get("status")
+    if status == STATUS_COMPLETED:
+        top1 = summary.get("final_top1")
+        accuracy = f", top-1 {top1:.2f}%" if isinstance(top1, int | float) else ""
+        return COMPLETED, f"completed{accuracy} after {done} epochs"
+    if status == STATUS_FAILED:
+        return FAILED, f"failed: {summary.get('error') or 'no reason recorded'}"
+    if being_trained:
+        return RUNNING, f"running epoch {min(done + 1, epochs)} of {epochs}"
+    if status == STATUS_RUNNING or done:
+        return STOPPED, f"stopped after epoch {done} of {epochs}"
+    return PENDING, PENDING
+
+
+def status_lines(matrix_dir: Path) -> list[str]:
+    """The header line and one line per run of the matrix in `matrix_dir`."""
+    matrix_dir = Path(matrix_dir)
+    manifest_path = matrix_dir / MATRIX_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        runs = [(entry["run_id"], entry["spec"]["train"]["epochs"]) for entry in manifest["runs"]]
+    except FileNotFoundError:
+        raise StatusError(f"{manifest_path}: no such matrix; run make test-matrix") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StatusError(f"{manifest_path}: unreadable matrix manifest ({e})") from None
+    entries = {entry["run_id"]: entry for entry in manifest["runs"]}
+
+    local_runner = MatrixLock(matrix_dir).live_holder()
+    notes = []
+    try:
+        record = read_record(matrix_dir)
+    except SlurmError as e:
+        record, notes = None, [f"Slurm: {e}"]
+    tasks = task_ids(record)
+    job_ids = [str(s["job_id"]) for s in (record or {}).get("submissions", [])]
+    states: dict[str, str] | None = {}
+    if tasks:
+        try:
+            states = scheduler_states(job_ids)
+        except SlurmError as e:
+            states = None
+            notes.append(f"Slurm: scheduler states unknown ({e})")
+
+    rows = []
+    counts: dict[str, int] = {}
+    for run_id, epochs in runs:
+        doc, unreadable = None, None
+        try:
+            doc = read_metrics(matrix_dir / run_id / METRICS_FILE)
+        except MetricsError as e:
+            if (matrix_dir / run_id / METRICS_FILE).exists():
+                unreadable = str(e).split(": ", 1)[-1]
+        task = tasks.get(run_id)
+        scheduler = None
+        if task is not None:
+            if states is None:
+                scheduler = f"slurm {task} (state unknown)"
+            elif task in states:
+                scheduler = f"slurm {task} {states[task]}"
+            else:
+                scheduler = f"slurm {task} (no longer in the queue)"
+        being_trained = (
+            states is not None and states.get(task) in RUNNING_STATES
+            if task is not None
+            else local_runner is not None and entries[run_id].get("status") == STATUS_RUNNING
+        )
+        state, text = _run_line(doc, epochs, being_trained, unreadable)
+        counts[state] = counts.get(state, 0) + 1
+        rows.append((run_id, text, scheduler or ""))
+
+    header = f"matrix {matrix_dir.name} ({matrix_dir}): {len(runs)} runs: " + ", ".join(
+        f"{counts[s]} {s}" for s in ORDER if counts.get(s)
+    )
+    if local_runner is not None:
+        header += f"; local runner pid {local_runner}"
+    if job_ids:
+        header += f"; Slurm job {job_ids[-1]}"
+    width_id = max((len(r[0]) for r in rows), default=0)
+    width_text = max((len(r[1]) for r in rows if r[2]), default=0)
+    lines = [header, *notes]
+    for run_id, text, scheduler in rows:
+        line = f"{run_id.ljust(width_id)}  {text.ljust(width_text) if scheduler else text}"
+        lines.append(f"{line}  {scheduler}".rstrip() if scheduler else line)
+    slurm_active = states is None or any(s not in ENDED_STATES for s in states.values())
+    if counts.get(STOPPED) and local_runner is None and not slurm_active:
+        lines.append("stopped runs resume with make continue")
+    return lines

@@ -1,0 +1,281 @@
+"""The Slurm executor against a real Slurm (tests/slurm/local-slurm.sh), not a mock.
+
+A tiny matrix (ResNet-18 on 8x8 synthetic images, two steps an epoch, one CPU thread) goes
+through the real scheduler: every run completes once and the report is produced; a second
+submission while the array is queued is refused; make status and make continue behave as
+docs/cluster.md says; a job requeued mid-run (scontrol requeue), then signalled before its
+time limit (SIGUSR2, submitit's checkpoint and requeue), resumes from its checkpoint and ends
+with the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_train import comparable
+
+from lib.metrics import METRICS_FILE, STATUS_COMPLETED, STATUS_FAILED, read_metrics
+from lib.runner import LOG_FILE, RUN_FILE, record_failure
+from lib.slurm import ENDED_STATES, RECORD_FILE, scheduler_states
+from lib.spec import RunSpec
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_TIMEOUT = 300  # seconds a tiny job may take on a loaded 2-core machine
+HEADER = "===== slurm job "
+
+CONFIG = """\
+CONFIG_MODEL_RESNET18=y
+CONFIG_MODEL_STEM_CIFAR=y
+CONFIG_DATASET_SYNTHETIC=y
+CONFIG_DATA_SYNTHETIC_CLASSES=10
+CONFIG_DATA_SYNTHETIC_TRAIN_SIZE=16
+CONFIG_DATA_SYNTHETIC_VAL_SIZE=8
+CONFIG_DATA_IMAGE_SIZE=8
+CONFIG_DATA_WORKERS=0
+CONFIG_TRAIN_BATCH_SIZE=8
+CONFIG_TRAIN_DEVICE_CPU=y
+# CONFIG_OPTIMIZER_ADAMWPRUNE is not set
+CONFIG_PRUNING_NONE=y
+# CONFIG_PRUNING_MAGNITUDE is not set
+# CONFIG_PRUNING_STATE is not set
+CONFIG_MATRIX_EXECUTOR_SLURM=y
+CONFIG_SLURM_CPUS_PER_GPU=1
+CONFIG_SLURM_TIME_MINUTES=30
+"""
+
+
+def write_config(tmp: Path, name: str, *, epochs: int, optimizers: tuple[str, ...], extra=""):
+    path = tmp / f"{name}.config"
+    lines = [
+        CONFIG,
+        f'CONFIG_MATRIX_NAME="{name}"',
+        f'CONFIG_RESULTS_DIR="{tmp / "results"}"',
+        f"CONFIG_TRAIN_EPOCHS={epochs}",
+        *(f"CONFIG_OPTIMIZER_{o.upper()}=y" for o in optimizers),
+        extra,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    # One OpenMP thread in every job (sbatch passes the environment on): steady timings on a
+    # shared 2-core machine, and the same thread count in the runs whose metrics are compared.
+    env = dict(os.environ, KCONFIG_CONFIG=str(config), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def submitted_job(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"submitted Slurm job(?: array)? (\d+)", result.stdout)
+    assert found, result.stdout
+    return found.group(1)
+
+
+def wait_for(what: str, condition, timeout: float = JOB_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def tasks_of(job_id: str) -> dict[str, str]:
+    return scheduler_states([job_id])
+
+
+def wait_until_ended(job_id: str) -> dict[str, str]:
+    def ended():
+        states = tasks_of(job_id)
+        return states if states and all(s in ENDED_STATES for s in states.values()) else None
+
+    return wait_for(f"Slurm job {job_id} to end", ended)
+
+
+def epochs_done(run_dir: Path) -> int:
+    try:
+        return len(read_metrics(run_dir / METRICS_FILE)["epochs"])
+    except Exception:  # noqa: BLE001 - not written yet, or being replaced
+        return 0
+
+
+def attempts(run_dir: Path) -> list[str]:
+    return [
+        line for line in (run_dir / LOG_FILE).read_text().splitlines() if line.startswith(HEADER)
+    ]
+
+
+def status(config: Path, matrix: str) -> list[str]:
+    result = cli(config, "lib.cli", "status", "--matrix", matrix)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()
+
+
+def line_of(lines: list[str], run_id: str) -> str:
+    (line,) = [line for line in lines if line.startswith(run_id + " ")]
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix(local_slurm, tmp_path_factory):
+    """A two-run matrix submitted once; one array task at a time, so the array stays queued
+    long enough to be submitted a second time."""
+    tmp = tmp_path_factory.mktemp("slurm-matrix")
+    config = write_config(
+        tmp, "arr", epochs=2, optimizers=("sgd", "adamw"), extra="CONFIG_SLURM_ARRAY_PARALLELISM=1"
+    )
+    first = cli(config, "lib.cli", "test-matrix")
+    job = submitted_job(first)
+    second = cli(config, "lib.cli", "test-matrix")
+    return {
+        "config": config,
+        "dir": tmp / "results" / "arr",
+        "job": job,
+        "first": first,
+        "second": second,
+    }
+
+
+def test_matrix_is_one_array_every_run_completes_once_and_the_report_is_written(matrix):
+    job, matrix_dir = matrix["job"], matrix["dir"]
+    assert "submitted Slurm job array" in matrix["first"].stdout
+    assert f"scancel {job}" in matrix["first"].stdout
+    # The second submission came while the array was queued: refused, naming the job.
+    second = matrix["second"]
+    assert second.returncode == 2
+    assert f"Slurm job {job} is queued or running" in second.stdout + second.stderr
+
+    record = json.loads((matrix_dir / RECORD_FILE).read_text())
+    assert [s["job_id"] for s in record["submissions"]] == [job]
+    tasks = record["submissions"][0]["tasks"]
+    assert sorted(tasks.values()) == [f"{job}_0", f"{job}_1"]
+    assert record["submissions"][0]["sbatch"]["array_parallelism"] == 1
+
+    states = wait_until_ended(job)
+    assert sorted(states) == sorted(tasks.values())
+    assert set(states.values()) == {"COMPLETED"}
+    for run_id in tasks:
+        run_dir = matrix_dir / run_id
+        doc = read_metrics(run_dir / METRICS_FILE)
+        assert doc["summary"]["status"] == STATUS_COMPLETED
+        assert len(doc["epochs"]) == 2
+        assert len(attempts(run_dir)) == 1, "every run trains exactly once"
+
+    lines = status(matrix["config"], "arr")
+    assert lines[0].startswith("matrix arr") and "2 completed" in lines[0]
+    for run_id, task in tasks.items():
+        line = line_of(lines, run_id)
+        assert "completed" in line and f"slurm {task} COMPLETED" in line
+
+    report = cli(matrix["config"], "scripts.report", "--matrix", "arr")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (matrix_dir / "report.md").is_file()
+
+
+def test_continue_submits_only_unfinished_runs_and_failed_ones_on_request(matrix):
+    config, matrix_dir = matrix["config"], matrix["dir"]
+    tasks = json.loads((matrix_dir / RECORD_FILE).read_text())["submissions"][0]["tasks"]
+    unfinished, failed = sorted(tasks)
+    # One run loses its results (as if never trained), the other failed.
+    for name in (METRICS_FILE, "checkpoint_last.pt", "checkpoint_best.pt", LOG_FILE):
+        (matrix_dir / unfinished / name).unlink(missing_ok=True)
+    spec = RunSpec.from_json((matrix_dir / failed / RUN_FILE).read_text())
+    record_failure(spec, "simulated failure")
+
+    lines = status(config, "arr")
+    assert line_of(lines, unfinished).split()[1] == "pending"
+    assert "failed: simulated failure" in line_of(lines, failed)
+
+    result = cli(config, "lib.cli", "continue", "--matrix", "arr")
+    job = submitted_job(result)
+    assert "1 failed (not resubmitted)" in result.stdout
+    record = json.loads((matrix_dir / RECORD_FILE).read_text())
+    assert record["submissions"][-1]["tasks"] == {unfinished: job}  # one run: a plain job
+    wait_until_ended(job)
+    assert read_metrics(matrix_dir / unfinished / METRICS_FILE)["summary"]["status"] == (
+        STATUS_COMPLETED
+    )
+    assert read_metrics(matrix_dir / failed / METRICS_FILE)["summary"]["status"] == STATUS_FAILED
+
+    nothing = cli(config, "lib.cli", "continue", "--matrix", "arr")
+    assert nothing.returncode == 1 and "nothing to submit" in nothing.stdout
+    assert "RERUN_FAILED=1" in nothing.stdout
+
+    again = cli(config, "lib.cli", "continue", "--matrix", "arr", "--rerun-failed")
+    job = submitted_job(again)
+    record = json.loads((matrix_dir / RECORD_FILE).read_text())
+    assert record["submissions"][-1]["tasks"] == {failed: job}
+    wait_until_ended(job)
+    assert read_metrics(matrix_dir / failed / METRICS_FILE)["summary"]["status"] == (
+        STATUS_COMPLETED
+    )
+    lines = status(config, "arr")
+    assert "2 completed" in lines[0]
+    assert f"slurm {job} COMPLETED" in line_of(lines, failed)
+
+
+def test_requeued_and_signalled_job_resumes_with_the_metrics_of_an_uninterrupted_run(
+    local_slurm, tmp_path
+):
+    epochs = 6
+    requeued = write_config(tmp_path, "requeued", epochs=epochs, optimizers=("adamw",))
+    reference = write_config(tmp_path, "uninterrupted", epochs=epochs, optimizers=("adamw",))
+    job = submitted_job(cli(requeued, "lib.cli", "test-matrix"))
+    reference_job = submitted_job(cli(reference, "lib.cli", "test-matrix"))
+    run_id = "resnet18_adamw_dense_seed0"
+    run_dir = tmp_path / "results" / "requeued" / run_id
+
+    def release_when_pending():
+        # A requeued job waits ~2 minutes (Slurm's BeginTime after a requeue) before it may
+        # start again; the test cluster lets it start at once.
+        wait_for(f"job {job} to be pending again", lambda: tasks_of(job).get(job) == "PENDING")
+        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
+
+    # Preemption-like: Slurm kills and requeues the running job.
+    wait_for("the first epoch", lambda: epochs_done(run_dir) >= 1)
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    release_when_pending()
+    # Time limit: Slurm's warning signal; submitit checkpoints (the trainer stops) and requeues.
+    wait_for(
+        "the resumed run's next epoch",
+        lambda: (
+            len(attempts(run_dir)) == 2
+            and epochs_done(run_dir) >= 2
+            and tasks_of(job).get(job) == "RUNNING"
+        ),
+    )
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_when_pending()
+
+    assert wait_until_ended(job) == {job: "COMPLETED"}
+    assert wait_until_ended(reference_job) == {reference_job: "COMPLETED"}
+    headers = attempts(run_dir)
+    assert [h.split("(restart ")[1].split(",")[0] for h in headers] == ["0", "1", "2"]
+    log = (run_dir / LOG_FILE).read_text()
+    assert log.count(f"resumed from {run_dir / 'checkpoint_last.pt'}") == 2
+    interrupted = read_metrics(run_dir / METRICS_FILE)
+    uninterrupted = read_metrics(tmp_path / "results" / "uninterrupted" / run_id / METRICS_FILE)
+    assert interrupted["summary"]["status"] == STATUS_COMPLETED
+    assert len(interrupted["epochs"]) == epochs
+    assert comparable(interrupted) == comparable(uninterrupted)

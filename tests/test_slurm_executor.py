@@ -1,0 +1,180 @@
+"""The Slurm executor without a cluster: its settings, the job array's shape and sbatch
+parameters, the dry run, the one-line refusals, and `make status` of a local matrix.
+tests/slurm/ runs the executor against a real Slurm."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import pytest
+from test_config import write_config
+
+from lib import cli
+from lib import config as cfg
+from lib.config import ConfigError, SlurmSettings
+from lib.metrics import METRICS_FILE, STATUS_COMPLETED, STATUS_RUNNING, build_document
+from lib.metrics import atomic_write_json as write_json
+from lib.runner import open_matrix, record_failure
+from lib.slurm import sbatch_directives, sbatch_parameters, submit_matrix
+from lib.status import status_lines
+
+SLURM = "CONFIG_MATRIX_EXECUTOR_SLURM=y"
+
+
+def test_local_is_the_default_executor(tmp_path):
+    matrix = cfg.load(write_config(tmp_path, "demo")).matrix
+    assert (matrix.executor, matrix.slurm) == ("local", None)
+
+
+def test_slurm_settings_are_read_and_extra_args_split_without_a_shell(tmp_path):
+    path = write_config(
+        tmp_path,
+        "demo",
+        SLURM,
+        'CONFIG_SLURM_PARTITION="gpu,gpu-long"',
+        'CONFIG_SLURM_ACCOUNT="lab_x"',
+        'CONFIG_SLURM_CONSTRAINT="a100&ib"',
+        "CONFIG_SLURM_MEM_GB=64",
+        "CONFIG_SLURM_TIME_MINUTES=240",
+        """CONFIG_SLURM_EXTRA_ARGS="--exclusive --comment='pruning sweep; rm -rf /'" """,
+    )
+    slurm = cfg.load(path).matrix.slurm
+    assert slurm == SlurmSettings(
+        partition="gpu,gpu-long",
+        account="lab_x",
+        constraint="a100&ib",
+        mem_gb=64,
+        time_minutes=240,
+        extra_args=("--exclusive", "--comment=pruning sweep; rm -rf /"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('CONFIG_SLURM_EXTRA_ARGS="-x node07"', "'-x' is not a long option"),
+        ('CONFIG_SLURM_EXTRA_ARGS="--array=0-99"', "the Slurm executor sets them"),
+        ('CONFIG_SLURM_EXTRA_ARGS="--output=/tmp/x"', "the Slurm executor sets them"),
+        ('CONFIG_SLURM_EXTRA_ARGS="--comment=\'open"', "No closing quotation"),
+        # A .config line cannot hold a newline; a control character (a tab) is refused alike.
+        ('CONFIG_SLURM_EXTRA_ARGS="--exclusive\t--x"', "no newlines or control characters"),
+        ('CONFIG_SLURM_PARTITION="gpu; rm -rf /"', "letters, digits"),
+        ('CONFIG_SLURM_CONSTRAINT="a100 ib"', "no spaces"),
+    ],
+)
+def test_bad_slurm_values_are_one_line_naming_symbol_and_accepted_values(tmp_path, line, named):
+    with pytest.raises(ConfigError) as error:
+        cfg.load(write_config(tmp_path, "demo", SLURM, line))
+    message = str(error.value)
+    symbol = line.split("=", 1)[0]
+    assert symbol in message and named in message and "\n" not in message
+
+
+def _spec(tmp_path, *lines):
+    config = cfg.load(write_config(tmp_path, "demo", SLURM, *lines))
+    return config, cli._plan(config)
+
+
+def test_one_task_per_gpu_and_no_gpu_for_a_cpu_run(tmp_path):
+    config, specs = _spec(tmp_path, "CONFIG_SLURM_MEM_GB=32", 'CONFIG_SLURM_QOS="low"')
+    settings = config.matrix.slurm
+    gpu_spec = replace(specs[0], train=replace(specs[0].train, device="auto", gpus_per_run=4))
+    params = sbatch_parameters(settings, gpu_spec, 27, "seed")
+    assert params["ntasks_per_node"] == params["gpus_per_node"] == 4
+    assert params["cpus_per_task"] == 8 and params["mem"] == "32GB" and params["qos"] == "low"
+    assert params["array_parallelism"] == 27 and params["additional_parameters"]["requeue"]
+    assert "partition" not in params  # empty: the cluster's default
+    cpu_params = sbatch_parameters(settings, specs[0], 3, "demo")  # the demo trains on the CPU
+    assert cpu_params["ntasks_per_node"] == 1 and "gpus_per_node" not in cpu_params
+    directives = sbatch_directives(params, tmp_path / "seed", 27)
+    for expected in ("--array=0-26%27", "--gpus-per-node=4", "--qos=low", "--signal=USR2@90"):
+        assert f"#SBATCH {expected}" in directives
+
+
+def test_dry_run_shows_the_array_without_submitting(tmp_path, monkeypatch, capsys):
+    path = write_config(
+        tmp_path,
+        "demo",
+        SLURM,
+        f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"',
+        'CONFIG_SLURM_PARTITION="gpu"',
+        "CONFIG_SLURM_ARRAY_PARALLELISM=2",
+        'CONFIG_SLURM_EXTRA_ARGS="--exclude=node07"',
+    )
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    assert cli.main(["dry-run"]) == 0
+    out = capsys.readouterr().out
+    runs = len(cli._plan(cfg.load(path)))
+    assert f"one job array of {runs} task(s)" in out
+    assert "1 node, 1 task, no GPU, 8 CPUs per task" in out
+    for directive in (f"--array=0-{runs - 1}%2", "--partition=gpu", "--exclude=node07"):
+        assert f"#SBATCH {directive}" in out
+    assert not (tmp_path / "results").exists()  # nothing submitted, nothing written
+
+
+def test_slurm_without_sbatch_or_submitit_is_one_line_before_anything_is_submitted(
+    tmp_path, monkeypatch, capsys
+):
+    config, specs = _spec(tmp_path)
+    kwargs = dict(settings=config.matrix.slurm, config_snapshot={}, report_settings={})
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert submit_matrix(specs, tmp_path / "m", **kwargs) == 2
+    out = capsys.readouterr().out.strip()
+    assert out == (
+        "error: CONFIG_MATRIX_EXECUTOR_SLURM: sbatch is not on PATH; submit from a machine of "
+        "the Slurm cluster (a login node), or choose the local executor"
+    )
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    assert submit_matrix(specs, tmp_path / "m", **kwargs) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("error: CONFIG_MATRIX_EXECUTOR_SLURM needs submitit")
+    assert "pip install -e '.[slurm]'" in out and "\n" not in out
+    assert not (tmp_path / "m").exists()
+
+
+def test_status_of_a_local_matrix_one_line_per_run(tmp_path, tiny_spec):
+    specs = [tiny_spec(tmp_path, seed=seed, train={"epochs": 3}) for seed in range(4)]
+    matrix_dir = tmp_path / "results" / "tiny"
+    runner = open_matrix(specs, matrix_dir, config_snapshot={}, report_settings={})
+    runner.write_manifest()
+    runner.lock.release()
+    done, failed, stopped, pending = (run.spec for run in runner.runs)
+    epoch = {"epoch": 1, "test_top1": 42.0, "test_top5": 90.0, "epoch_seconds": 1.0}
+    epochs = [dict(epoch, epoch=i + 1) for i in range(3)]
+    for spec, status, records in (
+        (done, STATUS_COMPLETED, epochs),
+        (stopped, STATUS_RUNNING, epochs[:1]),
+    ):
+        (matrix_dir / spec.run_id).mkdir(parents=True)
+        write_json(
+            matrix_dir / spec.run_id / METRICS_FILE, build_document(spec, records, status=status)
+        )
+    (matrix_dir / failed.run_id).mkdir()
+    record_failure(failed, "training diverged")
+
+    lines = status_lines(matrix_dir)
+    assert (
+        lines[0].startswith("matrix tiny")
+        and "1 completed, 1 stopped, 1 pending, 1 failed" in (lines[0])
+    )
+    by_run = {line.split()[0]: line for line in lines[1:5]}
+    assert "completed, top-1 42.00% after 3 epochs" in by_run[done.run_id]
+    assert "failed: training diverged" in by_run[failed.run_id]
+    assert "stopped after epoch 1 of 3" in by_run[stopped.run_id]
+    assert by_run[pending.run_id].split()[1:] == ["pending"]
+    assert "slurm" not in "\n".join(lines)
+    assert lines[-1] == "stopped runs resume with make continue"
+
+
+def test_a_snapshot_keeps_disabled_default_options(tmp_path):
+    """make continue reloads the matrix's snapshot: an option the user turned off (a default-y
+    pruning method) must stay off, or the matrix could not be continued at all."""
+    path = write_config(
+        tmp_path, "demo", "CONFIG_PRUNING_NONE=y", "# CONFIG_PRUNING_MAGNITUDE is not set"
+    )
+    config = cfg.load(path)
+    assert config.symbol_dict()["CONFIG_PRUNING_MAGNITUDE"] == "n"
+    again = cfg.load_snapshot(config.symbol_dict(), "snapshot")
+    assert "magnitude" not in config.pruning_methods
+    assert again.pruning_methods == config.pruning_methods
