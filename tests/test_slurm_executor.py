@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 from test_config import write_config
+from test_make import make
 
 from lib import cli
 from lib import config as cfg
@@ -165,6 +166,16 @@ def test_status_of_a_local_matrix_one_line_per_run(tmp_path, tiny_spec):
     assert by_run[pending.run_id].split()[1:] == ["pending"]
     assert "slurm" not in "\n".join(lines)
     assert lines[-1] == "stopped runs resume with make continue"
+
+    # The same through the Makefile, which finds the matrix under CONFIG_RESULTS_DIR.
+    config = tmp_path / ".config"
+    config.write_text(f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"\n')
+    shown = make("status", "MATRIX=tiny", config_path=config)
+    assert shown.returncode == 0 and shown.stdout.splitlines() == lines, shown.stderr
+    missing = make("status", "MATRIX=nothing", config_path=config)
+    ours = [line for line in missing.stderr.splitlines() if not line.startswith("make:")]
+    assert missing.returncode == 2 and len(ours) == 1  # one line (and make's own)
+    assert ours[0].startswith("error: ") and "matrix.json: no such matrix" in ours[0]
 
 
 def test_a_snapshot_keeps_disabled_default_options(tmp_path):
