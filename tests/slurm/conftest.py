@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,15 @@ def why_not_runnable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def local_slurm(tmp_path_factory):
+def local_slurm():
     """SLURM_CONF of a running local cluster; set in os.environ for the session, so the
     commands the tests start (and the jobs they submit) reach it."""
     reason = why_not_runnable()
     if reason:
         pytest.skip(reason)
-    state = tmp_path_factory.mktemp("slurm")
+    # Not under pytest's basetemp: other pytest sessions on the machine prune old basetemps,
+    # and a cluster must not lose its state (or munge its socket) while it runs.
+    state = Path(tempfile.mkdtemp(prefix="prunebench-slurm-"))
     started = subprocess.run(
         [str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=120
     )
