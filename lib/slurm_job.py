@@ -87,7 +87,9 @@ class MatrixRun:
         if job.num_tasks > 1:
             # Slurm's variables -> torch.distributed's env:// contract; each task sees all the
             # GPUs of its node and picks its own by LOCAL_RANK.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True
+            )
             env = dict(os.environ, PYTHONUNBUFFERED="1")
         if job.global_rank != 0:
             # submitit saves and requeues from rank 0 only; the other ranks' trainers must

@@ -279,3 +279,17 @@ def test_requeued_and_signalled_job_resumes_with_the_metrics_of_an_uninterrupted
     assert interrupted["summary"]["status"] == STATUS_COMPLETED
     assert len(interrupted["epochs"]) == epochs
     assert comparable(interrupted) == comparable(uninterrupted)
+
+
+def test_a_partition_the_cluster_does_not_have_is_one_line_and_nothing_is_recorded(
+    local_slurm, tmp_path
+):
+    config = write_config(
+        tmp_path, "nopart", epochs=1, optimizers=("adamw",), extra='CONFIG_SLURM_PARTITION="gpu"'
+    )
+    result = cli(config, "lib.cli", "test-matrix")
+    assert result.returncode == 2
+    assert result.stdout.strip().splitlines() == [
+        "error: sbatch refused the job array: sbatch: error: invalid partition specified: gpu"
+    ], result.stdout + result.stderr
+    assert not (tmp_path / "results" / "nopart" / RECORD_FILE).exists()
