@@ -135,6 +135,49 @@ class EpochSampler(Sampler):
             yield index, (base + index) % (2**63)
 
 
+def rank_share(count: int, rank: int, world: int) -> slice:
+    """The part of a global batch of `count` samples that rank `rank` of `world` trains on:
+    contiguous, sizes differing by at most one (the first ranks take the extra samples).
+    Concatenated in rank order the shares are the global batch, so a run's data order does
+    not depend on its GPU count."""
+    base, extra = divmod(count, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def global_batches(num_samples: int, batch_size: int, world: int, train: bool) -> int:
+    """Global batches per epoch. A training epoch of several ranks leaves out a last batch
+    smaller than the rank count (every rank must take every step); evaluation keeps it."""
+    batches = math.ceil(num_samples / batch_size)
+    last = num_samples - (batches - 1) * batch_size
+    if train and world > 1 and 0 < last < world:
+        batches -= 1
+    return batches
+
+
+class RankBatchSampler(Sampler):
+    """Batches of `batch_size` in the epoch sampler's order, each cut to this rank's share;
+    with one rank, torch's BatchSampler(drop_last=False). Empty shares are not yielded."""
+
+    def __init__(
+        self, sampler: EpochSampler, batch_size: int, rank: int, world: int, train: bool
+    ) -> None:
+        self.sampler = sampler
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.batches = global_batches(len(sampler), batch_size, world, train)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        items = iter(self.sampler)
+        for _ in range(self.batches):
+            batch = [item for _, item in zip(range(self.batch_size), items, strict=False)]
+            share = batch[rank_share(len(batch), self.rank, self.world)]
+            if share:
+                yield share
+
+
 def ignore_sigint(worker_id: int) -> None:
     """DataLoader worker_init_fn: a Ctrl-C in a terminal reaches the whole process group; the
     trainer stops at a step boundary, and a worker dying of KeyboardInterrupt first would turn
@@ -147,19 +190,24 @@ class EpochLoader:
     """A DataLoader whose epoch is set explicitly so order and augmentation replay on resume."""
 
     def __init__(
-        self, dataset: Dataset, data: DataSpec, batch_size: int, run_seed: int, train: bool
+        self,
+        dataset: Dataset,
+        data: DataSpec,
+        batch_size: int,
+        run_seed: int,
+        train: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), run_seed, shuffle=train)  # type: ignore[arg-type]
         self.batch_size = batch_size
         workers = data.workers
         self.loader = DataLoader(
             SeededAugmentation(dataset),
-            batch_size=batch_size,
-            sampler=self.sampler,
+            batch_sampler=RankBatchSampler(self.sampler, batch_size, rank, world, train),
             num_workers=workers,
             pin_memory=data.pin_memory and torch.cuda.is_available(),
             persistent_workers=data.persistent_workers and workers > 0,
-            drop_last=False,
             worker_init_fn=ignore_sigint,
         )
 
@@ -301,6 +349,8 @@ class InMemoryLoader:
         std: tuple[float, ...],
         run_seed: int,
         shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("InMemoryLoader needs N x C x H x W uint8 images")
@@ -309,6 +359,7 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.run_seed = run_seed
         self.shuffle = shuffle
+        self.rank, self.world = rank, world
         self.epoch = 0
         device = images.device
         # Folding 1/255 into the scale keeps the per-batch work at one fused multiply-add.
@@ -325,7 +376,7 @@ class InMemoryLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return global_batches(self.num_samples, self.batch_size, self.world, self.shuffle)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_samples
@@ -334,12 +385,17 @@ class InMemoryLoader:
             order = torch.randperm(n, generator=generator).to(self.images.device)
         else:
             order = None
-        for start in range(0, n, self.batch_size):
+        for batch in range(len(self)):
+            first = batch * self.batch_size
+            share = rank_share(min(self.batch_size, n - first), self.rank, self.world)
+            start, stop = first + share.start, first + share.stop
+            if start == stop:
+                continue
             if order is None:
-                raw = self.images[start : start + self.batch_size]
-                labels = self.labels[start : start + self.batch_size]
+                raw = self.images[start:stop]
+                labels = self.labels[start:stop]
             else:
-                index = order[start : start + self.batch_size]
+                index = order[start:stop]
                 raw = self.images.index_select(0, index)
                 labels = self.labels.index_select(0, index)
             batch = torch.addcmul(self._shift, raw.float(), self._scale)
@@ -446,10 +502,12 @@ def mnist5k_tensors(data_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     return tensors
 
 
-def _mnist5k_loaders(spec: RunSpec, device: torch.device) -> tuple[InMemoryLoader, InMemoryLoader]:
+def _mnist5k_loaders(
+    spec: RunSpec, device: torch.device, rank: int, world: int
+) -> tuple[InMemoryLoader, InMemoryLoader]:
     tensors = mnist5k_tensors(spec.data.data_dir)
     size = spec.data.image_size
-    batch = spec.train.batch_size
+    batch = spec.train.global_batch_size
 
     def make(split: str, shuffle: bool) -> InMemoryLoader:
         images = _resize_uint8(tensors[f"{split}_images"].unsqueeze(1), size)
@@ -461,13 +519,15 @@ def _mnist5k_loaders(spec: RunSpec, device: torch.device) -> tuple[InMemoryLoade
             (MNIST_STD,),
             spec.seed,
             shuffle,
+            rank,
+            world,
         )
 
     return make("train", True), make("test", False)
 
 
 def _synthetic_loaders(
-    spec: RunSpec, device: torch.device
+    spec: RunSpec, device: torch.device, rank: int, world: int
 ) -> tuple[InMemoryLoader, InMemoryLoader]:
     """Random uint8 images and labels generated once on the device (throughput measurements).
 
@@ -485,16 +545,19 @@ def _synthetic_loaders(
             0, data.num_classes, (count,), generator=generator, device=device, dtype=torch.int64
         )
         half = (0.5, 0.5, 0.5)
-        return InMemoryLoader(images, labels, spec.train.batch_size, half, half, spec.seed, shuffle)
+        batch = spec.train.global_batch_size
+        return InMemoryLoader(images, labels, batch, half, half, spec.seed, shuffle, rank, world)
 
     return make(data.synthetic_train_size, True), make(data.synthetic_val_size, False)
 
 
-def build_loaders(spec: RunSpec, device: torch.device | str):
+def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, world: int = 1):
     """Train and test loaders for `spec.data`; both have `set_epoch`, `__len__`, `num_samples`.
 
     Batches from file-backed datasets are on the host (move them with non_blocking=True);
-    batches from in-memory datasets are already on `device`.
+    batches from in-memory datasets are already on `device`. With `world` ranks, each loader
+    yields rank `rank`'s share of every global batch (`rank_share`); `__len__` counts global
+    batches and `num_samples` the whole dataset.
     """
     device = torch.device(device)
     data = spec.data
@@ -503,15 +566,15 @@ def build_loaders(spec: RunSpec, device: torch.device | str):
     if data.image_size < 1:
         raise DataError(f"dataset image_size must be >= 1, got {data.image_size}")
     if data.name == "mnist5k":
-        return _mnist5k_loaders(spec, device)
+        return _mnist5k_loaders(spec, device, rank, world)
     if data.name == "synthetic":
-        return _synthetic_loaders(spec, device)
+        return _synthetic_loaders(spec, device, rank, world)
     if data.name == "imagenet":
         train_set, test_set = _imagenet_datasets(data)
     else:
         train_set, test_set = _cifar_datasets(data)
-    batch = spec.train.batch_size
+    batch = spec.train.global_batch_size
     return (
-        EpochLoader(train_set, data, batch, spec.seed, train=True),
-        EpochLoader(test_set, data, batch, spec.seed, train=False),
+        EpochLoader(train_set, data, batch, spec.seed, True, rank, world),
+        EpochLoader(test_set, data, batch, spec.seed, False, rank, world),
     )

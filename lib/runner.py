@@ -91,6 +91,21 @@ def default_child_cmd() -> list[str]:
     return [sys.executable, "-m", "lib.train"]
 
 
+def torchrun_command(child_cmd: list[str], gpus_per_run: int) -> list[str]:
+    """torchrun in front of `child_cmd` (`python -m lib.train` or `python script.py`): one
+    process (rank) per GPU, a private rendezvous on a free local port (--standalone), so runs
+    side by side never meet. docs/distributed.md."""
+    python, *rest = child_cmd
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus_per_run}",
+        *rest,
+    ]
+
+
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -153,6 +168,7 @@ def _signal_child(run: Run, signum: int) -> None:
     # process, so it must not be signalled any more.
     if process is None or process.returncode is not None:
         return
+    run.signalled = signum
     try:
         os.kill(process.pid, signum)
     except ProcessLookupError:
@@ -201,6 +217,7 @@ class Run:
     metrics_mtime: float = 0.0
     interrupted: bool = False  # stopped by a signal; resumable
     environment_failure: bool = False  # failed for its disk; relaunched by the next runner
+    signalled: int = 0  # the stop signal the runner sent it (torchrun then exits 1, not 143)
 
     @property
     def run_dir(self) -> Path:
@@ -350,7 +367,9 @@ def _with_run_dirs(specs: list[RunSpec], matrix_dir: Path) -> list[RunSpec]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _slots(jobs: int, gpus: list[str] | None) -> list[str | None]:
+def _slots(jobs: int, gpus: list[str] | None, gpus_per_run: int = 1) -> list[str | None]:
+    """Where runs go: None (the default device) or a CUDA_VISIBLE_DEVICES value, one per run
+    training at a time. With several GPUs per run a slot is a group of that many GPUs."""
     if not isinstance(jobs, int) or jobs < 1:
         raise RunnerRefused(f"jobs={jobs!r} is not valid; accepted: an integer >= 1")
     if not gpus:
@@ -360,10 +379,45 @@ def _slots(jobs: int, gpus: list[str] | None) -> list[str | None]:
         raise RunnerRefused(
             f"gpus={','.join(gpus)!r} is not valid; accepted: distinct device ids like 0,1,2"
         )
-    # One run per GPU. jobs > 1 caps how many GPUs work at once (jobs=1 is the default and
-    # means "not configured": with a GPU list every GPU is used).
-    count = len(gpus) if jobs == 1 else min(jobs, len(gpus))
-    return list(gpus[:count])
+    if gpus_per_run > len(gpus):
+        raise RunnerRefused(
+            f"{gpus_per_run} GPUs per run but only {len(gpus)} GPU(s) listed "
+            f"({','.join(gpus)}); list more GPUs or lower the GPUs per run"
+        )
+    groups = [
+        ",".join(gpus[i : i + gpus_per_run])
+        for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)
+    ]
+    # One run per GPU group. jobs > 1 caps how many groups work at once (jobs=1 is the default
+    # and means "not configured": with a GPU list every GPU is used).
+    count = len(groups) if jobs == 1 else min(jobs, len(groups))
+    return groups[:count]
+
+
+def _gpus_per_run(specs: list[RunSpec], gpus: list[str] | None) -> int:
+    """The matrix's GPUs per run, after checking that its runs can train that way here."""
+    counts = {spec.train.gpus_per_run for spec in specs}
+    if len(counts) > 1:
+        raise RunnerRefused(f"runs of one matrix ask for different GPUs per run: {sorted(counts)}")
+    per_run = counts.pop() if counts else 1
+    if per_run == 1:
+        return 1
+    from lib.distributed import setting_problem  # torch only for multi-GPU matrices
+    from lib.train import RunError, resolve_device
+
+    train = specs[0].train
+    try:
+        device = resolve_device(train.device)
+    except RunError as e:
+        raise RunnerRefused(str(e)) from None
+    problem = setting_problem(train, device)
+    if problem is None and device.type == "cuda" and not gpus:
+        visible = _cuda_device_count()
+        if per_run > visible:
+            problem = f"{per_run} GPUs per run but only {visible} GPU(s) visible"
+    if problem is not None:
+        raise RunnerRefused(problem)
+    return per_run
 
 
 def _cuda_device_count() -> int:
@@ -567,14 +621,16 @@ class _Runner:
         run.finished_at = None
         run.slot = slot
         resuming = (run.run_dir / LAST_CHECKPOINT).exists()
-        cmd = [*self.child_cmd, str(run.run_dir / RUN_FILE)]
+        ranks = run.spec.train.gpus_per_run
+        child = self.child_cmd if ranks == 1 else torchrun_command(self.child_cmd, ranks)
+        cmd = [*child, str(run.run_dir / RUN_FILE)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        elif self.slot_count > 1 and "OMP_NUM_THREADS" not in env:
-            # Parallel CPU runs: without this every child starts one thread per core and
-            # they all slow each other down.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slot_count))
+        elif self.slot_count * ranks > 1 and "OMP_NUM_THREADS" not in env:
+            # Parallel CPU runs (or ranks): without this every process starts one thread per
+            # core and they all slow each other down.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (self.slot_count * ranks)))
         log_path = run.run_dir / LOG_FILE
         with os.fdopen(
             open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
@@ -600,6 +656,7 @@ class _Runner:
         run.status = STATUS_RUNNING
         run.error = run.log_tail = None
         run.interrupted = False
+        run.signalled = 0
         where = f" on GPU {slot}" if slot is not None else ""
         if not resuming:
             state = "starting"
@@ -640,11 +697,14 @@ class _Runner:
             run.error = run.log_tail = None
             self.say(f"{run.spec.run_id}: completed{self._accuracy(run)}")
             return
-        if returncode in INTERRUPTED_EXITS:
+        if returncode in INTERRUPTED_EXITS or (run.signalled and status == STATUS_RUNNING):
             run.status = STATUS_PENDING
             run.interrupted = True
             run.finished_at = None
-            signum = returncode - 128 if returncode > 0 else -returncode
+            if returncode in INTERRUPTED_EXITS:
+                signum = returncode - 128 if returncode > 0 else -returncode
+            else:
+                signum = run.signalled
             self.say(
                 f"{run.spec.run_id}: stopped by {signal.Signals(signum).name} after epoch "
                 f"{run.epochs_done}; make continue resumes it"
@@ -659,7 +719,9 @@ class _Runner:
             reason = doc["summary"]["error"]
         else:
             reason = describe_exit(returncode)
-            last_line = (run.log_tail or "").strip().splitlines()[-1:]
+            lines = (run.log_tail or "").strip().splitlines()
+            # torchrun ends a failed multi-GPU run with its own report: the trainer's line wins.
+            last_line = [line for line in lines if line.startswith("error: ")][-1:] or lines[-1:]
             if returncode == EXIT_ENVIRONMENT and last_line:
                 # the trainer could not record it: its last line says what ran full
                 reason = last_line[0].strip().removeprefix("error: ")
@@ -932,7 +994,7 @@ def open_matrix(
     matrix_dir = Path(matrix_dir)
     runner = None
     try:
-        slots = _slots(jobs, gpus)
+        slots = _slots(jobs, gpus, _gpus_per_run(list(specs), gpus))
         check_gpu_sharing(jobs, gpus, specs)
         specs = _with_run_dirs(list(specs), matrix_dir)
         _prepare_matrix_dir(matrix_dir)
@@ -1040,6 +1102,7 @@ def _speed_key(spec_dict: dict[str, Any]) -> tuple:
         spec_dict["train"]["batch_size"],
         spec_dict["train"]["max_steps_per_epoch"],
         spec_dict["train"]["device"],
+        spec_dict["train"].get("gpus_per_run", 1),
     )
 
 

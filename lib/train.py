@@ -20,6 +20,10 @@ runner relaunches it once there is room), 130 / 143 interrupted by SIGINT / SIGT
 stops at a step boundary; checkpoint and metrics.json on disk describe the last finished
 epoch, status `running`; relaunching continues).
 
+Several GPUs per run (WORLD_SIZE > 1, as torchrun sets it): `lib.distributed` joins the process
+group and wraps the model in DistributedDataParallel; only rank 0 writes files
+(docs/distributed.md).
+
 The learning-rate schedule is stepped once per optimizer step (see `lr_factor`), so warmup and
 cosine decay are smooth within an epoch and independent of the number of steps per epoch.
 
@@ -56,6 +60,7 @@ from lib.atomic import (
     storage_error,
 )
 from lib.data import DataError, build_loaders
+from lib.distributed import DistributedError, RunGroup
 from lib.environment import capture_environment
 from lib.memory import PeakMemoryMeter
 from lib.metrics import (
@@ -221,7 +226,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     first = text.splitlines()[0]
-    if isinstance(error, (DataError, RunError, TrainingDiverged)):
+    if isinstance(error, (DataError, RunError, TrainingDiverged, DistributedError)):
         return first
     return f"{type(error).__name__}: {first}"
 
@@ -281,9 +286,10 @@ class _StopOnSignals:
 
 
 class _Run:
-    def __init__(self, spec: RunSpec, stop: _StopOnSignals) -> None:
+    def __init__(self, spec: RunSpec, stop: _StopOnSignals, group: RunGroup) -> None:
         self.spec = spec
         self.stop = stop
+        self.group = group  # the run's ranks; only rank 0 writes files
         self.out_dir = Path(spec.out_dir)
         self.metrics_path = self.out_dir / METRICS_FILE
         self.last_path = self.out_dir / LAST_CHECKPOINT
@@ -314,13 +320,15 @@ class _Run:
         self, status: str, error: str | None = None, *, environment_failure: bool = False
     ) -> dict[str, Any]:
         doc = self.document(status, error, environment_failure=environment_failure)
-        atomic_write_json(self.metrics_path, doc)
+        if self.group.is_main:
+            atomic_write_json(self.metrics_path, doc)
         return doc
 
     def fail_on_damaged_checkpoint(self, damaged: DamagedCheckpoint) -> dict[str, Any]:
         """Record the failure (so no later runner relaunches it blindly), keep the damaged file
         beside the run under another name, and say how to start the run again from scratch."""
-        aside = set_aside_corrupt(self.last_path)
+        # Every rank finds it damaged; rank 0 moves it.
+        aside = set_aside_corrupt(self.last_path) if self.group.is_main else self.last_path
         message = (
             f"{self.last_path} is damaged ({damaged.cause}); moved to {aside.name}: "
             f"make continue MATRIX={self.spec.matrix} RERUN_FAILED=1 restarts this run from "
@@ -384,7 +392,7 @@ class _Run:
             environment = storage_error(error, getattr(error, "filename", None) or "train.log")
             if environment is not None:
                 return self.fail_on_storage(environment)
-            if not isinstance(error, (DataError, RunError, TrainingDiverged)):
+            if not isinstance(error, (DataError, RunError, TrainingDiverged, DistributedError)):
                 traceback.print_exc(file=sys.stderr)
             message = one_line(error)
             print(f"run failed: {message}", flush=True)
@@ -402,7 +410,7 @@ class _Run:
 
     def setup(self, checkpoint: dict[str, Any] | None) -> None:
         spec, train = self.spec, self.spec.train
-        self.device = resolve_device(train.device)
+        self.device = self.group.device(resolve_device(train.device))
         if train.precision not in PRECISIONS:
             raise RunError(
                 f"train precision {train.precision!r} is not supported; accepted: "
@@ -431,7 +439,10 @@ class _Run:
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
 
-        self.train_loader, self.test_loader = build_loaders(spec, self.device)
+        self.model = self.group.prepare(self.model, train)
+        self.train_loader, self.test_loader = build_loaders(
+            spec, self.device, self.group.rank, self.group.world
+        )
         full_steps = len(self.train_loader)
         cap = train.max_steps_per_epoch
         self.steps_per_epoch = min(full_steps, cap) if cap > 0 else full_steps
@@ -477,6 +488,10 @@ class _Run:
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
             print(f"resumed from {self.last_path} after epoch {len(self.epochs)}", flush=True)
         self.forward_model = torch.compile(self.model) if train.compile else self.model
+        self.train_model = self.forward_model  # the training step's module: DDP on several GPUs
+        if self.group.distributed:
+            ddp = self.group.wrap(self.model, self.device)
+            self.train_model = torch.compile(ddp) if train.compile else ddp
         self.tracker = Tracker.start(
             spec, steps_per_epoch=self.steps_per_epoch, finished_epochs=self.epochs
         )
@@ -541,6 +556,7 @@ class _Run:
             started = time.perf_counter()
             train_stats = self.train_one_epoch(epoch)
             train_seconds = time.perf_counter() - started
+            rank_images = train_stats.pop("rank_images")
             test_stats = self.evaluate(epoch)
             epoch_seconds = time.perf_counter() - started
             sparsity, per_layer = measure_sparsity(self.model, spec.model.keep_ends_dense)
@@ -554,13 +570,13 @@ class _Run:
                 "epoch_seconds": epoch_seconds,
                 "train_seconds": train_seconds,
                 "images_per_second": train_stats["train_images"] / train_seconds,
-                **self.meter.read(),
+                **self.group.epoch_resources(rank_images, train_seconds, self.meter.read()),
             }
             self.epochs.append(record)
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
             target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
             summary = summarize(self.epochs, target, status=STATUS_RUNNING)
-            if spec.train.checkpoint:
+            if spec.train.checkpoint and self.group.is_main:
                 try:
                     if summary["best_epoch"] == epoch:
                         self.save_best_checkpoint(record)
@@ -604,13 +620,14 @@ class _Run:
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         model, optimizer, scaler, device = (
-            self.forward_model,
+            self.train_model,
             self.optimizer,
             self.scaler,
             self.device,
         )
         clip = self.spec.train.grad_clip
         steps = self.steps_per_epoch
+        batch = self.spec.train.global_batch_size
         # Per-step results stay on the device; one copy kernel per step, read at progress lines.
         step_losses = torch.zeros(steps, device=device)
         step_correct = torch.zeros(steps, device=device, dtype=torch.int64)
@@ -629,11 +646,14 @@ class _Run:
                 logits = model(images)
                 loss = self.criterion(logits, targets)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            global_batch = min(batch, self.train_loader.num_samples - step * batch)
+            scaler.scale(self.group.rank_loss(loss, targets.shape[0], global_batch)).backward()
             if clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             scaler.step(optimizer)
+            if self.spec.train.ddp_mask_check:
+                self.group.check_masks(optimizer, self.model)
             scaler.update()
             last_lr = optimizer.param_groups[0]["lr"]  # the LR this step used
             self.scheduler.step()
@@ -642,14 +662,14 @@ class _Run:
             batch_sizes.append(targets.shape[0])
 
             now = time.perf_counter()
-            if now - last_report >= PROGRESS_SECONDS:
+            if self.group.is_main and now - last_report >= PROGRESS_SECONDS:
                 done = step + 1
                 self._check_finite(step_losses, done, epoch, 0)
                 window = slice(reported_steps, done)
                 window_images = sum(batch_sizes[window])
                 loss_avg = float(step_losses[window].mean())
                 top1 = 100.0 * float(step_correct[window].sum()) / window_images
-                rate = sum(batch_sizes) / (now - started)
+                rate = self.group.world * sum(batch_sizes) / (now - started)  # whole run
                 eta = (steps - done) * (now - started) / done
                 print(
                     f"  epoch {epoch} step {done}/{steps} | loss {loss_avg:.4f} top-1 "
@@ -666,16 +686,26 @@ class _Run:
                 )
                 last_report, reported_steps = now, done
         done = len(batch_sizes)
-        self._check_finite(step_losses, done, epoch, 0)
         sizes = torch.tensor(batch_sizes, device=device, dtype=step_losses.dtype)
-        images_seen = sum(batch_sizes)
-        loss_sum, correct = torch.stack(
-            [(step_losses[:done] * sizes).sum(), step_correct[:done].sum().to(sizes.dtype)]
-        ).tolist()
+        rank_images = sum(batch_sizes)
+        sums = torch.stack(
+            [
+                (step_losses[:done] * sizes).sum().double(),
+                step_correct[:done].sum().double(),
+                torch.tensor(float(rank_images), device=device, dtype=torch.float64),
+            ]
+        )
+        # Every rank's sums (one all-reduce per epoch), so all ranks see a divergence together.
+        loss_sum, correct, images_seen = self.group.sum(sums).tolist()
+        if not math.isfinite(loss_sum):
+            self._check_finite(step_losses, done, epoch, 0)  # the exact step, on its rank
+            raise TrainingDiverged(f"loss is {loss_sum} at epoch {epoch} on another GPU")
+        images_seen = int(images_seen)
         return {
             "train_loss": loss_sum / images_seen,
             "train_top1": 100.0 * correct / images_seen,
             "train_images": images_seen,
+            "rank_images": rank_images,
             "lr": last_lr,
         }
 
@@ -706,7 +736,8 @@ class _Run:
                 ]
             )
             count += targets.shape[0]
-        loss_sum, top1, top5 = totals.tolist()
+        totals = torch.cat([totals, totals.new_tensor([count])])
+        loss_sum, top1, top5, count = self.group.sum(totals).tolist()  # sharded across ranks
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"test loss is {loss_sum} at epoch {epoch}")
         return {
@@ -753,8 +784,8 @@ def train(spec: RunSpec) -> dict[str, Any]:
         if previous is not None and previous["summary"]["status"] == STATUS_COMPLETED:
             print(f"run {spec.run_id} already completed; nothing to do", flush=True)
             return previous
-    with _StopOnSignals() as stop:
-        run = _Run(spec, stop)
+    with _StopOnSignals() as stop, RunGroup.start(spec.train, resolve_device) as group:
+        run = _Run(spec, stop, group)
         status = STATUS_RUNNING  # interrupted, unless execute() returns
         try:
             doc = run.execute()
@@ -792,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted.exit_code
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
-    except RunError as e:
+    except (RunError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as e:
