@@ -29,7 +29,7 @@ from lib.atomic import atomic_torch_save, atomic_write_text
 from lib.cli import main as cli_main
 from lib.lock import LockHeld, LockRefused, MatrixLock
 from lib.metrics import METRICS_FILE, atomic_write_json, newest_matrix, read_metrics
-from lib.runner import EXIT_OK, EXIT_REFUSED
+from lib.runner import EXIT_OK, EXIT_REFUSED, run_matrix
 from lib.spec import RunSpec
 from lib.train import EXIT_BAD_SPEC, train
 from lib.train import main as train_main
@@ -489,3 +489,45 @@ def test_report_names_are_single_directories(tmp_path, capsys, option):
     assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == sorted(
         p.name for p in (results / "inside").iterdir()
     )
+
+
+# -- done when: a damaged metrics.json and a deleted matrix.json keep every figure ----------------
+
+
+def _figures(doc: dict) -> dict:
+    """Everything a report shows of a run (the environment is that of the last process)."""
+    return {k: v for k, v in doc.items() if k != "environment"}
+
+
+@pytest.mark.slow
+def test_every_figure_survives_a_damaged_metrics_json_and_a_deleted_matrix_json(tmp_path, capsys):
+    # One real run (the runner's tests show that the other runs of a matrix are not touched).
+    results = tmp_path / "results"
+    matrix = results / "m"
+    overrides = {**PRUNED, "train": {"epochs": 2, "max_steps_per_epoch": 1}}
+    spec = make_tiny_spec(tmp_path, matrix="m", **overrides)
+    specs = [make_tiny_spec(tmp_path, matrix="m", out_dir=str(matrix / spec.run_id), **overrides)]
+    train(specs[0])  # in this process: the runner's relaunch below is the child under test
+    assert run_matrix(specs, matrix, config_snapshot={}, report_settings={}) == EXIT_OK
+    capsys.readouterr()
+    path = matrix / specs[0].run_id / METRICS_FILE
+    original = read_metrics(path)
+    assert original["state_memory"]["pruning_state_bytes"] > 0
+
+    path.write_text(path.read_text()[:100])  # torn by a crash or a full disk
+    assert run_matrix(specs, matrix, config_snapshot={}, report_settings={}) == EXIT_OK
+    assert _figures(read_metrics(path)) == _figures(original)
+    rebuilt = read_metrics(path)
+
+    (matrix / "matrix.json").unlink()
+    before = _stamps(results)
+    assert cli_main(["continue", "--results-dir", str(results)]) == 2
+    assert report_main(["--results-dir", str(results)]) == 2
+    assert _stamps(results) == before
+    assert capsys.readouterr().err.count(f"{matrix} holds runs but no matrix.json") == 2
+
+    # make test-matrix with the same .config writes the plan again and trains nothing.
+    assert run_matrix(specs, matrix, config_snapshot={}, report_settings={}) == EXIT_OK
+    assert read_metrics(path) == rebuilt and path.stat().st_mtime_ns == before[path]
+    assert (matrix / "matrix.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
