@@ -378,14 +378,19 @@ class Tracker:
         tracker.state = state
         for name in spec.tracking.sinks:
             sink = SINKS[name](spec)
+            earlier = state["sinks"].get(name, {})
             try:
-                entry = sink.open(state["sinks"].get(name, {}), state["last_step"])
+                entry = sink.open(earlier, state["last_step"])
                 print(f"tracking: {name}: {sink.where(entry)}", flush=True)
             except Exception as error:  # noqa: BLE001 - a tracker never stops the run
                 tracker._turn_off(sink, error)
                 continue
             state["sinks"][name] = entry
             tracker.sinks.append(sink)
+            if not earlier:  # turned on after other trackers: the epochs they already got
+                for record in finished_epochs:
+                    if record["epoch"] <= state["last_epoch"]:
+                        tracker._call(sink, sink.log, *tracker._epoch_values(record))
         tracker._save()
         for record in finished_epochs:
             tracker.epoch(record)
@@ -406,19 +411,23 @@ class Tracker:
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.sinks or record["epoch"] <= self.state["last_epoch"]:
             return
-        step = record["epoch"] * self.steps_per_epoch
-        scalars = {
-            f"epoch/{k}": float(record[k]) for k in EPOCH_SCALARS if record.get(k) is not None
-        }
-        per_layer = record.get("sparsity_per_layer") or {}
-        scalars.update({layer_key(name): float(v) for name, v in per_layer.items()})
-        histograms = {LAYER_HISTOGRAM: [float(v) for v in per_layer.values()]} if per_layer else {}
+        step, scalars, histograms = self._epoch_values(record)
         self._log(step, scalars, histograms)
         for sink in list(self.sinks):
             self._call(sink, sink.flush)
         self.state["last_epoch"] = record["epoch"]
         self.state["last_step"] = max(self.state["last_step"], step)
         self._save()
+
+    def _epoch_values(self, record: dict[str, Any]):
+        """(step, scalars, histograms) of one epoch record."""
+        scalars = {
+            f"epoch/{k}": float(record[k]) for k in EPOCH_SCALARS if record.get(k) is not None
+        }
+        per_layer = record.get("sparsity_per_layer") or {}
+        scalars.update({layer_key(name): float(v) for name, v in per_layer.items()})
+        histograms = {LAYER_HISTOGRAM: [float(v) for v in per_layer.values()]} if per_layer else {}
+        return record["epoch"] * self.steps_per_epoch, scalars, histograms
 
     def finish(self, status: str = STATUS_RUNNING) -> None:
         from lib.train import one_line  # lib.train imports this module

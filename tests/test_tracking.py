@@ -449,3 +449,21 @@ def test_run_restarting_behind_its_trackers_starts_them_again(tiny_spec, tmp_pat
         series = read(spec)
         assert series["epoch/test_top1"] == [(STEPS_PER_EPOCH, 55.0)]
         assert series["train/loss"] == [(STEPS_PER_EPOCH + 1, 1.0)]
+
+
+def test_tracker_turned_on_later_gets_the_epochs_the_others_already_have(
+    tiny_spec, tmp_path, trackio_store
+):
+    spec = tracked_spec(tiny_spec, tmp_path, trackio_store, tensorboard=True)
+    records = [{"epoch": e, "test_top1": 10.0 * e, "sparsity_per_layer": {}} for e in (1, 2)]
+    tracker = Tracker.start(spec, steps_per_epoch=STEPS_PER_EPOCH, finished_epochs=[])
+    tracker.epoch(records[0])
+    tracker.finish()
+
+    spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, trackio=True))
+    tracker = Tracker.start(spec, steps_per_epoch=STEPS_PER_EPOCH, finished_epochs=records[:1])
+    tracker.epoch(records[1])
+    tracker.finish()
+    expected = [(STEPS_PER_EPOCH, 10.0), (2 * STEPS_PER_EPOCH, 20.0)]
+    assert tensorboard_series(spec)["epoch/test_top1"] == expected  # epoch 1 not twice
+    assert trackio_series(spec)["epoch/test_top1"] == expected  # epoch 1 caught up
