@@ -15,13 +15,15 @@ from lib.kconfig_docs import render
 ROOT = cfg.ROOT
 
 
-def make(*args: str, config_path=None, check=False) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def make(
+    *args: str, config_path=None, check=False, env=None, py=sys.executable
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {})}
     if config_path is not None:
         env["KCONFIG_CONFIG"] = str(config_path)
-    # The stamp exists once `make setup` ran; tests use the interpreter running them.
+    # The stamp exists once `make setup` ran; tests use the interpreter running them (`py`).
     return subprocess.run(
-        ["make", "--no-print-directory", "-s", f"PY={sys.executable}", "SETUP_STAMP=", *args],
+        ["make", "--no-print-directory", "-s", f"PY={py}", "SETUP_STAMP=", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

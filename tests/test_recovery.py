@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_spec
+from test_make import make
 from test_report import CAND_50, FakeRun, ramp_sparsity, write_matrix
 from test_runner import fake_plan, make_spec, run
 
@@ -35,9 +36,6 @@ from lib.train import EXIT_BAD_SPEC, train
 from lib.train import main as train_main
 from scripts.report.cli import main as report_main
 from scripts.report.output import write_report
-
-REPO = Path(__file__).resolve().parent.parent
-MAKE_VARIABLES = ("MATRIX", "COMPARE", "RERUN_FAILED")
 
 # 2 epochs x 2 steps of movement pruning on AdamW: the optimizer and the pruner both hold
 # state, so each of the memory figures is non-zero.
@@ -389,18 +387,9 @@ for a in "$@"; do printf '%s\\0' "$a"; done > "$ARGV_FILE"
 """
 
 
-def _make(tmp_path: Path, *args: str, env: dict | None = None, py: str | None = None):
-    environment = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
-    environment.update(env or {}, KCONFIG_CONFIG=str(tmp_path / "no.config"))
-    environment["ARGV_FILE"] = str(tmp_path / "argv")
-    return subprocess.run(
-        ["make", "--no-print-directory", "-s", f"PY={py or sys.executable}", "SETUP_STAMP=", *args],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _make(tmp_path: Path, *args: str, env: dict | None = None, py: str = sys.executable):
+    env = {**(env or {}), "ARGV_FILE": str(tmp_path / "argv")}
+    return make(*args, config_path=tmp_path / "no.config", env=env, py=py)
 
 
 def _argv(tmp_path: Path, *args: str, env: dict | None = None) -> list[str]:
