@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lib.atomic import open_no_follow
 from lib.metrics import METRICS_FILE, STATUS_FAILED, MetricsError, read_metrics
 from lib.runner import (
     INTERRUPTED_EXITS,
@@ -103,7 +104,9 @@ class MatrixRun:
             f"{_utc_now()} on {socket.gethostname()}: {' '.join(cmd)}\n"
         )
         if job.global_rank == 0:
-            log = open(run_dir / LOG_FILE, "ab")  # noqa: SIM115 - closed below
+            # never through a link planted in the results directory (docs/runner.md)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            log = os.fdopen(open_no_follow(run_dir / LOG_FILE, flags), "ab")
         else:
             log = None  # submitit's own log of this task
         try:
