@@ -7,6 +7,7 @@ training code. One module per part of the report, imported in this order (no cyc
 - `stats`: mean +- std, Student's t intervals, Welch differences;
 - `markdown`: number and table formatting;
 - `cells`: which runs make up a (method, sparsity) cell; candidate and baseline;
+- `tracking`: the section linking each run to its live tracker (tracking.json);
 - `sections`: the sections of report.md, in the order they appear, and `render_report`;
 - `plots`: the PNG plots (matplotlib, imported only when drawing);
 - `output`: writing report.md, plots/ and metrics.csv (`write_report`);

@@ -559,7 +559,7 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
                 labelled.add(key)
             ax.plot(
                 [p[0] for p in points], [p[1] for p in points], color=palette[key],
-                linestyle="-" if run.completed else "--", linewidth=width, alpha=0.85,
+                linestyle="-" if run.counts else "--", linewidth=width, alpha=0.85,
                 label=label,
             )  # fmt: skip
     for target in sorted({r.target_sparsity for r in runs}):
