@@ -79,6 +79,16 @@ def cmd_savedefconfig(args: argparse.Namespace) -> int:
     return 0
 
 
+def _editable_config() -> str:
+    """The configuration file a menu edits: refused in one line before the menu starts if it
+    could never be saved there (a directory, a missing directory) or is no configuration."""
+    path = _config_path()
+    cfg.check_writable_file(path)
+    if os.path.exists(path):
+        cfg.read_config_file(cfg.load_kconfig(), path)
+    return path
+
+
 def _interactive_terminal(what: str) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise ConfigError(
@@ -98,6 +108,7 @@ def _validate_after_edit(path: str) -> int:
 
 
 def cmd_menuconfig(args: argparse.Namespace) -> int:
+    _editable_config()
     _interactive_terminal("menuconfig")
     import menuconfig  # kconfiglib's curses front end
 
@@ -108,6 +119,7 @@ def cmd_menuconfig(args: argparse.Namespace) -> int:
 
 
 def cmd_oldconfig(args: argparse.Namespace) -> int:
+    _editable_config()
     _interactive_terminal("oldconfig")
     import oldconfig  # kconfiglib's line-oriented front end
 

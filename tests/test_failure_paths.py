@@ -49,7 +49,9 @@ def one_error_line(err: str) -> str:
     [b"\x00\x01\x02\xff\xfe\x89PNG\r\n", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\xc3\x28"],
     ids=["binary", "elf"],
 )
-@pytest.mark.parametrize("command", ["check-config", "dry-run", "test-matrix", "olddefconfig"])
+@pytest.mark.parametrize(
+    "command", ["check-config", "dry-run", "test-matrix", "olddefconfig", "menuconfig"]
+)
 def test_a_binary_config_is_one_line(tmp_path, monkeypatch, capsys, content, command):
     path = tmp_path / ".config"
     path.write_bytes(content)
@@ -70,7 +72,16 @@ def test_a_text_config_that_is_not_kconfig_is_one_line(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.parametrize(
-    "command", ["check-config", "dry-run", "test-matrix", "olddefconfig", "savedefconfig"]
+    "command",
+    [
+        "check-config",
+        "dry-run",
+        "test-matrix",
+        "olddefconfig",
+        "savedefconfig",
+        "menuconfig",
+        "oldconfig",
+    ],
 )
 def test_a_config_that_is_a_directory_is_one_line(tmp_path, monkeypatch, capsys, command):
     path = tmp_path / ".config"
