@@ -148,12 +148,17 @@ def matrix(local_slurm, tmp_path_factory):
     first = cli(config, "lib.cli", "test-matrix")
     job = submitted_job(first)
     second = cli(config, "lib.cli", "test-matrix")
+    # The same matrix with the local executor must not train beside the array either.
+    local = config.with_name("arr-local.config")
+    local.write_text(config.read_text().replace("CONFIG_MATRIX_EXECUTOR_SLURM=y", ""))
+    beside = cli(local, "lib.cli", "test-matrix")
     return {
         "config": config,
         "dir": tmp / "results" / "arr",
         "job": job,
         "first": first,
         "second": second,
+        "local": beside,
     }
 
 
@@ -165,6 +170,9 @@ def test_matrix_is_one_array_every_run_completes_once_and_the_report_is_written(
     second = matrix["second"]
     assert second.returncode == 2
     assert f"Slurm job {job} is queued or running" in second.stdout + second.stderr
+    local = matrix["local"]
+    assert local.returncode == 2
+    assert f"Slurm job {job} is queued or running" in local.stdout + local.stderr
 
     record = json.loads((matrix_dir / RECORD_FILE).read_text())
     assert [s["job_id"] for s in record["submissions"]] == [job]
