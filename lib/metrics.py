@@ -202,7 +202,13 @@ def _activity(matrix_dir: Path) -> float:
     """When a matrix directory without matrix.json was last written: the directory itself
     (deleting matrix.json counts) and its runs' run.json and metrics.json."""
     paths = [matrix_dir, *matrix_dir.glob("*/run.json"), *matrix_dir.glob(f"*/{METRICS_FILE}")]
-    return max(p.stat().st_mtime for p in paths)
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # replaced or removed since it was listed
+            continue
+    return max(times, default=0.0)
 
 
 def newest_matrix(results_dir: str | os.PathLike[str]) -> Path | None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_spec
 from test_make import make
 from test_report import CAND_50, FakeRun, ramp_sparsity, write_matrix
 from test_runner import fake_plan, make_spec, run
@@ -212,12 +211,12 @@ def test_every_atomic_write_honours_the_umask(tmp_path, umask):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
-def test_a_run_and_its_matrix_are_readable_by_the_group(tmp_path, monkeypatch):
+def test_a_run_and_its_matrix_are_readable_by_the_group(tiny_spec, tmp_path, monkeypatch):
     previous = os.umask(0o022)
     try:
         fake_plan(monkeypatch)
         assert run([make_spec(0)], tmp_path / "m")[0] == EXIT_OK
-        train(make_tiny_spec(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1}))
+        train(tiny_spec(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1}))
     finally:
         os.umask(previous)
     kept = [tmp_path / "m" / "matrix.json", tmp_path / "m" / make_spec(0).run_id / "run.json"]
@@ -489,13 +488,15 @@ def _figures(doc: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_every_figure_survives_a_damaged_metrics_json_and_a_deleted_matrix_json(tmp_path, capsys):
+def test_every_figure_survives_a_damaged_metrics_json_and_a_deleted_matrix_json(
+    tiny_spec, tmp_path, capsys
+):
     # One real run (the runner's tests show that the other runs of a matrix are not touched).
     results = tmp_path / "results"
     matrix = results / "m"
     overrides = {**PRUNED, "train": {"epochs": 2, "max_steps_per_epoch": 1}}
-    spec = make_tiny_spec(tmp_path, matrix="m", **overrides)
-    specs = [make_tiny_spec(tmp_path, matrix="m", out_dir=str(matrix / spec.run_id), **overrides)]
+    spec = tiny_spec(tmp_path, matrix="m", **overrides)
+    specs = [tiny_spec(tmp_path, matrix="m", out_dir=str(matrix / spec.run_id), **overrides)]
     train(specs[0])  # in this process: the runner's relaunch below is the child under test
     assert run_matrix(specs, matrix, config_snapshot={}, report_settings={}) == EXIT_OK
     capsys.readouterr()
