@@ -47,6 +47,7 @@ def test_help_lists_every_target_and_defconfig():
         "test-matrix",
         "test-matrix-dry-run",
         "continue",
+        "status",
         "report",
         "setup",
         "bench",
