@@ -10,11 +10,14 @@ with the metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +30,62 @@ from lib.slurm import ENDED_STATES, RECORD_FILE, scheduler_states
 from lib.spec import RunSpec
 
 pytestmark = pytest.mark.slurm
+
+# A real single-node Slurm cluster, started once for this module by tests/slurm/local-slurm.sh
+# and stopped at the end (its jobs cancelled, its state removed). Where Slurm, munge or
+# submitit is not installed, or not as root, the tests skip with the reason; where they are
+# installed the cluster must start (a failure to start fails the tests, it does not skip).
+# (Not a conftest.py: tests import tests/conftest.py by its module name.)
+
+SCRIPT = Path(__file__).resolve().with_name("local-slurm.sh")
+TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel")
+
+
+def why_not_runnable() -> str | None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"Slurm is not installed here ({', '.join(missing)} not on PATH): "
+            "apt-get install slurm-wlm munge (.ci/run does)"
+        )
+    if os.geteuid() != 0:
+        return "the local Slurm cluster needs root (slurmd starts jobs as the submitting user)"
+    if importlib.util.find_spec("submitit") is None:
+        return "submitit is not installed: pip install -e '.[slurm]'"
+    return None
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    """SLURM_CONF of a running local cluster; set in os.environ while this module runs, so the
+    commands the tests start (and the jobs they submit) reach it."""
+    reason = why_not_runnable()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's basetemp: other pytest sessions on the machine prune old basetemps,
+    # and a cluster must not lose its state (or munge its socket) while it runs.
+    state = Path(tempfile.mkdtemp(prefix="prunebench-slurm-"))
+    started = subprocess.run(
+        [str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=120
+    )
+    if started.returncode != 0:
+        subprocess.run([str(SCRIPT), "stop", str(state)], capture_output=True, timeout=120)
+        pytest.fail(f"local Slurm did not start: {started.stderr.strip()}")
+    conf = str(state / "slurm.conf")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    try:
+        yield conf
+    finally:
+        stopped = subprocess.run(
+            [str(SCRIPT), "stop", str(state)], capture_output=True, text=True, timeout=120
+        )
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        assert stopped.returncode == 0, stopped.stderr
+
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT = 300  # seconds a tiny job may take on a loaded 2-core machine
