@@ -81,6 +81,9 @@ start() {
         exit 1
     fi
     mkdir -p "$dir"/{munge,state,spool,log}
+    # Who started it: a test session that died before stopping it leaves its pid behind, and
+    # the next session stops such orphans (tests/slurm/test_slurm.py).
+    echo "${PRUNEBENCH_SLURM_OWNER:-$PPID}" >"$dir/owner"
     chmod 700 "$dir/munge"
 
     # munge: a fresh key, its own socket (the system's munged, if any, is left alone).

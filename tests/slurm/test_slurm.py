@@ -55,6 +55,22 @@ def why_not_runnable() -> str | None:
     return None
 
 
+CLUSTER_PREFIX = "prunebench-slurm-"
+
+
+def stop_orphans() -> None:
+    """Stop the clusters of test sessions that died before stopping theirs (killed by a
+    timeout, say): their daemons would otherwise run on forever. A cluster whose session
+    lives is left alone, whoever's it is."""
+    for state in Path(tempfile.gettempdir()).glob(CLUSTER_PREFIX + "*"):
+        try:
+            owner = int((state / "owner").read_text())
+            os.kill(owner, 0)
+        except (OSError, ValueError) as gone:
+            if isinstance(gone, ProcessLookupError):
+                subprocess.run([str(SCRIPT), "stop", str(state)], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def local_slurm():
     """SLURM_CONF of a running local cluster; set in os.environ while this module runs, so the
@@ -62,9 +78,10 @@ def local_slurm():
     reason = why_not_runnable()
     if reason:
         pytest.skip(reason)
+    stop_orphans()
     # Not under pytest's basetemp: other pytest sessions on the machine prune old basetemps,
     # and a cluster must not lose its state (or munge its socket) while it runs.
-    state = Path(tempfile.mkdtemp(prefix="prunebench-slurm-"))
+    state = Path(tempfile.mkdtemp(prefix=CLUSTER_PREFIX))
     started = subprocess.run(
         [str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=120
     )
