@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +114,24 @@ def _nvml_used_mb(device: torch.device) -> float | None:
         return torch.cuda.device_memory_used(device) / MIB
     except Exception:  # noqa: BLE001 - NVML is optional (pynvml missing, no permission, ...)
         return None
+
+
+def peak_transient_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes that `fn()` allocated beyond what existed when it started (CPU allocator).
+
+    Read from the profiler's allocator events (`profile_memory=True`): the maximum of the
+    running sum of allocations and frees, in the order they happened. Measures temporaries, e.g. what
+    one optimizer step allocates and frees again (benchmarks/bench_optimizers.py).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # One record per allocation (+) and free (-), with its time.
+    records = prof.profiler.kineto_results.events()
+    events = sorted((e.start_ns(), e.nbytes()) for e in records if e.name() == "[memory]")
+    current = peak = 0
+    for _, change in events:
+        current += change
+        peak = max(peak, current)
+    return peak

@@ -4,7 +4,8 @@ Magnitude, movement and state-based (AdamWPrune) pruning differ only in the impo
 Everything else lives here, once (docs/algorithms.md, section "Shared machinery"):
 
 - `PruningSchedule`: when masks are updated and to which sparsity (cubic Zhu-Gupta or linear).
-- `select_pruned`: the exact selection of the `k` lowest scores (count exact, ties by index).
+- `select_lowest` / `select_pruned`: the exact selection of the `k` lowest scores (count exact,
+  ties by index), ranking only the kept weights.
 - `Pruner`: the per-optimizer state machine. The optimizer calls `before_step()` (movement
   accumulation, gradient masking) and `after_step(state)` (mask update on schedule, zeroing of
   weights and of every optimizer-state tensor at pruned coordinates).
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lib.buckets import bucket_elements, buckets
 
 SCHEDULES = ("cubic", "linear")
 SCOPES = ("global", "layerwise")
@@ -143,8 +146,8 @@ def measure_sparsity(
 
 # -- exact selection ------------------------------------------------------------------------------
 
-# Sample size of the bracketing pass in `select_pruned`; the exact selection then runs on the
-# few scores between the two bracket values instead of on all of them.
+# Sample size of the bracketing pass; the exact selection then runs on the few scores between
+# the two bracket values instead of on all of them.
 _SAMPLE_SIZE = 1 << 16
 _BRACKET_SIGMAS = 6.0
 
@@ -157,65 +160,95 @@ def _kth_smallest(values: Tensor, k: int) -> Tensor:
     return torch.topk(values, n - k + 1, largest=True, sorted=False).values.min()
 
 
-def _select_bracketed(scores: Tensor, k: int) -> tuple[Tensor, int, Tensor] | None:
-    """The k-th smallest value, how many scores are below it, and the positions of those equal.
+def _bracket(scores: Tensor, count: int, floor_count: int) -> tuple[Tensor, float, int] | None:
+    """Positions that may hold rank `count` among the scores above -inf, and what lies below.
 
-    A strided sample estimates the rank-k value; two sample order statistics `lo <= hi`, a few
-    binomial standard deviations either side, bracket it. The counts are exact (made on the
-    full tensor), so if the bracket provably holds rank k the answer is exact; otherwise
-    (structured or adversarial data) None, and the caller selects over everything.
+    A strided sample of the scores above -inf estimates the rank-`count` value among the
+    `n - floor_count` candidates; two sample order statistics `lo < hi` a few binomial standard
+    deviations either side bracket it. Returns the ascending positions with lo < score <= hi,
+    lo, and the exact number of candidates <= lo. When the rank is near the bottom (a small
+    sparsity increment) lo is -inf: only the few lowest kept scores are gathered. None when the
+    sample is too small; the caller checks the bracket against the exact counts.
     """
     n = scores.numel()
     stride = n // _SAMPLE_SIZE
     if stride < 8:
         return None
     sample = scores[::stride]
+    sample = sample[sample > -math.inf]
     m = sample.numel()
-    quantile = k / n
-    margin = _BRACKET_SIGMAS * math.sqrt(m * quantile * (1 - quantile)) + 8
-    # Two order statistics of the sample (kthvalue: a full sort of it costs more than both).
-    lo = torch.kthvalue(sample, max(1, int(quantile * m - margin) + 1)).values
-    hi = torch.kthvalue(sample, min(m, int(quantile * m + margin) + 1)).values
-    below = scores < lo
-    count_below = int(torch.count_nonzero(below))
-    inside = scores <= hi
-    inside.logical_xor_(below)  # lo <= score <= hi (below is a subset)
-    positions = torch.nonzero(inside).flatten()  # ascending
-    values = scores[positions]
-    if not count_below < k <= count_below + values.numel():
+    candidates = n - floor_count
+    if m < 64 or candidates <= 0:
         return None
-    threshold = _kth_smallest(values, k - count_below)
-    count_below += int(torch.count_nonzero(values < threshold))
-    return threshold, count_below, positions[values == threshold]
+    quantile = count / candidates
+    margin = _BRACKET_SIGMAS * math.sqrt(m * quantile * (1 - quantile)) + 8
+    low_rank = int(quantile * m - margin)  # sample ranks certainly below rank `count`
+    high_rank = min(m, int(quantile * m + margin) + 1)
+    # Two order statistics of the sample (kthvalue: a full sort of it costs more than both).
+    lo = torch.kthvalue(sample, low_rank).values.item() if low_rank >= 1 else -math.inf
+    hi = torch.kthvalue(sample, high_rank).values.item()
+    inside = scores > lo
+    below = 0 if lo == -math.inf else candidates - int(torch.count_nonzero(inside))
+    inside.logical_and_(scores <= hi)
+    return torch.nonzero(inside).flatten(), lo, below
+
+
+@torch.no_grad()
+def select_lowest(scores: Tensor, count: int, floor_count: int | None = None) -> Tensor:
+    """Ascending positions of the `count` lowest scores above -inf; ties by position (lower first).
+
+    -inf marks entries that are not candidates (weights pruned earlier); `floor_count` is how
+    many there are (counted here when not given; a wrong count only costs time, never
+    exactness). The count is exact whatever the data: a sampled bracket holds the rank with
+    exact counts made on the full tensor, and if it does not (structured or adversarial data)
+    the selection runs over every candidate. With a small `count` (a small sparsity increment)
+    only the scores just above the lowest kept ones are gathered: two elementwise passes and a
+    selection over a few thousand values.
+    """
+    n = scores.numel()
+    if floor_count is None:
+        floor_count = int(torch.count_nonzero(scores == -math.inf))
+    empty = torch.empty(0, dtype=torch.long, device=scores.device)
+    if count <= 0:
+        return empty
+    if count >= n - floor_count:
+        return torch.nonzero(scores > -math.inf).flatten()
+    bracket = _bracket(scores, count, floor_count)
+    if bracket is not None:
+        positions, lo, below = bracket
+        if not below < count <= below + positions.numel():
+            bracket = None
+    if bracket is None:  # every candidate
+        positions, lo, below = torch.nonzero(scores > -math.inf).flatten(), -math.inf, 0
+    values = scores[positions]
+    threshold = _kth_smallest(values, count - below)
+    chosen = [positions[values < threshold]]
+    missing = count - below - chosen[0].numel()
+    if missing > 0:
+        chosen.append(positions[values == threshold][:missing])
+    if below > 0:
+        chosen.append(torch.nonzero((scores <= lo).logical_and_(scores > -math.inf)).flatten())
+    return chosen[0] if len(chosen) == 1 else torch.cat(chosen).sort().values
 
 
 @torch.no_grad()
 def select_pruned(scores: Tensor, prune_count: int) -> Tensor:
     """Bool mask of exactly `prune_count` entries of the 1-D `scores`: the lowest ones.
 
-    Ties at the threshold are broken by position (lower index pruned first), so the count is
-    exact whatever the data. Never `torch.quantile` (limited to 2^24 elements). About three
-    elementwise passes over the scores plus a selection over the ~2% inside a sampled bracket.
+    Ties (also among -inf) are broken by position, lower index pruned first, so the count is
+    exact whatever the data. Never `torch.quantile` (limited to 2^24 elements).
     """
     n = scores.numel()
-    if prune_count <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device)
     if prune_count >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
-    bracketed = _select_bracketed(scores, prune_count)
-    if bracketed is None:
-        threshold = _kth_smallest(scores, prune_count)
-        pruned = scores < threshold
-        count_below, ties = int(torch.count_nonzero(pruned)), None
-    else:
-        threshold, count_below, ties = bracketed
-        pruned = scores < threshold
-    missing = prune_count - count_below
-    if missing > 0:
-        if ties is None:
-            ties = torch.nonzero(scores == threshold).flatten()
-        pruned[ties[:missing]] = True
-    return pruned
+    floor = scores == -math.inf
+    floor_count = int(torch.count_nonzero(floor))
+    if prune_count <= floor_count:
+        pruned = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        pruned[torch.nonzero(floor).flatten()[: max(prune_count, 0)]] = True
+        return pruned
+    floor[select_lowest(scores, prune_count - floor_count, floor_count)] = True
+    return floor
 
 
 # -- scores ---------------------------------------------------------------------------------------
@@ -247,6 +280,14 @@ def importance_score(
     raise ValueError(f"score={score!r}: must be one of {', '.join(SCORES)}")
 
 
+def _zero_at(t: Tensor, positions: Tensor) -> None:
+    """t[positions] = 0 for ascending positions in `t`'s logical (row-major) order."""
+    if t.is_contiguous():
+        t.view(-1).index_fill_(0, positions, 0.0)
+    else:
+        t.index_put_(torch.unravel_index(positions, t.shape), t.new_zeros(()))
+
+
 # -- the per-optimizer machinery ------------------------------------------------------------------
 
 
@@ -275,6 +316,8 @@ class Pruner:
         self.eps = eps
         self.step = 0  # optimizer steps taken (the schedule's t)
         self.sparsity = 0.0  # target of the last mask update: what the masks implement now
+        # Zero weights right after the last mask update (None: no update in this process yet).
+        self._zeros_after_update: int | None = None
         # Sanh et al.'s S, accumulated as S <- S - g * w from the first step: +4 B per weight.
         self.movement_scores = (
             [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
@@ -305,11 +348,16 @@ class Pruner:
         if self.sparsity > 0.0 and with_grad:
             # g <- g * |sign(w)|: exact (a product with 1 or 0), and float-only, so it stays on
             # vectorised kernels (about twice as fast as g.mul_(w != 0) with its bool operand).
+            # In buckets (lib/buckets.py): the temporary |sign(w)| is one bucket, not the model.
             # With the weight, its moments and its gradient all 0, no optimizer here can move a
             # pruned weight, so weights are never re-masked (tests/test_pruning.py).
-            keep = torch._foreach_sign([self.params[i].detach() for i in with_grad])
-            torch._foreach_abs_(keep)
-            torch._foreach_mul_([self.params[i].grad for i in with_grad], keep)
+            weights = [self.params[i].detach() for i in with_grad]
+            grads = [self.params[i].grad for i in with_grad]
+            size = bucket_elements(weights[0].device)
+            for bucket_weights, bucket_grads in buckets([weights, grads], size):
+                keep = torch._foreach_sign(bucket_weights)
+                torch._foreach_abs_(keep)
+                torch._foreach_mul_(bucket_grads, keep)
 
     @torch.no_grad()
     def after_step(self, optimizer_state: dict[Tensor, dict[str, Any]]) -> None:
@@ -319,32 +367,71 @@ class Pruner:
 
     @torch.no_grad()
     def update_masks(self, optimizer_state: dict[Tensor, dict[str, Any]], sparsity: float) -> None:
-        """Prune to `sparsity` (monotone: already-pruned weights rank below every kept one)."""
-        scores = []
+        """Prune to `sparsity`, monotone: already-pruned weights (the zeros) stay pruned.
+
+        Equal, bit for bit, to ranking every weight with the pruned ones lowest (score -inf),
+        taking the exact count with ties by position, and zeroing every selected coordinate
+        in the weight and each state tensor (tests/test_pruning.py compares the two). What
+        makes it cheap: only kept weights are ranked (`select_lowest`), and only the newly
+        pruned coordinates are written (a small sparsity increment touches a few thousand).
+        """
+        scores, zero_counts = [], []
         for i, p in enumerate(self.params):
             movement = None if self.movement_scores is None else self.movement_scores[i]
             s = importance_score(self.score, p, optimizer_state.get(p, {}), movement, self.eps)
-            scores.append(s.masked_fill_(p == 0, -math.inf).flatten())
+            zero = p == 0
+            zero_counts.append(torch.count_nonzero(zero))
+            scores.append(s.masked_fill_(zero, -math.inf))
+            del zero
+        zeros = torch.stack(zero_counts).tolist()
+        sizes = [p.numel() for p in self.params]
         if self.scope == "global":
-            total = sum(s.numel() for s in scores)
-            flat = torch.cat(scores)
+            total = sum(sizes)
+            flat = torch.empty(total, dtype=scores[0].dtype, device=scores[0].device)
+            offset = 0
+            for index, s in enumerate(scores):
+                flat[offset : offset + sizes[index]].view(s.shape).copy_(s)
+                scores[index] = None  # type: ignore[call-overload]
+                offset += sizes[index]
             del scores
-            pruned = select_pruned(flat, total - round((1.0 - sparsity) * total))
+            pruned_count = total - round((1.0 - sparsity) * total)
+            chosen = select_lowest(flat, pruned_count - sum(zeros), sum(zeros))
             del flat
-            masks = pruned.split([p.numel() for p in self.params])
-        else:
-            masks = [
-                select_pruned(s, s.numel() - round((1.0 - sparsity) * s.numel())) for s in scores
+            offsets = torch.tensor(sizes, device=chosen.device).cumsum(0)
+            cuts = torch.searchsorted(chosen, offsets[:-1]).tolist()
+            starts = [0] + offsets[:-1].tolist()
+            positions = [
+                part - start for part, start in zip(chosen.tensor_split(cuts), starts, strict=True)
             ]
-        for i, (p, mask) in enumerate(zip(self.params, masks, strict=True)):
-            mask = mask.view(p.shape)
-            p.detach().masked_fill_(mask, 0.0)
-            for value in optimizer_state.get(p, {}).values():
+        else:
+            positions = []
+            for index, s in enumerate(scores):
+                pruned_count = sizes[index] - round((1.0 - sparsity) * sizes[index])
+                flat_s = s.reshape(-1)  # logical order, as the global scope's positions
+                positions.append(select_lowest(flat_s, pruned_count - zeros[index], zeros[index]))
+                scores[index] = None  # type: ignore[call-overload]
+        # Coordinates pruned earlier already hold 0 in the weight and every state tensor; a
+        # zero that appeared since the last update (a kept weight reaching exactly 0, a
+        # checkpoint just loaded) may not: then every zero is cleared, as a full mask would.
+        clear_all_zeros = self._zeros_after_update != sum(zeros)
+        for i, (p, local) in enumerate(zip(self.params, positions, strict=True)):
+            targets = [p.detach()] + [
+                value
+                for value in optimizer_state.get(p, {}).values()
                 # Every per-coordinate buffer: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum...
-                if isinstance(value, Tensor) and value.shape == p.shape:
-                    value.masked_fill_(mask, 0.0)
+                if isinstance(value, Tensor) and value.shape == p.shape
+            ]
             if self.movement_scores is not None:
-                self.movement_scores[i].masked_fill_(mask, 0.0)
+                targets.append(self.movement_scores[i])
+            if clear_all_zeros:
+                zero = p == 0
+                for t in targets:
+                    t.masked_fill_(zero, 0.0)
+                del zero
+            if local.numel():
+                for t in targets:
+                    _zero_at(t, local)
+        self._zeros_after_update = sum(zeros) + sum(int(local.numel()) for local in positions)
         self.sparsity = sparsity
 
     def state_dict(self) -> dict[str, Any]:
@@ -372,6 +459,7 @@ class Pruner:
                 buffer.copy_(value)
         self.step = int(state["step"])
         self.sparsity = float(state["sparsity"])
+        self._zeros_after_update = None
 
 
 # -- what the training loop and the report read ---------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lib.buckets import bucket_elements, buckets
+
 
 def check_adam_arguments(lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
     """ValueError naming the argument, torch.optim style, for the hyperparameters Adams share."""
@@ -96,15 +98,18 @@ def clip_spikes_(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
     """Where g^2 > theta * v (v before this step's update), g <- sign(g) sqrt(theta v), in place.
 
     The reference's predicate and replacement exactly (not a clamp: the two differ when g^2
-    underflows).
+    underflows). Temporaries are one bucket of lib/buckets.py each, not model-sized.
     """
-    squares = torch._foreach_mul(grads, grads)
-    limits = torch._foreach_mul(exp_avg_sqs, theta)
-    spikes = [torch.gt(square, limit) for square, limit in zip(squares, limits, strict=True)]
-    del squares
-    torch._foreach_sqrt_(limits)
-    for grad, limit, spike in zip(grads, limits, spikes, strict=True):
-        torch.where(spike, limit.copysign_(grad), grad, out=grad)
+    if not grads:
+        return
+    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(grads[0].device)):
+        squares = torch._foreach_mul(bucket_grads, bucket_grads)
+        limits = torch._foreach_mul(bucket_sqs, theta)
+        spikes = [torch.gt(square, limit) for square, limit in zip(squares, limits, strict=True)]
+        del squares
+        torch._foreach_sqrt_(limits)
+        for grad, limit, spike in zip(bucket_grads, limits, spikes, strict=True):
+            torch.where(spike, limit.copysign_(grad), grad, out=grad)
 
 
 @torch.no_grad()
@@ -146,17 +151,19 @@ def spam_step(
         torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denoms, eps)
-        updates = torch._foreach_div(exp_avgs, denoms)
-        del denoms
+        size = bucket_elements(params[0].device)
         for k, indices in by_step.items():
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
-            torch._foreach_add_(
-                [params[i] for i in indices],
-                [updates[i] for i in indices],
-                alpha=-step_size * scale,
-            )
+            # p <- p - step m / (sqrt(v) + eps), one bucket at a time: temporaries of a
+            # bucket's size instead of the model's (lib/buckets.py), the same arithmetic.
+            lists = [[params[i] for i in indices], [exp_avgs[i] for i in indices]]
+            lists.append([exp_avg_sqs[i] for i in indices])
+            for bucket_params, bucket_avgs, bucket_sqs in buckets(lists, size):
+                denoms = torch._foreach_sqrt(bucket_sqs)
+                torch._foreach_add_(denoms, eps)
+                updates = torch._foreach_div(bucket_avgs, denoms)
+                del denoms
+                torch._foreach_add_(bucket_params, updates, alpha=-step_size * scale)
         if group["weight_decay"] > 0.0:
             # After the update and unscaled by the warmup, as p + (-lr wd) p like the reference.
             torch._foreach_add_(params, params, alpha=-lr * group["weight_decay"])
