@@ -145,9 +145,15 @@ def rank_share(count: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def global_batches(num_samples: int, batch_size: int, world: int, train: bool) -> int:
+def global_batches(
+    num_samples: int, batch_size: int, world: int, train: bool, drop_last: bool = False
+) -> int:
     """Global batches per epoch. A training epoch of several ranks leaves out a last batch
-    smaller than the rank count (every rank must take every step); evaluation keeps it."""
+    smaller than the rank count (every rank must take every step); evaluation keeps it.
+    `drop_last` (training under torch.compile) leaves out any partial last training batch:
+    a batch of another size would be compiled again."""
+    if train and drop_last:
+        return num_samples // batch_size
     batches = math.ceil(num_samples / batch_size)
     last = num_samples - (batches - 1) * batch_size
     if train and world > 1 and 0 < last < world:
@@ -160,11 +166,17 @@ class RankBatchSampler(Sampler):
     with one rank, torch's BatchSampler(drop_last=False). Empty shares are not yielded."""
 
     def __init__(
-        self, sampler: EpochSampler, batch_size: int, rank: int, world: int, train: bool
+        self,
+        sampler: EpochSampler,
+        batch_size: int,
+        rank: int,
+        world: int,
+        train: bool,
+        drop_last: bool = False,
     ) -> None:
         self.sampler = sampler
         self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.batches = global_batches(len(sampler), batch_size, world, train)
+        self.batches = global_batches(len(sampler), batch_size, world, train, drop_last)
 
     def __len__(self) -> int:
         return self.batches
@@ -198,13 +210,14 @@ class EpochLoader:
         train: bool,
         rank: int = 0,
         world: int = 1,
+        drop_last: bool = False,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), run_seed, shuffle=train)  # type: ignore[arg-type]
         self.batch_size = batch_size
         workers = data.workers
         self.loader = DataLoader(
             SeededAugmentation(dataset),
-            batch_sampler=RankBatchSampler(self.sampler, batch_size, rank, world, train),
+            batch_sampler=RankBatchSampler(self.sampler, batch_size, rank, world, train, drop_last),
             num_workers=workers,
             pin_memory=data.pin_memory and torch.cuda.is_available(),
             persistent_workers=data.persistent_workers and workers > 0,
@@ -351,6 +364,7 @@ class InMemoryLoader:
         shuffle: bool,
         rank: int = 0,
         world: int = 1,
+        drop_last: bool = False,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("InMemoryLoader needs N x C x H x W uint8 images")
@@ -360,6 +374,7 @@ class InMemoryLoader:
         self.run_seed = run_seed
         self.shuffle = shuffle
         self.rank, self.world = rank, world
+        self.drop_last = drop_last
         self.epoch = 0
         device = images.device
         # Folding 1/255 into the scale keeps the per-batch work at one fused multiply-add.
@@ -376,7 +391,9 @@ class InMemoryLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return global_batches(self.num_samples, self.batch_size, self.world, self.shuffle)
+        return global_batches(
+            self.num_samples, self.batch_size, self.world, self.shuffle, self.drop_last
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_samples
@@ -521,6 +538,7 @@ def _mnist5k_loaders(
             shuffle,
             rank,
             world,
+            drop_last=shuffle and spec.train.compile,
         )
 
     return make("train", True), make("test", False)
@@ -546,7 +564,10 @@ def _synthetic_loaders(
         )
         half = (0.5, 0.5, 0.5)
         batch = spec.train.global_batch_size
-        return InMemoryLoader(images, labels, batch, half, half, spec.seed, shuffle, rank, world)
+        drop = shuffle and spec.train.compile
+        return InMemoryLoader(
+            images, labels, batch, half, half, spec.seed, shuffle, rank, world, drop_last=drop
+        )
 
     return make(data.synthetic_train_size, True), make(data.synthetic_val_size, False)
 
@@ -557,7 +578,8 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
     Batches from file-backed datasets are on the host (move them with non_blocking=True);
     batches from in-memory datasets are already on `device`. With `world` ranks, each loader
     yields rank `rank`'s share of every global batch (`rank_share`); `__len__` counts global
-    batches and `num_samples` the whole dataset.
+    batches and `num_samples` the whole dataset. With `spec.train.compile` the training
+    loader drops its last partial batch (`global_batches`); the trainer pads the test loader's.
     """
     device = torch.device(device)
     data = spec.data
@@ -575,6 +597,6 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
         train_set, test_set = _cifar_datasets(data)
     batch = spec.train.global_batch_size
     return (
-        EpochLoader(train_set, data, batch, spec.seed, True, rank, world),
+        EpochLoader(train_set, data, batch, spec.seed, True, rank, world, spec.train.compile),
         EpochLoader(test_set, data, batch, spec.seed, False, rank, world),
     )

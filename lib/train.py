@@ -717,13 +717,21 @@ class _Run:
         self.test_loader.set_epoch(epoch)
         totals = torch.zeros(3, device=device, dtype=torch.float64)
         count = 0
+        full = 0
         for step, (images, targets) in enumerate(self.test_loader):
             if step >= self.eval_steps:
                 break
             self.stop.check()
             images, targets = self.to_device(images, targets)
+            count_here = targets.shape[0]
+            full = full or count_here  # this rank's share of a full batch: the first one
+            if self.spec.train.compile and count_here < full:
+                # A last batch of another size would compile the model again: pad it with
+                # copies of its last image (eval-mode layers treat images independently).
+                extra = images[-1:].expand(full - count_here, -1, -1, -1)
+                images = torch.cat([images, extra]).contiguous(memory_format=self.memory_format)
             with self.autocast():
-                logits = model(images)
+                logits = model(images)[:count_here]
             logits = logits.float()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
