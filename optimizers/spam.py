@@ -11,7 +11,9 @@ reference code, neither of which changes a single number:
   them as string keys (`"total_step"`, `"current_step"`) in `optimizer.state`, which torch's
   state_dict round-trips as well, so both resume warmup and reset phase where they stopped.
   Here `optimizer.state` holds per-parameter entries only, as torch's optimizers do;
-- moments are zeroed in place at a reset instead of being reallocated.
+- moments are zeroed in place at a reset instead of being reallocated;
+- its temporaries are made one bucket at a time (lib/buckets.py): a few MiB per step instead
+  of about 9 B/param.
 """
 
 from __future__ import annotations
