@@ -460,7 +460,7 @@ def test_one_run_per_gpu_and_the_next_starts_when_a_slot_frees(tmp_path, monkeyp
     specs = [make_spec(seed, epochs=1) for seed in range(4)]
     fake_plan(
         monkeypatch,
-        **{specs[0].run_id: {"epoch_seconds": 3.0}},
+        **{specs[0].run_id: {"until_completed": [s.run_id for s in specs[1:]]}},
         **{"*": {"epoch_seconds": 0.05}},
     )
     matrix_dir = tmp_path / "m"
@@ -592,9 +592,20 @@ def _fake_trainer(run_json: str) -> int:
         atomic_write_json(metrics_path, build_document(spec, epochs, status=status, error=error))
 
     write(STATUS_RUNNING)
+    # `until_completed`: run ids of the same matrix whose completion ends this run's epoch
+    # (capped at 60 s), so a test can hold a slot for as long as the others take, however
+    # slowly a loaded machine starts their processes.
+    waited_for = [run_dir.parent / rid / "events.log" for rid in plan.get("until_completed", [])]
+
+    def others_completed() -> bool:
+        return all(p.exists() and "completed" in p.read_text() for p in waited_for)
+
     for n in range(len(epochs) + 1, spec.train.epochs + 1):
-        deadline = time.monotonic() + plan.get("epoch_seconds", 0.02)
+        seconds = 60.0 if waited_for else plan.get("epoch_seconds", 0.02)
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not stop:
+            if waited_for and others_completed():
+                break
             time.sleep(0.01)
         if stop:
             write(STATUS_RUNNING)
