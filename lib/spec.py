@@ -255,6 +255,19 @@ class RunSpec:
             d["train"].pop(how)
         return d
 
+    @classmethod
+    def recorded_identity(cls, identity: dict[str, Any]) -> dict[str, Any]:
+        """An identity as written by an earlier version, with the fields added since then at
+        their defaults, so that a checkpoint from before an upgrade still matches its run.
+
+        An identity this version cannot read (a field it does not know) is returned as it is,
+        which compares unequal: the run is refused rather than trained on a guess.
+        """
+        try:
+            return cls.from_dict({**identity, "matrix": "recorded"}).identity()
+        except (KeyError, TypeError, ValueError):
+            return identity
+
 
 def method_key(optimizer_label: str, pruning: str, prune_score: str | None) -> str:
     """The method a run belongs to, across sparsities and seeds: `adamwprune-adamw_state-hybrid`,

@@ -509,7 +509,7 @@ class _Run:
                 f"{self.last_path} has checkpoint format {checkpoint.get('format')!r}, "
                 f"expected {CHECKPOINT_FORMAT}"
             )
-        if checkpoint["identity"] != self.spec.identity():
+        if RunSpec.recorded_identity(checkpoint["identity"]) != self.spec.identity():
             raise RunError(
                 f"{self.last_path} belongs to a different configuration than {self.spec.run_id}; "
                 "move it away or use another results directory"

@@ -260,6 +260,32 @@ def test_checkpoint_of_another_configuration_is_refused(tiny_spec, tmp_path):
     assert not (Path(spec.out_dir) / METRICS_FILE).exists()
 
 
+def test_checkpoint_written_before_an_option_existed_still_resumes(tiny_spec, tmp_path):
+    """A field added to RunSpec after a checkpoint was written takes its default: an upgrade
+    of the project must not make every unfinished run 'a different configuration'."""
+    spec = tiny_spec(tmp_path, train={"epochs": 2, "max_steps_per_epoch": 1})
+    train(tiny_spec(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1}))
+    last = Path(spec.out_dir) / "checkpoint_last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    # as an older version wrote it (identity built with the one-epoch spec's fields): drop one
+    # field the current TrainSpec has, and make it match the two-epoch spec otherwise
+    identity = spec.identity()
+    dropped = identity["train"].pop("tf32")
+    assert dropped == TrainSpec().tf32, "the dropped field must be at its default here"
+    checkpoint["identity"] = identity
+    torch.save(checkpoint, last)
+    (Path(spec.out_dir) / METRICS_FILE).unlink()
+    doc = train(spec)
+    assert doc["summary"]["status"] == "completed"
+    assert [e["epoch"] for e in doc["epochs"]] == [1, 2]
+    # a field this version does not know is still a different configuration
+    checkpoint["identity"] = {**identity, "train": {**identity["train"], "from_the_future": 1}}
+    torch.save(checkpoint, last)
+    (Path(spec.out_dir) / METRICS_FILE).unlink()
+    with pytest.raises(RunError, match="different configuration"):
+        train(spec)
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 
