@@ -130,7 +130,7 @@ continue: $(SETUP_STAMP)
 	@$(call ignored_env,MATRIX RERUN_FAILED)$(PY) -m lib.cli continue $(matrix_arg) $(rerun_arg)
 
 status: $(SETUP_STAMP)
-	@$(PY) -m lib.cli status $(if $(MATRIX),--matrix $(MATRIX))
+	@$(call ignored_env,MATRIX)$(PY) -m lib.cli status $(matrix_arg)
 
 report: $(SETUP_STAMP)
 	$(if $(call cli_var,COMPARE),$(if $(filter-out 2,$(words $(call cli_var,COMPARE))),$(error \

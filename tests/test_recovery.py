@@ -406,6 +406,8 @@ HOSTILE = [
     ("continue", "MATRIX", "$$(touch {f})"),
     ("continue", "MATRIX", "`touch {f}`"),
     ("continue", "MATRIX", "'; touch {f}; '"),
+    ("status", "MATRIX", "x; touch {f}"),
+    ("status", "MATRIX", "$(shell touch {f})"),
     ("report", "MATRIX", "x;>{f}"),
     ("report", "COMPARE", "a b;>{f}"),
     ("report", "COMPARE", "a $(shell touch {f})"),
@@ -436,6 +438,7 @@ def test_make_ignores_the_variables_in_the_environment(tmp_path):
     env = {"MATRIX": "other", "RERUN_FAILED": "0", "COMPARE": "a b"}
     assert _argv(tmp_path, "continue", env=env) == ["-m", "lib.cli", "continue"]
     assert _argv(tmp_path, "report", env=env) == ["-m", "scripts.report"]
+    assert _argv(tmp_path, "status", env=env) == ["-m", "lib.cli", "status"]
     res = _make(tmp_path, "continue", env=env, py=str(tmp_path / "python"))
     assert "MATRIX in the environment is ignored" in res.stdout + res.stderr
 
