@@ -545,6 +545,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         pin_memory=r.bool("DATA_PIN_MEMORY"),
         persistent_workers=r.int("DATA_WORKERS") > 0,
         download=r.bool("DATA_DOWNLOAD"),
+        decode=r.choice("DATA_DECODE", ("pil", "uint8")) if dataset == "imagenet" else "pil",
         synthetic_classes=r.int("DATA_SYNTHETIC_CLASSES") if synthetic else 1000,
         synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
         synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib.atomic import atomic_torch_save
-from lib.spec import DATASETS, DataSpec, RunSpec
+from lib.spec import DATASETS, DECODES, DataSpec, RunSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,6 +106,31 @@ class SeededAugmentation(Dataset):
         index, sample_seed = key
         torch.manual_seed(sample_seed)
         return self.dataset[index]
+
+
+class EncodedSamples(Dataset):
+    """The uint8 path's worker side: a sample is its file's bytes, read and nothing else.
+
+    Keys are the sampler's `(index, sample_seed)` pairs, passed through so the training
+    process seeds each sample's crop and flip exactly as `SeededAugmentation` does in a worker.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, sample_seed = key
+        data, label = self.dataset[index]
+        return data, label, sample_seed, index
+
+
+def collate_encoded(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, list[int], list[int]]:
+    """Encoded files differ in length, so they stay a list; labels become one tensor."""
+    data, labels, seeds, indices = zip(*batch, strict=True)
+    return list(data), torch.tensor(labels), list(seeds), list(indices)
 
 
 class EpochSampler(Sampler):
@@ -211,12 +236,15 @@ class EpochLoader:
         rank: int = 0,
         world: int = 1,
         drop_last: bool = False,
+        wrap: type[Dataset] = SeededAugmentation,
+        collate_fn=None,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), run_seed, shuffle=train)  # type: ignore[arg-type]
         self.batch_size = batch_size
         workers = data.workers
         self.loader = DataLoader(
-            SeededAugmentation(dataset),
+            wrap(dataset),  # type: ignore[call-arg]
+            collate_fn=collate_fn,
             batch_sampler=RankBatchSampler(self.sampler, batch_size, rank, world, train, drop_last),
             num_workers=workers,
             pin_memory=data.pin_memory and torch.cuda.is_available(),
@@ -236,6 +264,120 @@ class EpochLoader:
 
     def __iter__(self):
         return iter(self.loader)
+
+
+def read_image_bytes(path: str) -> torch.Tensor:
+    """ImageFolder loader of the uint8 path: the encoded file as a 1-D uint8 tensor."""
+    try:
+        return torch.from_numpy(np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).copy())
+    except OSError as e:
+        raise DataError(f"unreadable image {path}: {type(e).__name__}: {e}") from None
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 2 and data[:2].tolist() == [0xFF, 0xD8]
+
+
+def decode_rgb(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list:
+    """Encoded files -> 3 x H x W uint8 RGB images on `device`.
+
+    On CUDA the JPEGs of the batch decode together on the GPU (`decode_jpeg(device="cuda")`);
+    anything the GPU decoder refuses (PNG, CMYK) and every file on a CPU device is decoded by
+    `torchvision.io.decode_image` on the CPU. Grey, palette and CMYK images become RGB.
+    """
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    rgb = ImageReadMode.RGB
+    images: list[torch.Tensor | None] = [None] * len(data)
+    if device.type == "cuda":
+        jpegs = [k for k, d in enumerate(data) if _is_jpeg(d)]
+        if jpegs:
+            try:
+                decoded = decode_jpeg([data[k] for k in jpegs], mode=rgb, device=device)
+            except RuntimeError:  # one file nvjpeg cannot read: decode them on the CPU below
+                decoded = []
+            for k, image in zip(jpegs, decoded, strict=False):
+                images[k] = image
+    for k, image in enumerate(images):
+        if image is None:
+            try:
+                image = decode_image(data[k], mode=rgb)
+            except (RuntimeError, ValueError) as e:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise DataError(f"unreadable image {paths[k]}: {reason}") from None
+            images[k] = image.to(device, non_blocking=True)
+    return images
+
+
+def normaliser(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with uint8 * scale + shift == (x / 255 - mean) / std, per channel:
+    1/255 folded into the scale keeps the per-batch work at one fused multiply-add."""
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
+class DeviceDecodeLoader:
+    """The uint8 ImageNet loader: workers read bytes (an `EpochLoader` over `EncodedSamples`),
+    this process decodes (`decode_rgb`), crops and flips the uint8 images with
+    torchvision.transforms.v2 on the training device, then normalises to float there.
+
+    Order, batches and rank shares are the inner `EpochLoader`'s, so they equal the PIL path's.
+    Each training sample's crop and flip draw from the CPU generator seeded with the sampler's
+    per-sample seed, as `SeededAugmentation` seeds it in a worker (the same seed gives the same
+    crop box and flip as the PIL path); the training process's own RNG state is restored.
+    """
+
+    def __init__(
+        self,
+        loader: EpochLoader,
+        paths: list[str],
+        device: torch.device,
+        train: bool,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        from torchvision.transforms import v2
+
+        self.loader = loader
+        self.paths = paths
+        self.device = device
+        self.train = train
+        self.size = size
+        if train:
+            self.transform = v2.Compose(
+                [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+            )
+        else:
+            resize = int(round(size * 256 / 224))  # as _imagenet_datasets' PIL evaluation
+            self.transform = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+        self._scale, self._shift = normaliser(mean, std, device)
+
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for data, labels, seeds, indices in self.loader:
+            images = decode_rgb(data, [self.paths[i] for i in indices], self.device)
+            batch = torch.empty(
+                (len(images), 3, self.size, self.size), dtype=torch.uint8, device=self.device
+            )
+            with torch.random.fork_rng(devices=[]):
+                for k, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+                    if self.train:
+                        torch.default_generator.manual_seed(seed)
+                    batch[k] = self.transform(image)
+            yield torch.addcmul(self._shift, batch.float(), self._scale), labels
 
 
 IMAGENET_LAYOUT = "expected ImageFolder layout <data_dir>/imagenet/{train,val}/<class>/<image>.JPEG"
@@ -288,9 +430,13 @@ def _imagenet_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
             normalize,
         ]
     )
+    loader = load_rgb_image
+    if data.decode == "uint8":  # workers read bytes; DeviceDecodeLoader does the rest
+        train_tf = test_tf = None
+        loader = read_image_bytes
     try:
-        train_set = datasets.ImageFolder(root / "train", train_tf, loader=load_rgb_image)
-        test_set = datasets.ImageFolder(root / "val", test_tf, loader=load_rgb_image)
+        train_set = datasets.ImageFolder(root / "train", train_tf, loader=loader)
+        test_set = datasets.ImageFolder(root / "val", test_tf, loader=loader)
     except FileNotFoundError as e:  # a split without class folders or images
         raise DataError(f"imagenet: {e}; {layout}") from None
     if train_set.classes != test_set.classes:
@@ -376,12 +522,7 @@ class InMemoryLoader:
         self.rank, self.world = rank, world
         self.drop_last = drop_last
         self.epoch = 0
-        device = images.device
-        # Folding 1/255 into the scale keeps the per-batch work at one fused multiply-add.
-        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        self._scale, self._shift = normaliser(mean, std, images.device)
 
     @property
     def num_samples(self) -> int:
@@ -591,11 +732,36 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
         return _mnist5k_loaders(spec, device, rank, world)
     if data.name == "synthetic":
         return _synthetic_loaders(spec, device, rank, world)
+    if data.decode not in DECODES:
+        raise DataError(f"decode path {data.decode!r} is not supported; accepted: pil, uint8")
+    batch = spec.train.global_batch_size
     if data.name == "imagenet":
         train_set, test_set = _imagenet_datasets(data)
+        if data.decode == "uint8":
+            drop = spec.train.compile
+
+            def make(dataset, train: bool) -> DeviceDecodeLoader:
+                inner = EpochLoader(
+                    dataset,
+                    data,
+                    batch,
+                    spec.seed,
+                    train,
+                    rank,
+                    world,
+                    drop and train,
+                    wrap=EncodedSamples,
+                    collate_fn=collate_encoded,
+                )
+                paths = [path for path, _ in dataset.samples]
+                size = data.image_size
+                return DeviceDecodeLoader(
+                    inner, paths, device, train, size, IMAGENET_MEAN, IMAGENET_STD
+                )
+
+            return make(train_set, True), make(test_set, False)
     else:
         train_set, test_set = _cifar_datasets(data)
-    batch = spec.train.global_batch_size
     return (
         EpochLoader(train_set, data, batch, spec.seed, True, rank, world, spec.train.compile),
         EpochLoader(test_set, data, batch, spec.seed, False, rank, world),

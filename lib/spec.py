@@ -17,6 +17,7 @@ from typing import Any
 MODELS = ("resnet50", "resnet18")
 STEMS = ("imagenet", "cifar")
 DATASETS = ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic")
+DECODES = ("pil", "uint8")  # DataSpec.decode: how ImageNet images become batches
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 PRUNE_BASES = ("adam", "adamw", "adamwadv", "adamwspam")
 PRUNE_SCORES = ("hybrid", "variance", "momentum", "magnitude")
@@ -63,6 +64,7 @@ class DataSpec:
     pin_memory: bool = True
     persistent_workers: bool = True
     download: bool = False  # cifar only; never on by default
+    decode: str = "pil"  # imagenet: "pil" (workers decode) or "uint8" (bytes; decode on device)
     synthetic_classes: int = 1000
     synthetic_train_size: int = 1281  # images per synthetic "epoch"
     synthetic_val_size: int = 128

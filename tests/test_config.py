@@ -340,3 +340,25 @@ def test_olddefconfig_drops_a_hidden_y_with_a_notice_while_loading_refuses_it(tm
     assert "note:" in res.stderr and "CONFIG_PRUNING_STATE" in res.stderr
     assert "CONFIG_PRUNING_STATE=y" not in path.read_text()
     assert cfg.load(path).pruning_methods == ("none", "magnitude")
+
+
+def test_decode_path_is_read_into_the_spec_and_is_part_of_identity(tmp_path):
+    import dataclasses
+
+    default = cfg.load(cfg.DEFCONFIG_DIR / "resnet50-adamwprune")
+    assert default.data.decode == "pil"  # existing ImageNet runs keep their identity
+    chosen = write_config(
+        tmp_path,
+        "resnet50-adamwprune",
+        "# CONFIG_DATA_DECODE_PIL is not set",
+        "CONFIG_DATA_DECODE_UINT8=y",
+    )
+    config = cfg.load(chosen)
+    assert config.data.decode == "uint8"
+    spec = plan(config)[0]
+    pil = dataclasses.replace(spec, data=dataclasses.replace(spec.data, decode="pil"))
+    assert spec.identity()["data"]["decode"] == "uint8"
+    assert spec.identity() != pil.identity()  # the crops' arithmetic differs: another run
+    recorded = pil.identity()
+    del recorded["data"]["decode"]  # an identity written before the option existed
+    assert type(spec).recorded_identity(recorded) == pil.identity()
