@@ -546,6 +546,9 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         persistent_workers=r.int("DATA_WORKERS") > 0,
         download=r.bool("DATA_DOWNLOAD"),
         decode=r.choice("DATA_DECODE", ("pil", "uint8")) if dataset == "imagenet" else "pil",
+        target_images_per_second=(
+            r.int("DATA_TARGET_IMAGES_PER_SECOND") if dataset == "imagenet" else 3000
+        ),
         synthetic_classes=r.int("DATA_SYNTHETIC_CLASSES") if synthetic else 1000,
         synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
         synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,

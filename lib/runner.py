@@ -60,7 +60,7 @@ from lib.metrics import (
     read_metrics,
     summarize,
 )
-from lib.spec import RunSpec, sparsity_token
+from lib.spec import DataSpec, RunSpec, sparsity_token
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -1150,6 +1150,40 @@ def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
     return STATE_NEW, 0
 
 
+# Images per second one CPU core sustains on a 500x375 ImageNet-sized JPEG to a 224 px training
+# crop: benchmarks/bench_input.py on the 2-core Xeon, quiet, 2026-11-25 (docs/benchmarks.md,
+# "Input pipeline per CPU core"). "bytes" is the file read alone (from the page cache), all
+# that is left to the CPU when the uint8 path decodes on the GPU.
+IMAGES_PER_CORE = {"pil": 264.0, "uint8": 436.0, "bytes": 11_500.0}
+
+
+def input_cores_line(data: DataSpec, device: str) -> str | None:
+    """The dry run's line: CPU cores the decode path needs for the target throughput
+    (ImageNet only: the other datasets are in memory or tiny)."""
+    if data.name != "imagenet":
+        return None
+    target = data.target_images_per_second
+
+    def cores(path: str) -> str:
+        rate = IMAGES_PER_CORE[path]
+        return f"{math.ceil(target / rate)} CPU core(s) ({path}: {rate:,.0f} img/s per core)"
+
+    head = f"input: {target:,} img/s (CONFIG_DATA_TARGET_IMAGES_PER_SECOND) needs"
+    if data.decode == "pil":
+        need = f"{cores('pil')} decoding in the workers (CONFIG_DATA_WORKERS={data.workers})"
+    elif device == "cpu":
+        rate = IMAGES_PER_CORE["uint8"]
+        need = (
+            f"{cores('uint8')}, but on a CPU device the uint8 path decodes in the training "
+            f"process: at most ~{rate:,.0f} img/s"
+        )
+    else:
+        need = f"{cores('bytes')} reading files when decoding on the GPU"
+        if device == "auto":
+            need += f", {cores('uint8')} if no GPU is found"
+    return f"{head} {need}; rates from docs/benchmarks.md"
+
+
 def format_plan(specs: list[RunSpec], results_root: Path) -> str:
     """The dry-run text: one line per run, the counts, and an estimated duration."""
     results_root = Path(results_root)
@@ -1191,6 +1225,10 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in order if counts.get(s))
     )
     to_train = counts.get(STATE_RESUMABLE, 0) + counts.get(STATE_NEW, 0)
+    if specs:  # one matrix shares its data and device settings
+        cores = input_cores_line(specs[0].data, specs[0].train.device)
+        if cores:
+            lines.append(cores)
     if counts.get(STATE_FAILED):
         lines.append("failed runs are retried only with RERUN_FAILED=1")
     if counts.get(STATE_CHANGED):

@@ -65,6 +65,7 @@ class DataSpec:
     persistent_workers: bool = True
     download: bool = False  # cifar only; never on by default
     decode: str = "pil"  # imagenet: "pil" (workers decode) or "uint8" (bytes; decode on device)
+    target_images_per_second: int = 3000  # imagenet: the dry run's cores estimate only
     synthetic_classes: int = 1000
     synthetic_train_size: int = 1281  # images per synthetic "epoch"
     synthetic_val_size: int = 128
@@ -251,8 +252,9 @@ class RunSpec:
         d.pop("run_id")
         d.pop("matrix")
         d.pop("tracking")  # where the run is watched, not what is trained
-        for volatile in ("workers", "pin_memory", "persistent_workers", "data_dir", "download"):
-            d["data"].pop(volatile)
+        volatile = ("workers", "pin_memory", "persistent_workers", "data_dir", "download")
+        for key in (*volatile, "target_images_per_second"):
+            d["data"].pop(key)
         for how in ("ddp_backend", "ddp_mask_check"):  # how it is trained, not what
             d["train"].pop(how)
         return d

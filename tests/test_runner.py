@@ -532,6 +532,33 @@ def test_format_plan_shows_states_counts_and_an_estimate(tmp_path):
     assert "nothing left to train" not in text and "estimated duration" not in text
 
 
+@pytest.mark.parametrize(
+    ("decode", "device", "expected"),
+    [
+        ("pil", "cuda", "needs 12 CPU core(s) (pil: 264 img/s per core)"),
+        ("uint8", "cuda", "needs 1 CPU core(s) (bytes: 11,500 img/s per core) reading files"),
+        ("uint8", "auto", "7 CPU core(s) (uint8: 436 img/s per core) if no GPU is found"),
+        ("uint8", "cpu", "at most ~436 img/s"),
+    ],
+)
+def test_dry_run_says_how_many_cores_the_decode_path_needs(tmp_path, decode, device, expected):
+    spec = make_spec(0)
+    data = DataSpec(name="imagenet", decode=decode, target_images_per_second=3000, workers=8)
+    spec = dataclasses.replace(
+        spec, data=data, train=dataclasses.replace(spec.train, device=device)
+    )
+    lines = [x for x in format_plan([spec], tmp_path).splitlines() if x.startswith("input:")]
+    assert len(lines) == 1 and expected in lines[0]
+    assert lines[0].startswith("input: 3,000 img/s (CONFIG_DATA_TARGET_IMAGES_PER_SECOND)")
+    # 1,000 img/s on PIL: ceil(1000 / 264) = 4 cores; the target comes from the spec.
+    slower = dataclasses.replace(
+        spec, data=dataclasses.replace(data, target_images_per_second=1000)
+    )
+    if decode == "pil":
+        assert "needs 4 CPU core(s)" in format_plan([slower], tmp_path)
+    assert "input:" not in format_plan([make_spec(0)], tmp_path)  # synthetic data: no line
+
+
 # ---------------------------------------------------------------------------------------------
 # The real trainer
 # ---------------------------------------------------------------------------------------------
