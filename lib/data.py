@@ -108,18 +108,13 @@ class SeededAugmentation(Dataset):
         return self.dataset[index]
 
 
-class EncodedSamples(Dataset):
+class EncodedSamples(SeededAugmentation):
     """The uint8 path's worker side: a sample is its file's bytes, read and nothing else.
 
-    Keys are the sampler's `(index, sample_seed)` pairs, passed through so the training
-    process seeds each sample's crop and flip exactly as `SeededAugmentation` does in a worker.
+    Keys are the sampler's `(index, sample_seed)` pairs, passed through (not used to seed the
+    worker) so the training process seeds each sample's crop and flip with them exactly as
+    `SeededAugmentation` does in a worker.
     """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]):
         index, sample_seed = key
