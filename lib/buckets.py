@@ -41,20 +41,31 @@ def buckets(lists: Sequence[Sequence[Tensor]], size: int) -> Iterator[list[list[
     """Yield `[views of lists[0], views of lists[1], ...]`, each bucket <= `size` elements.
 
     `lists[j][i]` is the j-th role (weight, gradient, moment...) of tensor i; all roles of one
-    tensor must have its shape. Tensors whose roles share a flat memory-order view are cut into
-    pieces of at most `size` elements and packed; a tensor whose roles differ in layout goes
-    whole into a bucket of its own (correct, with a temporary of its size).
+    tensor must have its shape. A tensor that fits in the bucket being filled goes in whole (no
+    view to make: the per-step Python cost stays that of the unbucketed code). A larger one is
+    cut into 1-D pieces when its roles share a flat memory-order view; one whose roles differ in
+    layout goes whole into a bucket of its own (correct, with a temporary of its size).
     """
     roles = len(lists)
     current: list[list[Tensor]] = [[] for _ in range(roles)]
     filled = 0
     for i in range(len(lists[0])):
         tensors = [lists[j][i] for j in range(roles)]
+        n = tensors[0].numel()
+        if n == 0:
+            continue  # nothing to compute (and no element for a reduction to read)
+        if filled + n <= size:
+            for j in range(roles):
+                current[j].append(tensors[j])
+            filled += n
+            if filled >= size:
+                yield current
+                current, filled = [[] for _ in range(roles)], 0
+            continue
         flats = [_flat(t) for t in tensors]
         if any(f is None for f in flats) or len({t.stride() for t in tensors}) > 1:
             yield [[t] for t in tensors]
             continue
-        n = flats[0].numel()
         start = 0
         while start < n:
             take = min(n - start, size - filled)

@@ -4,16 +4,20 @@ Follows the official implementation (TianjinYellow/SPAM-Optimizer, galore_torch/
 commit e8185fb) operation by operation, as specified in ../shared/ALGORITHMS.md section 5 and
 docs/algorithms.md. The per-step work runs on the multi-tensor (`torch._foreach_*`) path with the
 reference's own operations (mul + add, not lerp; divide then add, not addcdiv), so the result is
-bit-identical to the reference's per-tensor loop on CPU. Two deliberate differences from the
-reference code, neither of which changes a single number:
+bit-identical to the reference's per-tensor loop on CPU. On CPU the spike clipping computes
+the reference's predicate and replacement with cheaper operations (a screen, and integer
+operations on the float bits in place of a bool comparison and `torch.where`: see
+`_clip_bucket`), equal bit for bit, at every edge, to the reference's. Deliberate differences
+from the reference code, none of which changes a single number:
 
 - its global counters live in a separate `"spam"` entry of `state_dict()`; the reference keeps
   them as string keys (`"total_step"`, `"current_step"`) in `optimizer.state`, which torch's
   state_dict round-trips as well, so both resume warmup and reset phase where they stopped.
   Here `optimizer.state` holds per-parameter entries only, as torch's optimizers do;
 - moments are zeroed in place at a reset instead of being reallocated;
-- its temporaries are made one bucket at a time (lib/buckets.py): a few MiB per step instead
-  of about 9 B/param.
+- the whole step runs one bucket at a time (lib/buckets.py): a few MiB of temporaries per
+  step instead of about 9 B/param, and each bucket's data stays in cache across the step's
+  dozen passes.
 """
 
 from __future__ import annotations
@@ -105,20 +109,92 @@ def clip_spikes_(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
     if not grads:
         return
     for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(grads[0].device)):
-        squares = torch._foreach_mul(bucket_grads, bucket_grads)
-        limits = torch._foreach_mul(bucket_sqs, theta)
-        spikes = [torch.gt(square, limit) for square, limit in zip(squares, limits, strict=True)]
-        del squares
-        torch._foreach_sqrt_(limits)
-        for grad, limit, spike in zip(bucket_grads, limits, spikes, strict=True):
-            torch.where(spike, limit.copysign_(grad), grad, out=grad)
+        _clip_bucket(bucket_grads, bucket_sqs, theta)
+
+
+def _clip_bucket(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -> None:
+    """clip_spikes_ on one bucket.
+
+    On other devices than the CPU: `torch.gt` and `torch.where`, as the reference does.
+
+    On CPU the same result is computed in fewer and cheaper passes, whatever the spike rate
+    (right after clip_delay a third of the elements can be spikes):
+    - a screen: one foreach pass gives each tensor's largest excess d = g^2 - theta v, and a
+      tensor whose largest excess is <= 0 has no spike and costs nothing more. With gradual
+      underflow (IEEE default), fl(a - b) > 0 exactly when a > b for finite a, b; an inf or NaN
+      in g or v that makes an excess NaN sends its tensor to the reference's operations;
+    - spikes are merged in by `_merge_spikes_` with integer operations on the float bits, not
+      with `torch.gt` (the slowest pass of the step: its bool output is not vectorised) and
+      `torch.where` (its CPU kernel branches per element: 5x slower at a third of spikes).
+    Where denormals are flushed to zero (torch.set_flush_denormal), a positive difference could
+    read as 0, so there every tensor takes the reference's operations.
+    """
+    squares = torch._foreach_mul(grads, grads)
+    limits = torch._foreach_mul(exp_avg_sqs, theta)
+    if grads[0].device.type != "cpu" or _denormals_flushed():
+        for grad, square, limit in zip(grads, squares, limits, strict=True):
+            _clip_like_the_reference_(grad, square, limit)
+        return
+    excesses = squares
+    torch._foreach_sub_(excesses, limits)
+    largest = torch.stack(torch._foreach_max(excesses)).tolist()
+    for grad, excess, limit, top in zip(grads, excesses, limits, largest, strict=True):
+        if top <= 0.0:
+            continue  # no spike
+        if top > 0.0:
+            _merge_spikes_(grad, limit, excess)
+        else:  # NaN: an inf or NaN in g or v
+            _clip_like_the_reference_(grad, grad * grad, limit)
+
+
+def _clip_like_the_reference_(grad: Tensor, square: Tensor, limit: Tensor) -> None:
+    """g <- where(g^2 > theta v, sign(g) sqrt(theta v), g); `limit` (theta v) is overwritten."""
+    spike = torch.gt(square, limit)
+    torch.where(spike, limit.sqrt_().copysign_(grad), grad, out=grad)
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _merge_spikes_(grad: Tensor, limit: Tensor, excess: Tensor) -> None:
+    """g <- sign(g) sqrt(theta v) where excess = fl(g^2 - theta v) > 0, bit for bit, without
+    a comparison or a branch per element; `limit` (theta v) and `excess` are overwritten.
+
+    excess is never NaN here (screened) and never -0 (g^2 >= +0 and theta v >= +0, and x - x
+    is +0), so, read as a signed integer of the same width, it is > 0 exactly where the float
+    is > 0; negated and shifted right arithmetically by width - 1, that is an all-ones mask
+    there and 0 elsewhere. Then g ^= (g ^ replacement) & mask.
+    """
+    as_int = _SAME_SIZE_INT[grad.element_size()]
+    replacement = limit.sqrt_().copysign_(grad).view(as_int)
+    grad_bits = grad.view(as_int)
+    mask = excess.view(as_int)
+    mask.neg_()
+    mask.bitwise_right_shift_(8 * grad.element_size() - 1)
+    replacement.bitwise_xor_(grad_bits)
+    replacement.bitwise_and_(mask)
+    grad_bits.bitwise_xor_(replacement)
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread's CPU flushes denormal results to zero (torch.set_flush_denormal)."""
+    return bool(_SMALLEST_NORMAL.mul(0.5) == 0.0)
+
+
+_SMALLEST_NORMAL = torch.tensor(torch.finfo(torch.float32).tiny)
 
 
 @torch.no_grad()
 def spam_step(
     param_groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]], clock: SpamClock
 ) -> None:
-    """One SPAM step over `param_groups` (lr, betas, eps, weight_decay per group)."""
+    """One SPAM step over `param_groups` (lr, betas, eps, weight_decay per group).
+
+    Every operation is elementwise, so the whole step (clipping, moments, update, weight decay)
+    runs one bucket (lib/buckets.py) at a time: a bucket's gradients, moments and weights are
+    read from memory once and stay in cache for the dozen passes over them, instead of a dozen
+    passes over the whole model. Per element, the operations and their order are the reference's.
+    """
     scale = clock.warmup_scale()
     reset = clock.is_reset_step()
     clip = clock.clipping_active()
@@ -146,29 +222,30 @@ def spam_step(
         if reset:
             torch._foreach_zero_(exp_avgs)
             torch._foreach_zero_(exp_avg_sqs)
-        if clip:
-            clip_spikes_(grads, exp_avg_sqs, clock.theta)
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        decay = -lr * group["weight_decay"]
         size = bucket_elements(params[0].device)
         for k, indices in by_step.items():
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
-            # p <- p - step m / (sqrt(v) + eps), one bucket at a time: temporaries of a
-            # bucket's size instead of the model's (lib/buckets.py), the same arithmetic.
-            lists = [[params[i] for i in indices], [exp_avgs[i] for i in indices]]
-            lists.append([exp_avg_sqs[i] for i in indices])
-            for bucket_params, bucket_avgs, bucket_sqs in buckets(lists, size):
+            lists = [[role[i] for i in indices] for role in (params, grads, exp_avgs, exp_avg_sqs)]
+            for bucket_params, bucket_grads, bucket_avgs, bucket_sqs in buckets(lists, size):
+                if clip:
+                    _clip_bucket(bucket_grads, bucket_sqs, clock.theta)
+                torch._foreach_mul_(bucket_avgs, beta1)
+                torch._foreach_add_(bucket_avgs, bucket_grads, alpha=1 - beta1)
+                torch._foreach_mul_(bucket_sqs, beta2)
+                torch._foreach_addcmul_(bucket_sqs, bucket_grads, bucket_grads, value=1 - beta2)
+                # p <- p - step m / (sqrt(v) + eps)
                 denoms = torch._foreach_sqrt(bucket_sqs)
                 torch._foreach_add_(denoms, eps)
                 updates = torch._foreach_div(bucket_avgs, denoms)
                 del denoms
                 torch._foreach_add_(bucket_params, updates, alpha=-step_size * scale)
-        if group["weight_decay"] > 0.0:
-            # After the update and unscaled by the warmup, as p + (-lr wd) p like the reference.
-            torch._foreach_add_(params, params, alpha=-lr * group["weight_decay"])
+                del updates
+                if group["weight_decay"] > 0.0:
+                    # After the update and unscaled by the warmup, as p + (-lr wd) p like the
+                    # reference.
+                    torch._foreach_add_(bucket_params, bucket_params, alpha=decay)
     clock.advance()
 
 

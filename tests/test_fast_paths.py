@@ -19,6 +19,8 @@ from lib.buckets import buckets
 from lib.memory import peak_transient_bytes
 from lib.pruning import Pruner, PruningSchedule, importance_score, select_lowest
 from optimizers import AdamWPrune, AdamWSPAM
+from optimizers import spam as spam_module
+from optimizers.spam import clip_spikes_
 
 
 @pytest.fixture
@@ -225,9 +227,8 @@ def test_spam_in_buckets_is_bit_identical_to_the_reference_loop(tiny_buckets):
 
 
 def test_spam_step_temporaries_are_bounded_by_the_bucket(monkeypatch):
-    """A clipping SPAM step over 2M weights: ~9 B/param of temporaries unbucketed (4 B for
-    g^2, 4 for theta v, 1 for the spike mask), at most a few bytes per element of one
-    2^16-element bucket bucketed."""
+    """A clipping SPAM step over 2M weights: ~8 B/param of temporaries unbucketed (4 B for
+    g^2, 4 for theta v), at most a few bytes per element of one 2^16-element bucket bucketed."""
     params = [nn.Parameter(torch.randn(1000, 1000)) for _ in range(2)]
     optimizer = AdamWSPAM(params, theta=5000.0, clip_delay=1)
 
@@ -244,5 +245,90 @@ def test_spam_step_temporaries_are_bounded_by_the_bucket(monkeypatch):
     whole = peak_transient_bytes(optimizer.step)
     monkeypatch.setattr(lib.buckets, "CPU_BUCKET", 1 << 16)
     bucketed = peak_transient_bytes(optimizer.step)
-    assert whole >= 9 * 2_000_000
+    assert whole >= 8 * 2_000_000
     assert bucketed <= 16 * (1 << 16)
+
+
+def reference_clip(grad, exp_avg_sq, theta):
+    """The reference's clipping, one tensor: `grad[mask] = sign * sqrt(v theta)`."""
+    grad = grad.clone()
+    mask = grad**2 > theta * exp_avg_sq
+    grad[mask] = grad[mask].sign() * torch.sqrt(exp_avg_sq[mask] * theta)
+    return grad
+
+
+def special_pairs(dtype):
+    """(g, v) pairs at every edge the fast clipping path reasons about, for theta = 2."""
+    info = torch.finfo(dtype)
+    values = [0.0, -0.0, info.smallest_normal / 8, 1e-30, info.smallest_normal, 1e-20, 0.5,
+              -0.5, 1.0, -3.0, 1e20, -1e30, info.max, math.inf, -math.inf, math.nan]  # fmt: skip
+    moments = [0.0, info.smallest_normal / 8, 1e-40, info.smallest_normal, 0.125, 0.5, 4.5,
+               info.max, math.inf, math.nan]  # fmt: skip
+    g = torch.tensor([a for a in values for _ in moments], dtype=dtype)
+    v = torch.tensor([b for _ in values for b in moments], dtype=dtype)
+    # g^2 == theta v exactly (not a spike), and one step either side of it
+    square = torch.tensor([0.75, 3.0, 1e-30], dtype=dtype) ** 2
+    halves = square / 2
+    edges_v = torch.cat([halves, torch.nextafter(halves, torch.zeros_like(halves)),
+                         torch.nextafter(halves, torch.full_like(halves, math.inf))])  # fmt: skip
+    edges_g = torch.tensor([0.75, 3.0, 1e-30], dtype=dtype).repeat(3)
+    return torch.cat([g, edges_g, -edges_g]), torch.cat([v, edges_v, edges_v])
+
+
+def bits(t):
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_spam_clipping_equals_the_reference_bit_for_bit_at_every_edge(dtype, tiny_buckets):
+    """Zeros of both signs, denormals, squares that underflow or overflow, inf, NaN, g^2 equal
+    to theta v and one ulp either side: tensors with no spike (screened out), with a few,
+    with a NaN excess (the reference's operations), cut across buckets or whole."""
+    g, v = special_pairs(dtype)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(g.numel(), generator=generator)
+    clean_g = torch.tensor([0.1, -0.2, 0.0, 1e-30], dtype=dtype)
+    clean_v = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=dtype)
+    grads = [g[order], g.clone(), clean_g.clone(), g[:3].clone(), clean_g.repeat(5)]
+    sqs = [v[order], v.clone(), clean_v.clone(), v[:3].clone(), clean_v.repeat(5)]
+    expected = [reference_clip(a, b, 2.0) for a, b in zip(grads, sqs, strict=True)]
+    clip_spikes_(grads, sqs, 2.0)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(bits(got), bits(want))
+
+
+def test_spam_clipping_at_a_third_of_spikes_equals_the_reference():
+    """The rate right after clip_delay, in buckets of the default size."""
+    generator = torch.Generator().manual_seed(1)
+    grads = [
+        torch.randn(3_000_000, generator=generator),
+        torch.randn(64, 3, 7, 7, generator=generator),
+    ]
+    sqs = [torch.rand(g.shape, generator=generator) * 0.5 for g in grads]
+    expected = [reference_clip(a, b, 1.5) for a, b in zip(grads, sqs, strict=True)]
+    assert 0.2 < (grads[0] ** 2 > 1.5 * sqs[0]).float().mean() < 0.6
+    clip_spikes_(grads, sqs, 1.5)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(bits(got), bits(want))
+
+
+def test_spam_clipping_with_denormals_flushed_takes_the_exact_comparison():
+    """Flushing denormals (torch.set_flush_denormal) turns an excess g^2 - theta v of one
+    denormal ulp into 0: the screen would miss that spike, so the flag is read at every step."""
+    g = torch.tensor([2.0**-60 * (1 + 2.0**-23), 0.5])
+    square = g[0] * g[0]
+    v = torch.stack([torch.nextafter(square, torch.tensor(0.0)), torch.tensor(1.0)])
+    assert (square - v[0]).item() < torch.finfo(torch.float32).smallest_normal
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        assert spam_module._denormals_flushed()
+        assert (square - v[0]).item() == 0.0  # what the screen would read
+        expected = reference_clip(g, v, 1.0)
+        clipped = g.clone()
+        clip_spikes_([clipped], [v], 1.0)
+    finally:
+        torch.set_flush_denormal(False)
+    assert not spam_module._denormals_flushed()
+    assert expected[0] != g[0]  # it is a spike
+    assert torch.equal(bits(clipped), bits(expected))
