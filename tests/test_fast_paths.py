@@ -298,7 +298,7 @@ def test_spam_clipping_equals_the_reference_bit_for_bit_at_every_edge(dtype, tin
 
 
 def test_spam_clipping_at_a_third_of_spikes_equals_the_reference():
-    """The rate right after clip_delay, in buckets of the default size."""
+    """A spike-heavy step (training sees a few in 10^5), in buckets of the default size."""
     generator = torch.Generator().manual_seed(1)
     grads = [
         torch.randn(3_000_000, generator=generator),
