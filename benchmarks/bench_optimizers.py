@@ -50,6 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.buckets import bucket_elements, buckets  # noqa: E402
 from lib.memory import peak_transient_bytes  # noqa: E402
 from lib.pruning import (  # noqa: E402
     PruningSchedule,
@@ -59,6 +60,7 @@ from lib.pruning import (  # noqa: E402
 )
 from lib.spec import OptimizerSpec, PruningSpec, TrainSpec  # noqa: E402
 from optimizers import build_optimizer, parameter_groups  # noqa: E402
+from optimizers.spam import clip_spikes_  # noqa: E402
 
 # (label, optimizer spec, pruning method, target amortised ratio vs fused AdamW)
 METHODS = [
@@ -119,21 +121,23 @@ def build(spec, method, args, device, seed=0):
     return model, optimizer
 
 
-def spike_count(model, optimizer, batch, autocast) -> tuple[int, int]:
-    """(gradient elements AdamWSPAM clips on this batch, all elements), read before a step."""
+def spike_count(model, optimizer, batch, autocast) -> tuple[int, int, int, int]:
+    """What AdamWSPAM clips on this batch, read before a step: (spike elements, all elements,
+    tensors with a spike, all tensors)."""
     images, targets = batch
     with autocast():
         loss = nn.functional.cross_entropy(model(images), targets)
     loss.backward()
-    spikes = total = 0
+    spikes = total = spiky = tensors = 0
     with torch.no_grad():
         for p, state in optimizer.state.items():
             if p.grad is not None and "exp_avg_sq" in state:
-                spikes += int((p.grad * p.grad > optimizer.clock.theta * state["exp_avg_sq"]).sum())
-                total += p.numel()
+                count = int((p.grad * p.grad > optimizer.clock.theta * state["exp_avg_sq"]).sum())
+                spikes, total = spikes + count, total + p.numel()
+                spiky, tensors = spiky + (count > 0), tensors + 1
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return spikes, total
+    return spikes, total, spiky, tensors
 
 
 def train_step(model, optimizer, batch, device, autocast):
@@ -344,7 +348,8 @@ def bench_steps(args, device) -> None:
         if run["spikes"] is not None:
             print(
                 f"{run['label']}: {run['spikes'][0]:,} of {run['spikes'][1]:,} gradient "
-                "elements were spikes (clipped) at the first timed step"
+                f"elements, in {run['spikes'][2]} of {run['spikes'][3]} tensors, were spikes "
+                "(clipped) at the first timed step"
             )
 
     prunable = sum(p.numel() for _, p in prunable_parameters(base["model"]))
@@ -362,6 +367,42 @@ def bench_steps(args, device) -> None:
             f"{memory['extra_bytes_per_prunable_param']:7.4f} B/param (pruning state "
             f"{memory['pruning_state_bytes'] / prunable:.4f} B/param)"
         )
+
+
+def reference_ops_clip_(grads, exp_avg_sqs, theta) -> None:
+    """SPAM's clipping with the reference's operations (g^2 > theta v with torch.gt, then
+    torch.where), in the same buckets as the project's: what clip_spikes_ did before."""
+    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(grads[0].device)):
+        squares = torch._foreach_mul(bucket_grads, bucket_grads)
+        limits = torch._foreach_mul(bucket_sqs, theta)
+        for grad, square, limit in zip(bucket_grads, squares, limits, strict=True):
+            spike = torch.gt(square, limit)
+            torch.where(spike, limit.sqrt_().copysign_(grad), grad, out=grad)
+
+
+def bench_clipping(args) -> None:
+    """SPAM's spike clipping on CPU (clip_spikes_) against the reference's operations, side by
+    side on the model's shapes, at spike rates from none to a third of the elements."""
+    arch = torchvision.models.resnet18 if args.quick else torchvision.models.resnet50
+    shapes = [p.shape for p in arch().parameters()]
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=generator) for shape in shapes]
+    print("\nSPAM spike clipping on CPU, one step over the model's gradients (g ~ N(0, 1)):")
+    print(f"{'spike rate':>12s} {'clip_spikes_ s':>14s} {'gt + where s':>12s} {'ratio':>6s}")
+    for rate in (0.0, 4e-5, 1e-3, 1 / 3):
+        # theta = 1, v constant: g is a spike where |g| > sqrt(v).
+        bound = 1e3 if rate == 0 else float(torch.special.ndtri(torch.tensor(1 - rate / 2)))
+        sqs = [torch.full(shape, bound * bound) for shape in shapes]
+        times = {"fast": [], "reference": []}
+        for round_index in range(3 if args.quick else 9):
+            order = (("fast", clip_spikes_), ("reference", reference_ops_clip_))
+            for name, clip in order if round_index % 2 == 0 else order[::-1]:
+                work = [g.clone() for g in grads]
+                start = time.perf_counter()
+                clip(work, sqs, 1.0)
+                times[name].append(time.perf_counter() - start)
+        fast, reference = (statistics.median(times[k]) for k in ("fast", "reference"))
+        print(f"{rate:12.2e} {fast:14.4f} {reference:12.4f} {fast / reference:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -385,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds is None:
         args.rounds = 4 if args.quick else 21
     bench_steps(args, device)
+    if device.type == "cpu":
+        bench_clipping(args)
 
 
 if __name__ == "__main__":
