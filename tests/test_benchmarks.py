@@ -1,0 +1,56 @@
+"""The benchmarks `make bench` runs still run: each one's --quick version, end to end.
+
+Their figures are measurements, not assertions (timing targets live in the benchmarks); what
+is checked here is that each prints the table it is read for, with a number in every column
+a reader looks at, so a benchmark cannot rot unnoticed between the runs that produce the
+figures in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"[0-9][0-9,.]*"
+
+
+def run_quick(name: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_bench_optimizers_quick_prints_every_method_and_the_clipping_table():
+    out = run_quick("bench_optimizers.py")
+    for label in ("torch AdamW fused (baseline)", "AdamWPrune hybrid", "AdamWSPAM (clipping on"):
+        assert re.search(re.escape(label) + rf".*\s{NUMBER}\s+{NUMBER}\s+{NUMBER}", out), label
+    assert re.search(rf"AdamWSPAM .*: {NUMBER} of {NUMBER} gradient elements, in {NUMBER} of", out)
+    table = out.split("SPAM spike clipping on CPU")[1].splitlines()
+    rates = [line.split() for line in table if re.match(r"\s+\d\.\d\de[+-]\d\d\s", line)]
+    assert len(rates) == 4 and all(len(row) == 4 for row in rates)
+
+
+@pytest.mark.slow
+def test_bench_train_quick_prints_the_ratio():
+    out = run_quick("bench_train.py")
+    assert re.search(rf"train\(\) {NUMBER} img/s, bare {NUMBER} img/s, ratio {NUMBER}", out)
+
+
+@pytest.mark.slow
+def test_bench_input_quick_prints_both_pipelines_per_core():
+    out = run_quick("bench_input.py")
+    for pipeline in ("pil", "uint8", "bytes"):
+        assert re.search(rf"{pipeline}\s+{NUMBER} img/s per core", out), pipeline
+    assert re.search(rf"uint8 / pil: {NUMBER}x", out)
