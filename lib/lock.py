@@ -7,7 +7,9 @@ holder is gone is simply free, and the next runner takes it over (and says whose
 The file is never deleted: unlinking a lock file lets two runners lock two different inodes
 under the same name. It holds the holder's pid and host for the message a refused runner
 prints, and is emptied on a clean release, so a pid found in a free lock file means its runner
-ended without releasing (killed, crashed).
+ended without releasing (killed, crashed). A held lock recorded by a runner on another host (a
+results directory on a shared file system) is refused at once, naming that host: its pid says
+nothing about the processes of this one.
 """
 
 from __future__ import annotations
@@ -52,12 +54,18 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _holder_pid(text: str) -> int | None:
+def _holder(text: str) -> tuple[int | None, str | None]:
+    """(pid, host) recorded in a lock file's text; None for what is missing or unreadable."""
     fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
     try:
-        return int(fields["pid"])
+        pid = int(fields["pid"])
     except (KeyError, ValueError):
-        return None
+        pid = None
+    return pid, fields.get("host") or None
+
+
+def _on_another_host(host: str | None) -> bool:
+    return host is not None and host != socket.gethostname()
 
 
 class MatrixLock:
@@ -94,15 +102,16 @@ class MatrixLock:
         except BaseException:
             os.close(fd)
             raise
-        previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        previous, previous_host = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = f"pid={os.getpid()} host={socket.gethostname()} since={stamp}\n".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         self.fd = fd
-        if previous is not None and previous != os.getpid():
+        if previous is not None and (previous != os.getpid() or _on_another_host(previous_host)):
+            where = f" on host {previous_host}" if _on_another_host(previous_host) else ""
             return (
-                f"taking over the lock of {self.path.parent}: its runner (pid {previous}) "
+                f"taking over the lock of {self.path.parent}: its runner (pid {previous}{where}) "
                 "ended without releasing it"
             )
         return None
@@ -116,7 +125,13 @@ class MatrixLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                previous = _holder_pid(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                previous, host = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                if _on_another_host(host):
+                    # Its pid means nothing here; the flock says it (or its children) holds on.
+                    raise LockHeld(
+                        f"{self.path.parent} is in use by a runner on host {host} (pid "
+                        f"{previous}); wait for it to end or stop it there first"
+                    ) from None
                 alive = previous is not None and _pid_alive(previous)
                 if alive or time.monotonic() >= deadline:
                     raise LockHeld(self._held_message(previous)) from None
@@ -130,9 +145,8 @@ class MatrixLock:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-        fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
-        pid = _holder_pid(text)
-        if pid is None or fields.get("host") != socket.gethostname() or not _pid_alive(pid):
+        pid, host = _holder(text)
+        if pid is None or host != socket.gethostname() or not _pid_alive(pid):
             return None
         return pid
 

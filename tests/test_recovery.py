@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -335,7 +336,9 @@ def zombie():
 
 def _held_by_dying_children(matrix_dir: Path, runner_pid: int, seconds: float):
     matrix_dir.mkdir()
-    (matrix_dir / ".lock").write_text(f"pid={runner_pid} host=h since=2026-01-01T00:00:00Z\n")
+    (matrix_dir / ".lock").write_text(
+        f"pid={runner_pid} host={socket.gethostname()} since=2026-01-01T00:00:00Z\n"
+    )
     holder = subprocess.Popen(
         [sys.executable, "-c", INHERITED_LOCK, str(matrix_dir / ".lock"), str(seconds)],
         stdout=subprocess.PIPE,
@@ -524,3 +527,40 @@ def test_every_figure_survives_a_damaged_metrics_json_and_a_deleted_matrix_json(
     assert read_metrics(path) == rebuilt and path.stat().st_mtime_ns == before[path]
     assert (matrix / "matrix.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_a_lock_held_by_a_runner_on_another_host_is_refused_at_once_naming_it(
+    tmp_path, zombie, monkeypatch
+):
+    """On a shared file system the recorded pid belongs to another machine: a local pid of the
+    same number (here a zombie, 'gone') must not make the runner wait for it or call it gone."""
+    monkeypatch.setattr(lib.lock, "LOCK_WAIT_SECONDS", 30.0)
+    holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=60)
+    (tmp_path / "m" / ".lock").write_text(f"pid={zombie} host=node-7 since=2026-01-01T00:00:00Z\n")
+    try:
+        started = time.monotonic()
+        with pytest.raises(LockHeld) as refused:
+            MatrixLock(tmp_path / "m").acquire()
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(refused.value) == (
+        f"{tmp_path / 'm'} is in use by a runner on host node-7 (pid {zombie}); wait for it to "
+        "end or stop it there first"
+    )
+    assert waited < 10
+
+
+def test_a_free_lock_left_by_a_runner_on_another_host_is_taken_over_naming_it(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / ".lock").write_text(
+        f"pid={os.getpid()} host=node-7 since=2026-01-01T00:00:00Z\n"
+    )
+    lock = MatrixLock(tmp_path / "m")
+    message = lock.acquire()
+    lock.release()
+    assert message == (
+        f"taking over the lock of {tmp_path / 'm'}: its runner (pid {os.getpid()} on host "
+        "node-7) ended without releasing it"
+    )
