@@ -169,10 +169,11 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def _check_trackers(specs) -> None:
-    """A tracker that is on but not installed stops the matrix before any run starts."""
-    from lib.tracking import missing_libraries_message
+    """A tracker that is on but not installed, or W&B online without a login, stops the matrix
+    before any run starts."""
+    from lib.tracking import missing_libraries_message, wandb_login_message
 
-    message = missing_libraries_message(specs)
+    message = missing_libraries_message(specs) or wandb_login_message(specs)
     if message:
         raise ConfigError(message)
 

@@ -93,6 +93,45 @@ def missing_libraries_message(specs: Iterable[RunSpec]) -> str | None:
     )
 
 
+def wandb_login_message(specs: Iterable[RunSpec]) -> str | None:
+    """One line when W&B is to stream online and no W&B credentials are configured here.
+
+    Without credentials every run's W&B sink would only warn and turn itself off, days of
+    training untracked. Credentials are whatever wandb itself accepts (WANDB_API_KEY, an
+    identity token file, a settings file, ~/.netrc): the environment is read first, then
+    `wandb.login(prompt=False, verify=False)`, which neither prompts nor contacts the server
+    when none is configured. Whether the key is valid and the server reachable is left to the
+    run (its sink says so); this only catches the login that was never made.
+    """
+    online = any(
+        "wandb" in spec.tracking.sinks and spec.tracking.wandb_mode == "online" for spec in specs
+    )
+    if not online or importlib.util.find_spec("wandb") is None:
+        return None  # a missing library is missing_libraries_message's line
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    # The sink passes mode="online" to wandb.init, which overrides WANDB_MODE; wandb.login
+    # would read WANDB_MODE=offline as "not logged in", so the check is made without it.
+    mode = os.environ.pop("WANDB_MODE", None)
+    try:
+        import wandb
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            logged_in = wandb.login(prompt=False, verify=False)
+    except Exception:  # noqa: BLE001 - cannot tell here: the run's sink will say what it meets
+        return None
+    finally:
+        if mode is not None:
+            os.environ["WANDB_MODE"] = mode
+    if logged_in:
+        return None
+    return (
+        "tracking with wandb is online (CONFIG_TRACKING_WANDB_MODE_ONLINE=y) but no W&B login "
+        "is configured on this machine: run `wandb login` (or set WANDB_API_KEY), or choose "
+        "offline in make menuconfig"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Sinks: one per library, the same three calls each
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -389,6 +390,53 @@ def test_tracker_not_installed_stops_the_matrix_before_any_run(tmp_path, monkeyp
     assert len(error) == 1
     assert "CONFIG_TRACKING_WANDB=y" in error[0] and "pip install -e '.[wandb]'" in error[0]
     assert not results.exists()  # nothing launched
+
+
+def test_wandb_online_without_a_login_stops_the_matrix_before_any_run(
+    tmp_path, monkeypatch, capsys
+):
+    """No WANDB_API_KEY, no ~/.netrc, no settings: wandb itself finds no credentials."""
+    results = tmp_path / "results"
+    online = ("CONFIG_TRACKING_WANDB=y", "CONFIG_TRACKING_WANDB_MODE_ONLINE=y")
+    path = write_config(tmp_path, "demo", f'CONFIG_RESULTS_DIR="{results}"', *online)
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["test-matrix"]) == cli.EXIT_USAGE
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert "CONFIG_TRACKING_WANDB_MODE_ONLINE=y" in error[0] and "wandb login" in error[0]
+    assert not results.exists()  # nothing launched
+
+    # Each check in a fresh process: wandb keeps what it found in the process's session.
+    def refused(config_path, **env) -> bool:
+        code = (
+            "import sys; from lib import config as cfg; from lib.matrix import plan; "
+            "from lib.tracking import wandb_login_message; "
+            "print(wandb_login_message(plan(cfg.load(sys.argv[1]))) is not None)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(config_path)],
+            cwd=Path(lib.tracking.__file__).parents[1],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip() == "True"
+
+    assert refused(path)
+    netrc = home / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    netrc.chmod(0o600)
+    assert not refused(path, WANDB_BASE_URL="https://api.wandb.ai")  # wandb login's own file
+    netrc.unlink()
+    assert not refused(path, WANDB_API_KEY="b" * 40)
+    offline = write_config(tmp_path, "demo", "CONFIG_TRACKING_WANDB=y")
+    assert not refused(offline)  # offline needs no login
 
 
 # -- the report's links ---------------------------------------------------------------------------
