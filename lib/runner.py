@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from lib import tracking
 from lib.atomic import (
     EXIT_ENVIRONMENT,
     atomic_write_text,
@@ -315,9 +316,17 @@ def check_configurations(runs: list[Run]) -> None:
     )
 
 
-# What the runner and the trainer create in a run directory. A symbolic link at any of these
-# names (or a run directory that is one) would make them write or read another file.
-RUN_FILES = (RUN_FILE, LOG_FILE, METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT)
+# What the runner, the trainer and its trackers create in a run directory. A symbolic link at
+# any of these names (or a run directory that is one) would make them write or read another
+# file, or fill another directory.
+RUN_FILES = (
+    RUN_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    LAST_CHECKPOINT,
+    BEST_CHECKPOINT,
+    *tracking.RUN_PATHS,
+)
 
 
 def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:

@@ -40,6 +40,11 @@ from lib.metrics import STATUS_FAILED, STATUS_RUNNING, atomic_write_json
 from lib.spec import TRACKERS, RunSpec, sparsity_token
 
 STATE_FILE = "tracking.json"
+# What the trackers write in a run directory (TensorBoard where CONFIG_TRACKING_TENSORBOARD_DIR
+# is empty; wandb's own subdirectory of dir=<run directory>).
+TENSORBOARD_RUN_DIR = "tensorboard"
+WANDB_RUN_DIR = "wandb"
+RUN_PATHS = (STATE_FILE, TENSORBOARD_RUN_DIR, WANDB_RUN_DIR)
 STATE_VERSION = 1
 
 # Per-epoch values, named as in metrics.json's epoch records; logged as `epoch/<name>`.
@@ -184,7 +189,7 @@ class TensorBoardSink(Sink):
         tracking = self.spec.tracking
         if tracking.tensorboard_dir:
             return Path(tracking.tensorboard_dir) / self.spec.matrix / self.spec.run_id
-        return Path(self.spec.out_dir) / "tensorboard"
+        return Path(self.spec.out_dir) / TENSORBOARD_RUN_DIR
 
     def open(self, entry: dict[str, Any], last_step: int) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
@@ -270,7 +275,7 @@ class WandbSink(Sink):
             "project": tracking.wandb_project,
             "entity": tracking.wandb_entity,
             "mode": tracking.wandb_mode,
-            "dir": str(Path(spec.out_dir) / "wandb"),
+            "dir": str(Path(spec.out_dir) / WANDB_RUN_DIR),
             "url": self.run.url if tracking.wandb_mode == "online" else None,
         }
 

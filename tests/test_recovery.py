@@ -150,7 +150,11 @@ def _refused_without_touching(matrix_dir: Path, victim: Path, named: str) -> Non
     assert victim.read_text() == "precious\n"
 
 
-@pytest.mark.parametrize("name", ["train.log", "run.json", "metrics.json", "checkpoint_last.pt"])
+@pytest.mark.parametrize(
+    "name",
+    ["train.log", "run.json", "metrics.json", "checkpoint_last.pt", "tracking.json", "tensorboard",
+     "wandb"],
+)  # fmt: skip
 def test_a_run_file_that_is_a_symbolic_link_is_refused(tmp_path, victim, monkeypatch, name):
     fake_plan(monkeypatch)
     run_dir = tmp_path / "m" / make_spec(0).run_id
