@@ -139,10 +139,12 @@ report: $(SETUP_STAMP)
 		$(if $(call cli_var,COMPARE),--compare $(foreach m,$(call cli_var,COMPARE),$(call quote,$(m))))
 
 # The demo keeps its own configuration file, so it never overwrites the user's .config.
+# `exec`: a line with a variable assignment runs through sh, and make passes a SIGTERM on to
+# its child only, so without exec `kill <make>` would end sh and leave the runner training.
 demo: $(SETUP_STAMP)
-	@KCONFIG_CONFIG=$(DEMO_CONFIG) $(PY) -m lib.cli defconfig demo
-	@KCONFIG_CONFIG=$(DEMO_CONFIG) $(PY) -m lib.cli test-matrix
-	@$(PY) -m scripts.report --matrix demo
+	@KCONFIG_CONFIG=$(DEMO_CONFIG) exec $(PY) -m lib.cli defconfig demo
+	@KCONFIG_CONFIG=$(DEMO_CONFIG) exec $(PY) -m lib.cli test-matrix
+	@exec $(PY) -m scripts.report --matrix demo
 
 # ---------------------------------------------------------------------------------------------
 # development

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -137,3 +139,57 @@ def test_check_config_reports_the_plan(tmp_path):
 def test_kconfig_reference_is_not_stale():
     committed = (ROOT / "docs" / "kconfig.md").read_text()
     assert committed == render(cfg.load_kconfig()), "docs/kconfig.md is stale: run make docs"
+
+
+# Stands in for the interpreter: `-m lib.cli test-matrix|continue` waits for a signal and
+# records it; anything else succeeds at once.
+FAKE_PYTHON = """#!{python}
+import os, signal, sys, time
+log = os.environ["FAKE_LOG"]
+if sys.argv[1:3] != ["-m", "lib.cli"] or not ({{"test-matrix", "continue"}} & set(sys.argv)):
+    sys.exit(0)
+def stop(signum, frame):
+    with open(log, "a") as f:
+        f.write(f"signal {{signum}}\\n")
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+with open(log, "a") as f:
+    f.write("started\\n")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("target", ["test-matrix", "continue", "demo"])
+def test_sigterm_to_make_reaches_the_runner(tmp_path, target):
+    """`kill <pid of make>` (a scheduler, a supervisor, a user) must stop the runner too, not
+    only make: make passes SIGTERM to its child, so the runner must be that child, not a
+    shell around it."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "log"
+    config = tmp_path / ".config"
+    config.write_text("")
+    env = {**os.environ, "FAKE_LOG": str(log), "KCONFIG_CONFIG": str(config)}
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "-s", f"PY={fake}", "SETUP_STAMP=", target],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "started" in log.read_text()):
+            assert process.poll() is None, f"make {target} ended before the runner started"
+            assert time.monotonic() < deadline, "the runner did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while "signal" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert log.read_text().splitlines() == ["started", f"signal {int(signal.SIGTERM)}"]
