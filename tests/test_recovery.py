@@ -338,11 +338,10 @@ def zombie():
     child.wait()
 
 
-def _held_by_dying_children(matrix_dir: Path, runner_pid: int, seconds: float):
+def _held_by_dying_children(matrix_dir: Path, runner_pid: int, seconds: float, host=None):
     matrix_dir.mkdir()
-    (matrix_dir / ".lock").write_text(
-        f"pid={runner_pid} host={socket.gethostname()} since=2026-01-01T00:00:00Z\n"
-    )
+    host = host or socket.gethostname()
+    (matrix_dir / ".lock").write_text(f"pid={runner_pid} host={host} since=2026-01-01T00:00:00Z\n")
     holder = subprocess.Popen(
         [sys.executable, "-c", INHERITED_LOCK, str(matrix_dir / ".lock"), str(seconds)],
         stdout=subprocess.PIPE,
@@ -372,17 +371,22 @@ def test_a_lock_kept_by_what_a_zombie_runner_left_is_refused_without_kill_advice
 ):
     monkeypatch.setattr(lib.lock, "LOCK_WAIT_SECONDS", 0.5)
     holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=60)
+    message, waited = _refused_while(holder, tmp_path / "m")
+    assert f"left behind by runner pid {zombie} (gone)" in message
+    assert f"kill {zombie}" not in message
+    assert waited >= 0.5
+
+
+def _refused_while(holder: subprocess.Popen, matrix_dir: Path) -> tuple[str, float]:
+    """(LockHeld's message, seconds acquire() took) while `holder` holds the lock."""
     try:
         started = time.monotonic()
         with pytest.raises(LockHeld) as refused:
-            MatrixLock(tmp_path / "m").acquire()
-        waited = time.monotonic() - started
+            MatrixLock(matrix_dir).acquire()
+        return str(refused.value), time.monotonic() - started
     finally:
         holder.kill()
         holder.wait()
-    assert f"left behind by runner pid {zombie} (gone)" in str(refused.value)
-    assert f"kill {zombie}" not in str(refused.value)
-    assert waited >= 0.5
 
 
 # -- make variables reach the CLI as arguments, never as shell text ----------------------------------
@@ -539,17 +543,9 @@ def test_a_lock_held_by_a_runner_on_another_host_is_refused_at_once_naming_it(
     """On a shared file system the recorded pid belongs to another machine: a local pid of the
     same number (here a zombie, 'gone') must not make the runner wait for it or call it gone."""
     monkeypatch.setattr(lib.lock, "LOCK_WAIT_SECONDS", 30.0)
-    holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=60)
-    (tmp_path / "m" / ".lock").write_text(f"pid={zombie} host=node-7 since=2026-01-01T00:00:00Z\n")
-    try:
-        started = time.monotonic()
-        with pytest.raises(LockHeld) as refused:
-            MatrixLock(tmp_path / "m").acquire()
-        waited = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
-    assert str(refused.value) == (
+    holder = _held_by_dying_children(tmp_path / "m", zombie, seconds=60, host="node-7")
+    message, waited = _refused_while(holder, tmp_path / "m")
+    assert message == (
         f"{tmp_path / 'm'} is in use by a runner on host node-7 (pid {zombie}); wait for it to "
         "end or stop it there first"
     )
