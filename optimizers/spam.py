@@ -138,7 +138,7 @@ def _clip_bucket(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
         return
     excesses = squares
     torch._foreach_sub_(excesses, limits)
-    largest = torch.stack(torch._foreach_max(excesses)).tolist()
+    largest = torch.stack(_foreach_max(excesses)).tolist()
     for grad, excess, limit, top in zip(grads, excesses, limits, largest, strict=True):
         if top <= 0.0:
             continue  # no spike
@@ -146,6 +146,14 @@ def _clip_bucket(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
             _merge_spikes_(grad, limit, excess)
         else:  # NaN: an inf or NaN in g or v
             _clip_like_the_reference_(grad, grad * grad, limit)
+
+
+def _foreach_max(tensors: list[Tensor]) -> list[Tensor]:
+    """Each tensor's largest element, NaN where it holds one (torch.max's rule); one call where
+    torch has the foreach op (it arrived around torch 2.4)."""
+    if hasattr(torch, "_foreach_max"):
+        return torch._foreach_max(tensors)
+    return [t.max() for t in tensors]
 
 
 def _clip_like_the_reference_(grad: Tensor, square: Tensor, limit: Tensor) -> None:

@@ -332,3 +332,14 @@ def test_spam_clipping_with_denormals_flushed_takes_the_exact_comparison():
     assert not spam_module._denormals_flushed()
     assert expected[0] != g[0]  # it is a spike
     assert torch.equal(bits(clipped), bits(expected))
+
+
+def test_spam_clipping_without_foreach_max_equals_the_reference(monkeypatch, tiny_buckets):
+    """On a torch without torch._foreach_max the screen takes each tensor's max itself."""
+    monkeypatch.delattr(torch, "_foreach_max")
+    g, v = special_pairs(torch.float32)
+    grads, sqs = [g.clone(), g[:7].clone()], [v.clone(), v[:7].clone()]
+    expected = [reference_clip(a, b, 2.0) for a, b in zip(grads, sqs, strict=True)]
+    clip_spikes_(grads, sqs, 2.0)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(bits(got), bits(want))
