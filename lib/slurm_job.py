@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lib.atomic import open_no_follow
 from lib.metrics import METRICS_FILE, STATUS_FAILED, MetricsError, read_metrics
@@ -115,6 +115,25 @@ class MatrixRun:
                 log.flush()
             else:
                 print(header, end="", flush=True)
+            self._start(cmd, log, env)
+            # poll(), not wait(): checkpoint() runs in a signal handler between these sleeps
+            # and must be able to reap the trainer itself.
+            while (returncode := self._child.poll()) is None:
+                time.sleep(POLL_SECONDS)
+        finally:
+            if log is not None:
+                log.close()
+        return self._outcome(returncode, rank=job.global_rank)
+
+    def _start(self, cmd: list[str], log: IO[bytes] | None, env: dict[str, str]) -> None:
+        """Start the trainer as `self._child`. Slurm's warning may come at any moment, also
+        while Popen has started the trainer but not returned it: checkpoint() would then not
+        know the trainer, the task would requeue itself and leave, and the trainer, a child
+        of no task Slurm tracks, would train on beside the next start's. So the warning is
+        held back until the trainer is known, then raised again for the task's handler."""
+        held: list[int] = []
+        previous = signal.signal(signal.SIGUSR2, lambda signum, frame: held.append(signum))
+        try:
             self._child = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -124,14 +143,10 @@ class MatrixRun:
                 cwd=ROOT,
                 preexec_fn=_ignore_usr2,
             )
-            # poll(), not wait(): checkpoint() runs in a signal handler between these sleeps
-            # and must be able to reap the trainer itself.
-            while (returncode := self._child.poll()) is None:
-                time.sleep(POLL_SECONDS)
         finally:
-            if log is not None:
-                log.close()
-        return self._outcome(returncode, rank=job.global_rank)
+            signal.signal(signal.SIGUSR2, signal.SIG_DFL if previous is None else previous)
+            if held:
+                signal.raise_signal(signal.SIGUSR2)
 
     def _outcome(self, returncode: int, *, rank: int) -> str:
         run_dir = Path(self.run_dir)
