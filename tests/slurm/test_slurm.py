@@ -3,8 +3,9 @@
 A tiny matrix (ResNet-18 on 8x8 synthetic images, two steps an epoch, one CPU thread) goes
 through the real scheduler: every run completes once and the report is produced; a second
 submission while the array is queued is refused; make status and make continue behave as
-docs/cluster.md says; a job requeued mid-run (scontrol requeue) resumes from its checkpoint
-and ends with the metrics of an uninterrupted run.
+docs/cluster.md says; a job requeued mid-run (scontrol requeue), and one warned by Slurm before
+its time limit (SIGUSR2: submitit's checkpoint and requeue), resume from their checkpoints and
+end with the metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -346,6 +348,104 @@ def test_requeued_job_resumes_with_the_metrics_of_an_uninterrupted_run(local_slu
     assert log.count(f"resumed from {run_dir / 'checkpoint_last.pt'}") == 1
     interrupted = read_metrics(run_dir / METRICS_FILE)
     uninterrupted = read_metrics(tmp_path / "results" / "uninterrupted" / run_id / METRICS_FILE)
+    assert interrupted["summary"]["status"] == STATUS_COMPLETED
+    assert len(interrupted["epochs"]) == epochs
+    assert comparable(interrupted) == comparable(uninterrupted)
+
+
+def run_time_seconds(job: str) -> int:
+    """How long the job's current start has been running (scontrol's RunTime)."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True, check=True
+    )
+    found = re.search(r"\bRunTime=(?:(\d+)-)?(\d+):(\d+):(\d+)", shown.stdout)
+    assert found, shown.stdout
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def trainer_pid(run_dir: Path) -> int | None:
+    """The process id of the trainer of `run_dir` (`python -m lib.train <run_dir>/run.json`)."""
+    wanted = str(run_dir / RUN_FILE).encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or it just ended
+            continue
+        if wanted in argv and b"lib.train" in argv:
+            return int(proc.name)
+    return None
+
+
+def test_time_limit_warning_stops_requeues_and_resumes_with_the_metrics_of_an_uninterrupted_run(
+    local_slurm, tmp_path
+):
+    """Slurm's own warning before the time limit (the executor's --signal=USR2@90, as
+    submitted), not a signal sent by hand: the task stops its trainer, requeues itself and the
+    next start resumes from checkpoint_last.pt."""
+    epochs = 8
+    configs = {
+        name: write_config(tmp_path, name, epochs=epochs, optimizers=("adamw",))
+        for name in ("limited", "unlimited")
+    }
+    for path in configs.values():  # four steps an epoch: the run is still training when held
+        text = path.read_text()
+        path.write_text(text.replace("SYNTHETIC_TRAIN_SIZE=16", "SYNTHETIC_TRAIN_SIZE=32"))
+    job = submitted_job(cli(configs["limited"], "lib.cli", "test-matrix"))
+    reference_job = submitted_job(cli(configs["unlimited"], "lib.cli", "test-matrix"))
+    run_id = "resnet18_adamw_dense_seed0"
+    run_dir = tmp_path / "results" / "limited" / run_id
+    script = run_dir.parent / "slurm" / job / f"{job}_submission.sh"
+    assert "#SBATCH --signal=USR2@90" in script.read_text()
+    submitit_log = run_dir.parent / "slurm" / job / f"{job}_0_log.out"
+
+    def warned():
+        return "Caught signal SIGUSR2" in submitit_log.read_text()
+
+    # Slurm checks time limits every 30 seconds and sends the warning at the first check that
+    # finds it due, so it may come up to a minute after it is due. The trainer is held
+    # (SIGSTOP) mid-epoch until the warning has arrived: however long Slurm takes, the warning
+    # finds the run training, not finished.
+    wait_for("the first epoch", lambda: epochs_done(run_dir) >= 1)
+    pid = wait_for("the trainer's process", lambda: trainer_pid(run_dir))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert not warned()
+        # The administrator shortens the job's time limit (scontrol update, as one may on a
+        # real cluster): it ends one to two minutes from now, so the 90 s warning is due.
+        minutes = run_time_seconds(job) // 60 + 2
+        subprocess.run(["scontrol", "update", f"jobid={job}", f"TimeLimit={minutes}"], check=True)
+        wait_for(f"Slurm's time-limit warning to job {job}", warned)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def requeued():
+        state = tasks_of(job).get(job)
+        assert state not in ENDED_STATES, f"job {job} ended {state} instead of being requeued"
+        return state == "PENDING"
+
+    wait_for(f"job {job} to requeue itself", requeued)
+    stopped_after = epochs_done(run_dir)
+    assert 1 <= stopped_after < epochs
+    # The next start gets the usual time limit, and the test cluster starts it at once (Slurm
+    # holds a requeued job for about two minutes).
+    subprocess.run(
+        ["scontrol", "update", f"jobid={job}", "TimeLimit=30", "StartTime=now"], check=True
+    )
+
+    assert wait_until_ended(job) == {job: "COMPLETED"}
+    assert wait_until_ended(reference_job) == {reference_job: "COMPLETED"}
+    assert f"Requeued job {job}" in submitit_log.read_text()
+    headers = attempts(run_dir)
+    assert [h.split("(restart ")[1].split(",")[0] for h in headers] == ["0", "1"]
+    log = (run_dir / LOG_FILE).read_text()
+    assert log.count("received SIGTERM: stopping at the next step boundary") == 1
+    assert log.count(f"state saved after epoch {stopped_after}") == 1
+    resumed = f"resumed from {run_dir / 'checkpoint_last.pt'} after epoch {stopped_after}"
+    assert log.count(resumed) == 1
+    assert log.count(f"completed {run_id}:") == 1, "the run completes exactly once"
+    interrupted = read_metrics(run_dir / METRICS_FILE)
+    uninterrupted = read_metrics(tmp_path / "results" / "unlimited" / run_id / METRICS_FILE)
     assert interrupted["summary"]["status"] == STATUS_COMPLETED
     assert len(interrupted["epochs"]) == epochs
     assert comparable(interrupted) == comparable(uninterrupted)
