@@ -34,8 +34,7 @@ class Requeued(Exception):
 
 @pytest.fixture
 def task(tmp_path, monkeypatch):
-    import submitit
-
+    submitit = pytest.importorskip("submitit", reason="the Slurm extra: pip install -e '.[slurm]'")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / RUN_FILE).write_text("{}\n")

@@ -116,7 +116,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.socket
+# cred_expire: how long a credential of a killed job stays revoked on the node, and so how long
+# a requeued job waits before it may start again (Slurm's default: 120 s). A requeued job that
+# starts within the second its previous start was killed is refused by slurmd ("Job
+# credential revoked") and ends FAILED; this wait is what prevents that, shortened here.
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=20
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid

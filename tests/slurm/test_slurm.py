@@ -73,9 +73,10 @@ def stop_orphans() -> None:
 
 
 @pytest.fixture(scope="module")
-def local_slurm():
+def local_slurm(tmp_path_factory):
     """SLURM_CONF of a running local cluster; set in os.environ while this module runs, so the
-    commands the tests start (and the jobs they submit) reach it."""
+    commands the tests start (and the jobs they submit) reach it. The daemons' logs are kept
+    in pytest's temporary directory (slurm-logs*) when the cluster is removed."""
     reason = why_not_runnable()
     if reason:
         pytest.skip(reason)
@@ -95,6 +96,7 @@ def local_slurm():
     try:
         yield conf
     finally:
+        shutil.copytree(state / "log", tmp_path_factory.mktemp("slurm-logs"), dirs_exist_ok=True)
         stopped = subprocess.run(
             [str(SCRIPT), "stop", str(state)], capture_output=True, text=True, timeout=120
         )
@@ -329,16 +331,11 @@ def test_requeued_job_resumes_with_the_metrics_of_an_uninterrupted_run(local_slu
     run_id = "resnet18_adamw_dense_seed0"
     run_dir = tmp_path / "results" / "requeued" / run_id
 
-    def release_when_pending():
-        # A requeued job waits ~2 minutes (Slurm's BeginTime after a requeue) before it may
-        # start again; the test cluster lets it start at once.
-        wait_for(f"job {job} to be pending again", lambda: tasks_of(job).get(job) == "PENDING")
-        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
-
-    # Preemption-like: Slurm kills and requeues the running job.
+    # Preemption-like: Slurm kills and requeues the running job. It starts again after
+    # Slurm's hold of requeued jobs (20 s on the test cluster; see local-slurm.sh).
     wait_for("the first epoch", lambda: epochs_done(run_dir) >= 1)
     subprocess.run(["scontrol", "requeue", job], check=True)
-    release_when_pending()
+    wait_for(f"job {job} to be pending again", lambda: tasks_of(job).get(job) == "PENDING")
 
     assert wait_until_ended(job) == {job: "COMPLETED"}
     assert wait_until_ended(reference_job) == {reference_job: "COMPLETED"}
@@ -427,11 +424,11 @@ def test_time_limit_warning_stops_requeues_and_resumes_with_the_metrics_of_an_un
     wait_for(f"job {job} to requeue itself", requeued)
     stopped_after = epochs_done(run_dir)
     assert 1 <= stopped_after < epochs
-    # The next start gets the usual time limit, and the test cluster starts it at once (Slurm
-    # holds a requeued job for about two minutes).
-    subprocess.run(
-        ["scontrol", "update", f"jobid={job}", "TimeLimit=30", "StartTime=now"], check=True
-    )
+    # The next start gets the usual time limit back. It starts after Slurm's hold of requeued
+    # jobs (20 s on the test cluster), which is not cut short: a start within the second the
+    # previous one was killed is refused by the node ("Job credential revoked") and the job
+    # ends FAILED, which is how this step failed when the test released the job at once.
+    subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=30"], check=True)
 
     assert wait_until_ended(job) == {job: "COMPLETED"}
     assert wait_until_ended(reference_job) == {reference_job: "COMPLETED"}
