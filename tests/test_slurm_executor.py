@@ -63,6 +63,8 @@ def test_slurm_settings_are_read_and_extra_args_split_without_a_shell(tmp_path):
         ('CONFIG_SLURM_EXTRA_ARGS="--exclusive\t--x"', "no newlines or control characters"),
         ('CONFIG_SLURM_PARTITION="gpu; rm -rf /"', "letters, digits"),
         ('CONFIG_SLURM_CONSTRAINT="a100 ib"', "no spaces"),
+        # The 90 s warning would be due before the task could take it.
+        ("CONFIG_SLURM_TIME_MINUTES=2", "accepted: 5..525600"),
     ],
 )
 def test_bad_slurm_values_are_one_line_naming_symbol_and_accepted_values(tmp_path, line, named):
