@@ -94,10 +94,18 @@ SCHEDULER_TOOLS = ("sbatch", "srun", "squeue", "scontrol")
 def require_submitit() -> Any:
     try:
         import submitit
-    except ImportError:
+    except ImportError as e:
+        if e.name == "submitit":
+            raise SlurmError(
+                "CONFIG_MATRIX_EXECUTOR_SLURM needs submitit, which is not installed: "
+                "pip install -e '.[slurm]' (or choose the local executor)"
+            ) from None
+        # Installed, but its own import fails (a dependency missing, an install in progress):
+        # say what failed rather than "not installed".
+        reason = " ".join(str(e).split())
         raise SlurmError(
-            "CONFIG_MATRIX_EXECUTOR_SLURM needs submitit, which is not installed: "
-            "pip install -e '.[slurm]' (or choose the local executor)"
+            f"CONFIG_MATRIX_EXECUTOR_SLURM: submitit is installed but cannot be imported "
+            f"({reason}); reinstall it with pip install -e '.[slurm]'"
         ) from None
     return submitit
 

@@ -18,7 +18,13 @@ from lib.config import ConfigError, SlurmSettings
 from lib.metrics import METRICS_FILE, STATUS_COMPLETED, STATUS_RUNNING, build_document
 from lib.metrics import atomic_write_json as write_json
 from lib.runner import open_matrix, record_failure
-from lib.slurm import sbatch_directives, sbatch_parameters, submit_matrix
+from lib.slurm import (
+    SlurmError,
+    require_submitit,
+    sbatch_directives,
+    sbatch_parameters,
+    submit_matrix,
+)
 from lib.status import status_lines
 
 SLURM = "CONFIG_MATRIX_EXECUTOR_SLURM=y"
@@ -135,6 +141,27 @@ def test_slurm_without_sbatch_or_submitit_is_one_line_before_anything_is_submitt
     assert out.startswith("error: CONFIG_MATRIX_EXECUTOR_SLURM needs submitit")
     assert "pip install -e '.[slurm]'" in out and "\n" not in out
     assert not (tmp_path / "m").exists()
+
+
+def test_submitit_that_fails_to_import_says_why_not_that_it_is_missing(tmp_path, monkeypatch):
+    """Installed but broken (a dependency gone, an upgrade half done): the real error, one line."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "submitit":
+            raise ModuleNotFoundError("No module named 'cloudpickle'", name="cloudpickle")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "submitit", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(SlurmError) as error:
+        require_submitit()
+    assert str(error.value) == (
+        "CONFIG_MATRIX_EXECUTOR_SLURM: submitit is installed but cannot be imported (No module "
+        "named 'cloudpickle'); reinstall it with pip install -e '.[slurm]'"
+    )
 
 
 def test_status_of_a_local_matrix_one_line_per_run(tmp_path, tiny_spec):
