@@ -139,8 +139,9 @@ report: $(SETUP_STAMP)
 		$(if $(call cli_var,COMPARE),--compare $(foreach m,$(call cli_var,COMPARE),$(call quote,$(m))))
 
 # The demo keeps its own configuration file, so it never overwrites the user's .config.
-# `exec`: a line with a variable assignment runs through sh, and make passes a SIGTERM on to
-# its child only, so without exec `kill <make>` would end sh and leave the runner training.
+# `exec`: make passes a SIGTERM on to its own child only, so the runner must be that child and
+# not a shell around it, or `kill <make>` would leave it training (bash execs a lone command
+# itself; exec keeps it so whatever the shell; tests/test_make.py checks it).
 demo: $(SETUP_STAMP)
 	@KCONFIG_CONFIG=$(DEMO_CONFIG) exec $(PY) -m lib.cli defconfig demo
 	@KCONFIG_CONFIG=$(DEMO_CONFIG) exec $(PY) -m lib.cli test-matrix

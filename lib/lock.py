@@ -108,8 +108,9 @@ class MatrixLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         self.fd = fd
-        if previous is not None and (previous != os.getpid() or _on_another_host(previous_host)):
-            where = f" on host {previous_host}" if _on_another_host(previous_host) else ""
+        remote = _on_another_host(previous_host)
+        if previous is not None and (previous != os.getpid() or remote):
+            where = f" on host {previous_host}" if remote else ""
             return (
                 f"taking over the lock of {self.path.parent}: its runner (pid {previous}{where}) "
                 "ended without releasing it"

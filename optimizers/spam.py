@@ -108,12 +108,21 @@ def clip_spikes_(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
     """
     if not grads:
         return
-    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(grads[0].device)):
-        _clip_bucket(bucket_grads, bucket_sqs, theta)
+    device = grads[0].device
+    screen = _can_screen(device)
+    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(device)):
+        _clip_bucket(bucket_grads, bucket_sqs, theta, screen)
 
 
-def _clip_bucket(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -> None:
-    """clip_spikes_ on one bucket.
+def _can_screen(device: torch.device) -> bool:
+    """Whether _clip_bucket may take its screened CPU path on `device` (asked once a step)."""
+    return device.type == "cpu" and not _denormals_flushed()
+
+
+def _clip_bucket(
+    grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float, screen: bool
+) -> None:
+    """clip_spikes_ on one bucket; `screen` is `_can_screen(device)`.
 
     On other devices than the CPU: `torch.gt` and `torch.where`, as the reference does.
 
@@ -132,7 +141,7 @@ def _clip_bucket(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
     """
     squares = torch._foreach_mul(grads, grads)
     limits = torch._foreach_mul(exp_avg_sqs, theta)
-    if grads[0].device.type != "cpu" or _denormals_flushed():
+    if not screen:
         for grad, square, limit in zip(grads, squares, limits, strict=True):
             _clip_like_the_reference_(grad, square, limit)
         return
@@ -234,12 +243,13 @@ def spam_step(
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         decay = -lr * group["weight_decay"]
         size = bucket_elements(params[0].device)
+        screen = clip and _can_screen(params[0].device)
         for k, indices in by_step.items():
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
             lists = [[role[i] for i in indices] for role in (params, grads, exp_avgs, exp_avg_sqs)]
             for bucket_params, bucket_grads, bucket_avgs, bucket_sqs in buckets(lists, size):
                 if clip:
-                    _clip_bucket(bucket_grads, bucket_sqs, clock.theta)
+                    _clip_bucket(bucket_grads, bucket_sqs, clock.theta, screen)
                 torch._foreach_mul_(bucket_avgs, beta1)
                 torch._foreach_add_(bucket_avgs, bucket_grads, alpha=1 - beta1)
                 torch._foreach_mul_(bucket_sqs, beta2)
