@@ -39,6 +39,26 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_ACCEPTED = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
+def added_field(default: Any) -> Any:
+    """A field added after run.json's layout was fixed: left out of `to_dict()` (run.json,
+    identity) while it holds its default, so adding an option never changes the run.json of a
+    run that does not use it (finished runs stay finished; tests/test_run_json_stability.py).
+    `from_dict` fills it back in from the default."""
+    return field(default=default, metadata={"omit_at_default": True})
+
+
+def _drop_added_defaults(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` (dataclasses.asdict(obj)) without obj's added fields that hold their defaults,
+    recursively through nested specs."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("omit_at_default") and value == f.default:
+            d.pop(f.name, None)
+        elif dataclasses.is_dataclass(value) and isinstance(d.get(f.name), dict):
+            _drop_added_defaults(value, d[f.name])
+    return d
+
+
 def is_plain_name(value: object) -> bool:
     """True when `value` is one directory name as NAME_PATTERN describes."""
     return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
@@ -217,7 +237,7 @@ class RunSpec:
         return method_key(self.optimizer.label, pruning, self.optimizer.prune_score)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _drop_added_defaults(self, dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
