@@ -99,6 +99,8 @@ def _walk(node: kconfiglib.MenuNode, depth: int, out: list[str]) -> None:
                     out.append(f"    <br>{' '.join(member.nodes[0].help.split())}")
         elif isinstance(item, kconfiglib.Symbol):
             out.extend(_symbol(node))
+            if node.list is not None:  # a catalogue entry's menu hangs below its option
+                _walk(node.list, depth, out)
         node = node.next
 
 
