@@ -381,6 +381,13 @@ def _check_fragment(entry: OptimizerEntry | PruningEntry, where: str) -> None:
             kconf = kconfiglib.Kconfig(str(top), warn_to_stderr=False)
         except kconfiglib.KconfigError as e:
             raise PluginError(f"{where}: Kconfig fragment does not parse: {_first(e)}") from None
+    own = (entry.symbol, f"{entry.name.upper()}_")
+    for defined in kconf.unique_defined_syms:
+        if defined.name != own[0] and not defined.name.startswith(own[1]):
+            raise PluginError(
+                f"{where}: Kconfig fragment {path} defines {defined.name}: a plug-in defines "
+                f"only {own[0]} and {own[1]}* options"
+            )
     sym = kconf.syms.get(entry.symbol)
     if sym is None or sym.orig_type != kconfiglib.BOOL or not any(n.prompt for n in sym.nodes):
         raise PluginError(f"{where}: Kconfig fragment {path} defines no bool option {entry.symbol}")

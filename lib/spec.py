@@ -271,7 +271,15 @@ class RunSpec:
         return entry.variant(self.optimizer) if entry and entry.variant else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_added_defaults(self, dataclasses.asdict(self))
+        d = _drop_added_defaults(self, dataclasses.asdict(self))
+        if self.optimizer.distribution:
+            # A plug-in optimizer reads only its own `settings`: the built-ins' fields, all at
+            # their defaults, would only mislead a reader of run.json. from_dict restores them.
+            opt = d["optimizer"]
+            for f in dataclasses.fields(self.optimizer):
+                if f.name != "name" and getattr(self.optimizer, f.name) == f.default:
+                    opt.pop(f.name, None)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
