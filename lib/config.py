@@ -1,8 +1,9 @@
 """Load `.config` through kconfiglib into one frozen, typed Config.
 
-This is the only module that reads Kconfig symbols. Everything after it speaks the types of
-`lib.spec`. Every value is validated here: a bad one raises ConfigError whose message is one
-line naming the symbol, the value and what is accepted.
+This is the only module that reads Kconfig symbols: a method's own options are read by its
+catalogue entry (lib/catalogue.py) through this module's reader, while the config is loaded.
+Everything after it speaks the types of `lib.spec`. Every value is validated here: a bad one
+raises ConfigError whose message is one line naming the symbol, the value and what is accepted.
 
 Kconfig has no float type, so floats are `string` symbols parsed and range-checked here.
 An assignment in `.config` that kconfiglib would silently drop (out of range, malformed, or
@@ -184,6 +185,21 @@ def _range_text(sym: kconfiglib.Symbol) -> str:
     return "any integer"
 
 
+def _dependency_text(sym: kconfiglib.Symbol) -> str:
+    """`sym`'s dependencies in words the user can act on: a derived option (no prompt) that
+    other options select, such as OPTIMIZER_TAKES_PRUNING, is shown as those options."""
+    text = kconfiglib.expr_str(sym.direct_dep)
+    for dep in kconfiglib.expr_items(sym.direct_dep):
+        derived = isinstance(dep, kconfiglib.Symbol) and not any(n.prompt for n in dep.nodes)
+        if derived and dep.rev_dep is not sym.kconfig.n:
+            selected_by = kconfiglib.expr_str(dep.rev_dep)
+            if text == dep.name:
+                text = selected_by
+            else:
+                text = re.sub(rf"\b{dep.name}\b", f"({selected_by})", text)
+    return text
+
+
 def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = True) -> None:
     """Raise ConfigError for the first assignment in `path` that did not take effect.
 
@@ -219,7 +235,7 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
         if sym.visibility == 0:
             if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE):
                 continue  # the leftover value of a hidden option, as after a menu change
-            deps = kconfiglib.expr_str(sym.direct_dep)
+            deps = _dependency_text(sym)
             message = (
                 f"{path}: {name}={wanted} has no effect: it depends on {deps}, "
                 "which is not satisfied"

@@ -212,3 +212,18 @@ def test_an_unknown_optimizer_is_one_line_listing_the_known_ones():
     assert str(error.value) == (
         "optimizer='nadam': must be one of " + ", ".join(catalogue.catalogue().optimizers)
     )
+
+
+def test_a_generic_method_without_an_optimizer_that_takes_it_names_those_optimizers(tmp_path):
+    """PRUNING_MAGNITUDE depends on the derived OPTIMIZER_TAKES_PRUNING; the error names the
+    options that select it, as it did when the dependency was spelt out."""
+    path = tmp_path / ".config"
+    path.write_text("CONFIG_PRUNING_MAGNITUDE=y\n")
+    takes = [e.symbol for e in catalogue.catalogue().optimizers.values() if e.takes_pruning]
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.load(path)
+    assert str(error.value) == (
+        f"{path}: CONFIG_PRUNING_MAGNITUDE=y has no effect: it depends on "
+        f"{' || '.join(takes)}, which is not satisfied (enable that first, e.g. with make "
+        "menuconfig)"
+    )

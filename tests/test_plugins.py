@@ -250,6 +250,12 @@ def test_a_plugin_optimizer_is_read_planned_recorded_and_labelled(site, tmp_path
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.pruner is not None
     take_steps(model, optimizer, 3)
     assert measure_sparsity(model)[0] == pytest.approx(0.5, abs=0.01)
+    # Its checkpoint carries the pruning state and resumes into a fresh build.
+    saved = optimizer.state_dict()
+    assert saved["pruning"]["step"] == 3
+    resumed = build_optimizer(model, spec.optimizer, spec.pruning, steps_per_epoch=2)
+    resumed.load_state_dict(saved)
+    assert resumed.pruner.step == 3 and resumed.pruner.sparsity == optimizer.pruner.sparsity
 
 
 def test_a_plugin_setting_out_of_range_is_one_line_naming_its_symbol(site, tmp_path):
