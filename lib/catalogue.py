@@ -205,7 +205,8 @@ class PruningEntry:
     display: str  # the report's word: `AdamW + magnitude`
     kconfig: str | os.PathLike[str]
     # lib.pruning.Pruner's score: a built-in score name, or a callable
-    # (weight, optimizer_state_of_that_weight) -> Tensor of importance (low = pruned first).
+    # (weight, optimizer_state_of_that_weight) -> Tensor of importance (low = pruned first),
+    # called with `settings=` (its settings dataclass) too when the entry has settings.
     score: Any = None
     owner: str | None = None  # the optimizer that implements this method itself
     # A suffix of the method key read from the optimizer (`state-hybrid`).

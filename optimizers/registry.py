@@ -11,6 +11,7 @@ through GradScaler) and an LR scheduler: everything pruning needs happens inside
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -125,7 +126,11 @@ def build_optimizer(
     pruner = None
     if pruning.enabled and entry.takes_pruning:
         method = catalogue.pruning_method(pruning.method)
-        pruner = Pruner(prunable, schedule, score=method.score, scope=pruning.scope, eps=opt.eps)
+        score = method.score
+        if method.settings is not None:  # a plug-in's score sees its typed settings
+            settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
+            score = functools.partial(method.score, settings=settings)
+        pruner = Pruner(prunable, schedule, score=score, scope=pruning.scope, eps=opt.eps)
     ctx = catalogue.BuildContext(
         model=model,
         spec=opt,

@@ -93,17 +93,28 @@ config PRUNING_{NAME}
 \tbool "{display} (plug-in)"
 \tdepends on OPTIMIZER_TAKES_PRUNING
 \tdefault n
+
+config {NAME}_SIGN
+\tint "Sign of the score"
+\tdepends on PRUNING_{NAME}
+\tdefault -1
 """
 
 PRUNING_MODULE = """\
+from dataclasses import dataclass
 from pathlib import Path
 
 from lib.catalogue import PruningEntry
 
 
-def score(weight, state):
-    # Prune the largest weights first: the opposite of magnitude pruning.
-    return -weight.abs()
+@dataclass(frozen=True)
+class Settings:
+    sign: int = -1
+
+
+def score(weight, state, settings):
+    # sign -1 prunes the largest weights first: the opposite of magnitude pruning.
+    return settings.sign * weight.abs()
 
 
 ENTRY = PruningEntry(
@@ -111,6 +122,7 @@ ENTRY = PruningEntry(
     display="{display}",
     kconfig=Path(__file__).resolve().with_name("Kconfig"),
     score=score,
+    settings=Settings,
 )
 """
 
@@ -293,6 +305,7 @@ def test_a_plugin_pruning_method_scores_with_its_own_function(site, tmp_path):
     )
     spec = next(s for s in specs if s.method_key == "adamw_fakeprune")
     assert spec.pruning.distribution == "fake-prune"
+    assert spec.pruning.settings == (("sign", -1),)
     assert method_display_name(spec.method_key) == "AdamW + reverse"
     model = tiny_model()
     first = model[0].weight.detach().clone()
