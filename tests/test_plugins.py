@@ -9,7 +9,9 @@ The distributions here are installed the way pip leaves them (a `*.dist-info` di
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -484,37 +486,58 @@ def _pip_install(target: Path) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.slow
-def test_the_example_plugin_installs_trains_beside_adamw_and_is_a_report_row(tmp_path):
+@pytest.fixture
+def example_site(tmp_path, monkeypatch):
+    """The example installed with pip into a fresh directory, on sys.path for this process;
+    forgotten again afterwards."""
     target = tmp_path / "site"
     _pip_install(target)
-    assert (target / "prunebench_lion" / "Kconfig").is_file()
-    env = {
-        **dict(__import__("os").environ),
-        "PYTHONPATH": f"{target}",
-        "OMP_NUM_THREADS": "1",
-        "KCONFIG_CONFIG": str(
-            write_config(tmp_path, "CONFIG_OPTIMIZER_LION=y\nCONFIG_MATRIX_JOBS=2\n")
-        ),
-    }
+    monkeypatch.syspath_prepend(str(target))
+    importlib.invalidate_caches()
+    catalogue.reset()
+    yield target
+    for module in [m for m in sys.modules if m.startswith("prunebench_lion")]:
+        del sys.modules[module]
+    catalogue.reset()
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
 
-    own_tests = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests"))
-    assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
-    dry = run("-m", "lib.cli", "dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "resnet18_lion_magnitude_s50_seed0" in dry.stdout
-    matrix = run("-m", "lib.cli", "test-matrix")
-    assert matrix.returncode == 0, matrix.stdout[-2000:] + matrix.stderr[-2000:]
-    report = run(
-        "-m", "scripts.report", "--results-dir", str(tmp_path / "results"), "--matrix", "plug"
+@pytest.mark.slow
+def test_the_example_plugin_installs_trains_beside_adamw_and_is_a_report_row(
+    example_site, tmp_path, monkeypatch, capsys
+):
+    from scripts.report.cli import main as report_main
+
+    # The example's own tests, run against the installed distribution.
+    loader = importlib.util.spec_from_file_location(
+        "lion_tests", EXAMPLE / "tests" / "test_lion.py"
     )
-    assert report.returncode == 0, report.stderr
+    tests = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(tests)
+    assert Path(sys.modules["prunebench_lion"].__file__).is_relative_to(example_site)
+    names = [name for name in vars(tests) if name.startswith("test_")]
+    assert len(names) == 3
+    for name in names:
+        getattr(tests, name)()
+    assert catalogue.optimizer("lion").origin.distribution == "prunebench-lion"
+
+    # The matrix through the CLI: the runner's children find the plug-in on PYTHONPATH.
+    config = write_config(tmp_path, "CONFIG_OPTIMIZER_LION=y\nCONFIG_MATRIX_JOBS=2\n")
+    monkeypatch.setenv("KCONFIG_CONFIG", str(config))
+    assert cli_main(["dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "resnet18_lion_dense_seed0" in planned and "resnet18_lion_magnitude_s50_seed0" in planned
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(example_site),
+        "OMP_NUM_THREADS": "1",
+        "KCONFIG_CONFIG": str(config),
+    }
+    matrix = subprocess.run(
+        [sys.executable, "-m", "lib.cli", "test-matrix"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert matrix.returncode == 0, matrix.stdout[-2000:] + matrix.stderr[-2000:]
+    assert "matrix plug: 4/4 completed" in matrix.stdout
 
     results = tmp_path / "results" / "plug"
     metrics = json.loads(
@@ -523,8 +546,11 @@ def test_the_example_plugin_installs_trains_beside_adamw_and_is_a_report_row(tmp
     assert metrics["summary"]["status"] == "completed"
     assert metrics["identity"]["optimizer_distribution"] == "prunebench-lion 0.1.0"
     assert metrics["summary"]["final_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+    assert report_main(["--results-dir", str(tmp_path / "results"), "--matrix", "plug"]) == 0
     text = (results / "report.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| Sparsity | "))
     assert header == "| Sparsity | AdamW + magnitude | Lion + magnitude |"
+    assert "  - Lion (dense) (`lion_dense`)" in text
     assert 'optimizer.distribution = "prunebench-lion"' in text
     assert 'optimizer.distribution_version = "0.1.0"' in text
