@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -479,9 +480,12 @@ def _pip_install(target: Path) -> None:
     if not offline:
         offline = importlib.util.find_spec("wheel") is not None
     isolation = ["--no-build-isolation"] if offline else []
+    # From a copy: pip builds in the source tree (build/, *.egg-info), which stays clean.
+    source = target.parent / "plugin-optimizer"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *isolation,
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
