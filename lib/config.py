@@ -260,7 +260,10 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
                 raise ConfigError(message)
             print(f"note: {message}; dropped", file=sys.stderr)
             continue
-        message = f"{path}: CONFIG_{name} is not an option of this Kconfig (misspelt, or removed)"
+        why = "misspelt, or removed"
+        if name.startswith(("OPTIMIZER_", "PRUNING_")):
+            why += ", or a plug-in method that is not installed (docs/plugins.md)"
+        message = f"{path}: CONFIG_{name} is not an option of this Kconfig ({why})"
         if strict:
             raise ConfigError(
                 f"{message}: correct or delete that line (make olddefconfig deletes it)"

@@ -424,6 +424,17 @@ def _planned_matrix(tmp_path: Path) -> Path:
     return matrix_dir
 
 
+def test_a_config_choosing_a_plugin_that_is_not_installed_says_so(tmp_path):
+    path = write_config(tmp_path, "CONFIG_OPTIMIZER_LION=y\n")
+    with pytest.raises(ConfigError) as error:
+        cfg.load(path)
+    assert str(error.value) == (
+        f"{path}: CONFIG_OPTIMIZER_LION is not an option of this Kconfig (misspelt, or removed, "
+        "or a plug-in method that is not installed (docs/plugins.md)): correct or delete that "
+        "line (make olddefconfig deletes it)"
+    )
+
+
 @pytest.mark.parametrize("change", ["uninstalled", "new version"])
 def test_status_and_continue_say_the_plugin_changed_since_planning(
     site, tmp_path, monkeypatch, capsys, change
