@@ -251,10 +251,6 @@ class Catalogue:
             f"(known: {', '.join(known)})"
         )
 
-    def plugins(self) -> list[OptimizerEntry | PruningEntry]:
-        entries = [*self.optimizers.values(), *self.pruning.values()]
-        return [e for e in entries if e.origin is not None]
-
     def kconfig_dir(self) -> str:
         """A directory with `Kconfig.optimizers` and `Kconfig.pruning`, which source the
         plug-ins' fragments (the main Kconfig reaches them through PLUGIN_KCONFIG_ENV)."""
