@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from lib import config as cfg
+from lib.catalogue import PluginError
 from lib.config import ConfigError
 
 EXIT_USAGE = 2
@@ -98,6 +99,7 @@ def _interactive_terminal(what: str) -> None:
 
 
 def _validate_after_edit(path: str) -> int:
+    _note_broken_plugins()
     try:
         config = cfg.load(path)
     except ConfigError as e:
@@ -123,7 +125,7 @@ def cmd_oldconfig(args: argparse.Namespace) -> int:
     _interactive_terminal("oldconfig")
     import oldconfig  # kconfiglib's line-oriented front end
 
-    os.environ["srctree"] = str(cfg.ROOT)
+    os.environ.update(cfg.kconfig_environment())  # srctree and the plug-ins' fragments
     sys.argv = ["oldconfig", str(cfg.KCONFIG)]
     oldconfig._main()
     return _validate_after_edit(_config_path())
@@ -147,7 +149,17 @@ def _matrix_dir(config: cfg.Config) -> Path:
     return Path(config.matrix.results_dir) / config.matrix.name
 
 
+def _note_broken_plugins() -> None:
+    """One line per installed plug-in that was left out (it does not import, its name clashes,
+    its fragment does not parse): the built-ins and the other plug-ins work without it."""
+    from lib.catalogue import catalogue
+
+    for reason in catalogue().broken.values():
+        print(f"note: {reason}; left out", file=sys.stderr)
+
+
 def cmd_dry_run(args: argparse.Namespace) -> int:
+    _note_broken_plugins()
     config = cfg.load(_need_config())
     specs = _plan(config)
     from lib.runner import format_plan
@@ -281,6 +293,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
         raise ConfigError(f"{manifest_path}: no such matrix; run make test-matrix") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{manifest_path}: unreadable matrix manifest ({e})") from None
+    _check_plugins(manifest, manifest_path)
     # The matrix's own settings (jobs, GPUs, fail-fast) come from its snapshot, read by the
     # same loader as any .config, so they are validated the same way.
     config = cfg.load_snapshot(settings[0], f"{manifest_path} (config snapshot)")
@@ -294,6 +307,22 @@ def cmd_continue(args: argparse.Namespace) -> int:
         report_settings=settings[1],
         rerun_failed=args.rerun_failed,
     )
+
+
+def _check_plugins(manifest: dict, manifest_path: Path) -> None:
+    """Refuse, in one line, a matrix whose planned runs need a plug-in that is gone or has
+    another version now: nothing is started, nothing finished is touched."""
+    from lib.catalogue import plugin_problem
+
+    problems = [
+        (run["run_id"], problem)
+        for run in manifest["runs"]
+        if (problem := plugin_problem(run["spec"]))
+    ]
+    if problems:
+        run_id, problem = problems[0]
+        more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
+        raise ConfigError(f"{manifest_path}: run {run_id} was {problem}{more}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -378,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "rerun_failed"):
             args.rerun_failed = yes_no("RERUN_FAILED", args.rerun_failed)
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, PluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

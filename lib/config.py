@@ -1,8 +1,9 @@
 """Load `.config` through kconfiglib into one frozen, typed Config.
 
-This is the only module that reads Kconfig symbols. Everything after it speaks the types of
-`lib.spec`. Every value is validated here: a bad one raises ConfigError whose message is one
-line naming the symbol, the value and what is accepted.
+This is the only module that reads Kconfig symbols: a method's own options are read by its
+catalogue entry (lib/catalogue.py) through this module's reader, while the config is loaded.
+Everything after it speaks the types of `lib.spec`. Every value is validated here: a bad one
+raises ConfigError whose message is one line naming the symbol, the value and what is accepted.
 
 Kconfig has no float type, so floats are `string` symbols parsed and range-checked here.
 An assignment in `.config` that kconfiglib would silently drop (out of range, malformed, or
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import kconfiglib
 
+from lib import catalogue
 from lib.spec import (
     NAME_ACCEPTED,
     DataSpec,
@@ -36,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KCONFIG = ROOT / "Kconfig"
 DEFCONFIG_DIR = ROOT / "defconfigs"
 
-OPTIMIZER_ORDER = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
 PRESET_SPARSITIES = (50, 70, 80, 90, 95)
 PLOTS = (
     "accuracy_evolution",
@@ -102,47 +103,63 @@ class Config:
     data: DataSpec
     train: TrainSpec
     optimizers: tuple[OptimizerSpec, ...]
-    adamwadv_grad_clip: float
-    pruning_methods: tuple[str, ...]  # subset of none/magnitude/movement/state, menu order
+    pruning_methods: tuple[str, ...]  # "none" and the selected catalogue methods, menu order
     sparsities: tuple[float, ...]  # sorted, unique
     pruning: PruningSpec  # schedule template (method "none", sparsity 0)
     matrix: MatrixSettings
     report: ReportSettings
     symbols: tuple[tuple[str, str], ...]  # ("CONFIG_X", "value") as .config holds them
     tracking: TrackingSpec = TrackingSpec()
+    # The training settings of each optimizer's runs, in `optimizers` order: the menu's, with
+    # what the optimizer's catalogue entry brings by definition (`OptimizerEntry.train_for`,
+    # e.g. AdamWAdv's clipping and cosine schedule).
+    trains: tuple[TrainSpec, ...] = ()
+    # A plug-in pruning method's recorded fields (settings, distribution), by method name.
+    pruning_fields: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
     def train_for(self, opt: OptimizerSpec) -> TrainSpec:
-        """The training settings of a run with `opt`: AdamWAdv, and AdamWPrune on the AdamWAdv
-        base, bring AdamWAdv's clipping and cosine schedule (ALGORITHMS.md section 6); every
-        other optimizer shares them."""
-        if _uses_adamwadv(opt):
-            return replace(self.train, grad_clip=self.adamwadv_grad_clip, lr_schedule="cosine")
+        """The training settings of a run with `opt` (see `trains`)."""
+        if opt in self.optimizers and self.trains:
+            return self.trains[self.optimizers.index(opt)]
         return self.train
+
+    def pruning_for(self, method: str, sparsity: float) -> PruningSpec:
+        """The pruning of a run with `method` at `sparsity`: the menu's schedule template with
+        the method's own recorded fields (a plug-in's settings and distribution)."""
+        fields = dict(dict(self.pruning_fields).get(method, ()))
+        return replace(self.pruning, method=method, sparsity=sparsity, **fields)
 
     def symbol_dict(self) -> dict[str, str]:
         return dict(self.symbols)
-
-
-def _uses_adamwadv(opt: OptimizerSpec) -> bool:
-    return opt.name == "adamwadv" or (opt.name == "adamwprune" and opt.prune_base == "adamwadv")
 
 
 # --------------------------------------------------------------------------------------------
 # kconfiglib access
 
 
+def kconfig_environment() -> dict[str, str]:
+    """The environment the Kconfig tree is parsed in: `srctree` makes `source` paths resolve
+    from the project root wherever the command runs; PLUGIN_KCONFIG_ENV names the generated
+    file that sources the installed plug-ins' fragments (lib/catalogue.py)."""
+    return {
+        "srctree": str(ROOT),
+        catalogue.PLUGIN_KCONFIG_ENV: catalogue.catalogue().kconfig_dir(),
+    }
+
+
 def load_kconfig() -> kconfiglib.Kconfig:
-    """Parse the Kconfig tree. `srctree` makes `source` paths resolve from the project root
-    wherever the command runs."""
-    old = os.environ.get("srctree")
-    os.environ["srctree"] = str(ROOT)
+    """Parse the Kconfig tree, the installed plug-ins' fragments included."""
+    env = kconfig_environment()
+    old = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         kconf = kconfiglib.Kconfig(str(KCONFIG), warn_to_stderr=False)
     finally:
-        if old is None:
-            os.environ.pop("srctree", None)
-        else:
-            os.environ["srctree"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return kconf
 
 
@@ -166,6 +183,21 @@ def _range_text(sym: kconfiglib.Symbol) -> str:
         if kconfiglib.expr_value(cond):
             return f"{low.str_value}..{high.str_value}"
     return "any integer"
+
+
+def _dependency_text(sym: kconfiglib.Symbol) -> str:
+    """`sym`'s dependencies in words the user can act on: a derived option (no prompt) that
+    other options select, such as OPTIMIZER_TAKES_PRUNING, is shown as those options."""
+    text = kconfiglib.expr_str(sym.direct_dep)
+    for dep in kconfiglib.expr_items(sym.direct_dep):
+        derived = isinstance(dep, kconfiglib.Symbol) and not any(n.prompt for n in dep.nodes)
+        if derived and dep.rev_dep is not sym.kconfig.n:
+            selected_by = kconfiglib.expr_str(dep.rev_dep)
+            if text == dep.name:
+                text = selected_by
+            else:
+                text = re.sub(rf"\b{dep.name}\b", f"({selected_by})", text)
+    return text
 
 
 def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = True) -> None:
@@ -203,7 +235,7 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
         if sym.visibility == 0:
             if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE):
                 continue  # the leftover value of a hidden option, as after a menu change
-            deps = kconfiglib.expr_str(sym.direct_dep)
+            deps = _dependency_text(sym)
             message = (
                 f"{path}: {name}={wanted} has no effect: it depends on {deps}, "
                 "which is not satisfied"
@@ -217,10 +249,21 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
                 f"{path}: {name}={sym.user_value} is out of range (accepted: {_range_text(sym)})"
             )
         raise ConfigError(f"{path}: {name}={sym.user_value} was not accepted (value now {got!r})")
-    for name, _value in kconf.missing_syms:
+    for name, value in kconf.missing_syms:
         # kconfiglib drops these without a word; a misspelt name would silently lose the
         # user's intent. A leftover of a removed option is dropped by olddefconfig.
-        message = f"{path}: CONFIG_{name} is not an option of this Kconfig (misspelt, or removed)"
+        plugin = catalogue.catalogue().broken_symbol(name)
+        if plugin is not None and value != "n":
+            # The option of a plug-in that cannot be used: its reason is the one line.
+            message = f"{path}: CONFIG_{name}={value} cannot be used: {plugin}"
+            if strict:
+                raise ConfigError(message)
+            print(f"note: {message}; dropped", file=sys.stderr)
+            continue
+        why = "misspelt, or removed"
+        if name.startswith(("OPTIMIZER_", "PRUNING_")):
+            why += ", or a plug-in method that is not installed (docs/plugins.md)"
+        message = f"{path}: CONFIG_{name} is not an option of this Kconfig ({why})"
         if strict:
             raise ConfigError(
                 f"{message}: correct or delete that line (make olddefconfig deletes it)"
@@ -355,52 +398,21 @@ class _Reader:
         return tuple(out)
 
 
-def _optimizer(r: _Reader, name: str) -> OptimizerSpec:
-    p = name.upper()
-    if name == "sgd":
-        return OptimizerSpec(
-            name="sgd",
-            lr=r.float("SGD_LR", low=0, low_open=True),
-            momentum=r.float("SGD_MOMENTUM", low=0, high=1, high_open=True),
-            weight_decay=r.float("SGD_WEIGHT_DECAY", low=0),
-            nesterov=r.bool("SGD_NESTEROV"),
-        )
-    base = r.str("ADAMWPRUNE_BASE_OPTIMIZER_NAME") if name == "adamwprune" else name
-    spam_from = "ADAMWSPAM" if name == "adamwspam" else "ADAMWPRUNE"
-    uses_spam = base == "adamwspam"
-    if base == "adamwadv":
-        amsgrad = True
-    elif base == "adamwspam":
-        amsgrad = False
-    else:
-        amsgrad = r.bool(f"{p}_AMSGRAD")
-    spec = OptimizerSpec(
-        name=name,
-        lr=r.float(f"{p}_LR", low=0, low_open=True),
-        beta1=r.float(f"{p}_BETA1", low=0, high=1, high_open=True),
-        beta2=r.float(f"{p}_BETA2", low=0, high=1, high_open=True),
-        eps=r.float(f"{p}_EPS", low=0, low_open=True),
-        weight_decay=r.float(f"{p}_WEIGHT_DECAY", low=0),
-        amsgrad=amsgrad,
-    )
-    if uses_spam:
-        spec = replace(
-            spec,
-            spam_theta=r.float(f"{spam_from}_SPAM_THETA", low=0),
-            spam_interval=r.int(f"{spam_from}_SPAM_INTERVAL"),
-            spam_warmup_steps=r.int(f"{spam_from}_SPAM_WARMUP_STEPS"),
-            spam_clip_delay=r.int(f"{spam_from}_SPAM_CLIP_DELAY"),
-        )
-    if name == "adamwprune":
-        spec = replace(
-            spec,
-            decay_all_parameters=r.bool("ADAMWPRUNE_DECAY_ALL_PARAMETERS"),
-            prune_base=base,
-            prune_score=r.choice(
-                "ADAMWPRUNE_SCORE", ("hybrid", "variance", "momentum", "magnitude")
-            ),
-        )
-    return spec
+def _optimizer(r: _Reader, entry: catalogue.OptimizerEntry) -> OptimizerSpec:
+    """An optimizer's spec from its options: the entry reads them itself (built-ins), or its
+    typed settings are read from CONFIG_<NAME>_<FIELD> (plug-ins)."""
+    if entry.read is not None:
+        return entry.read(r)
+    return OptimizerSpec(name=entry.name, **_plugin_fields(r, entry))
+
+
+def _plugin_fields(r: _Reader, entry) -> dict:
+    """A plug-in's recorded spec fields: its typed settings and its distribution."""
+    fields: dict = {"settings": catalogue.read_settings(entry, r)}
+    if entry.origin is not None:
+        fields["distribution"] = entry.origin.distribution
+        fields["distribution_version"] = entry.origin.version
+    return fields
 
 
 def _sparsities(r: _Reader) -> tuple[float, ...]:
@@ -580,19 +592,22 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
             "LR_WARMUP_EPOCHS", str(train.warmup_epochs), f"0..{train.epochs - 1} (below epochs)"
         )
 
-    optimizers = tuple(
-        _optimizer(r, name) for name in OPTIMIZER_ORDER if r.bool(f"OPTIMIZER_{name.upper()}")
-    )
+    cat = catalogue.catalogue()
+    chosen = [e for e in cat.optimizers.values() if r.bool(e.symbol)]
+    optimizers = tuple(_optimizer(r, entry) for entry in chosen)
     if not optimizers:
         raise ConfigError(f"{path}: no optimizer selected (enable at least one OPTIMIZER_* option)")
-    adamwadv_clip = (
-        r.float("ADAMWADV_GRAD_CLIP", low=0, low_open=True)
-        if any(_uses_adamwadv(o) for o in optimizers)
-        else 1.0
+    trains = tuple(
+        entry.train_for(r, opt, train) if entry.train_for else train
+        for entry, opt in zip(chosen, optimizers, strict=True)
     )
 
-    methods = tuple(
-        m for m in ("none", "magnitude", "movement", "state") if r.bool(f"PRUNING_{m.upper()}")
+    chosen_methods = [e for e in cat.pruning.values() if r.bool(e.symbol)]
+    methods = ("none",) * r.bool("PRUNING_NONE") + tuple(e.name for e in chosen_methods)
+    pruning_fields = tuple(
+        (e.name, tuple(_plugin_fields(r, e).items()))
+        for e in chosen_methods
+        if e.origin is not None
     )
     if not methods:
         raise ConfigError(f"{path}: no pruning method selected (enable at least one PRUNING_*)")
@@ -668,7 +683,6 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         data=data,
         train=train,
         optimizers=optimizers,
-        adamwadv_grad_clip=adamwadv_clip,
         pruning_methods=methods,
         sparsities=sparsities,
         pruning=pruning,
@@ -676,6 +690,8 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         report=report,
         symbols=symbols,
         tracking=tracking,
+        trains=trains,
+        pruning_fields=pruning_fields,
     )
 
 

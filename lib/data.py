@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lib.atomic import atomic_torch_save
+from lib.errors import OneLineError
 from lib.spec import DATASETS, DECODES, DataSpec, RunSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,7 +50,7 @@ MNIST5K_CACHE_VERSION = 1
 _WORKER_TRACEBACK_MARK = "Original Traceback"
 
 
-class DataError(RuntimeError):
+class DataError(OneLineError, RuntimeError):
     """A dataset that cannot be used; the message is one line naming the path and the layout.
 
     DataLoader workers re-raise their exceptions in the main process as `DataError(text)` where

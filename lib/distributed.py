@@ -37,12 +37,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lib.errors import OneLineError
 from lib.spec import DDP_BACKENDS, TrainSpec
 
 PR_SET_PDEATHSIG = 1
 
 
-class DistributedError(RuntimeError):
+class DistributedError(OneLineError, RuntimeError):
     """A run that cannot start on its ranks as configured (one-line message)."""
 
 

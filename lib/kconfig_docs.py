@@ -99,12 +99,53 @@ def _walk(node: kconfiglib.MenuNode, depth: int, out: list[str]) -> None:
                     out.append(f"    <br>{' '.join(member.nodes[0].help.split())}")
         elif isinstance(item, kconfiglib.Symbol):
             out.extend(_symbol(node))
+            if node.list is not None:  # a catalogue entry's menu hangs below its option
+                _walk(node.list, depth, out)
         node = node.next
+
+
+def _methods() -> list[str]:
+    """The method catalogue (lib/catalogue.py): every optimizer and pruning method, its
+    option and what it combines with; installed plug-ins name their distribution."""
+    from lib import catalogue
+    from lib.matrix import combines
+
+    cat = catalogue.catalogue()
+
+    def origin(entry) -> str:
+        return (
+            "built in"
+            if entry.origin is None
+            else (f"{entry.origin.distribution} {entry.origin.version}")
+        )
+
+    out = [
+        "",
+        "## Methods",
+        "",
+        "The method catalogue (docs/plugins.md): one entry per optimizer and pruning method,",
+        "each with its options below.",
+        "",
+        "| optimizer | option | pruning methods | from |",
+        "|---|---|---|---|",
+    ]
+    for entry in cat.optimizers.values():
+        methods = ", ".join(m.name for m in cat.pruning.values() if combines(entry, m))
+        out.append(
+            f"| {entry.display} (`{entry.name}`) | `CONFIG_{entry.symbol}` | "
+            f"{methods or '—'} (and dense) | {origin(entry)} |"
+        )
+    out += ["", "| pruning method | option | from |", "|---|---|---|"]
+    for method in cat.pruning.values():
+        out.append(
+            f"| {method.display} (`{method.name}`) | `CONFIG_{method.symbol}` | {origin(method)} |"
+        )
+    return out
 
 
 def render(kconf: kconfiglib.Kconfig) -> str:
     # Document defaults as a fresh configuration sees them.
     kconf.unset_values()
-    out = [HEADER]
+    out = [HEADER, *_methods()]
     _walk(kconf.top_node.list, 0, out)
     return "\n".join(out).rstrip() + "\n"

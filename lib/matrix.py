@@ -1,8 +1,10 @@
 """Plan a test matrix: Config -> list of RunSpec. A pure function; the same .config always
 plans the same runs with the same ids, in the same order.
 
-Axes: model x optimizer x pruning method x sparsity x seed, with the validity rules:
-- state pruning only with AdamWPrune; magnitude and movement with every other optimizer;
+Axes: model x optimizer x pruning method x sparsity x seed, with the validity rules of the
+method catalogue (lib/catalogue.py):
+- a pruning method an optimizer implements itself (its `owner`) only with that optimizer;
+- the generic methods with every optimizer that takes pruning;
 - the unpruned baseline appears once per optimizer (and seed), not once per sparsity.
 """
 
@@ -11,14 +13,39 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from lib import catalogue
 from lib.config import Config, ConfigError
 from lib.spec import RunSpec
 
 
+def combines(optimizer: catalogue.OptimizerEntry, method: catalogue.PruningEntry) -> bool:
+    """Whether `method` can prune `optimizer`'s runs: the one rule of the catalogue."""
+    if method.owner is not None:
+        return method.owner == optimizer.name
+    return optimizer.takes_pruning
+
+
 def methods_for(optimizer: str, selected: tuple[str, ...]) -> tuple[str, ...]:
     """The selected pruning methods that are valid for `optimizer`, in menu order."""
-    valid = ("none", "state") if optimizer == "adamwprune" else ("none", "magnitude", "movement")
-    return tuple(m for m in selected if m in valid)
+    cat = catalogue.catalogue()
+    entry = cat.optimizer(optimizer)
+    return tuple(m for m in selected if m == "none" or combines(entry, cat.pruning_method(m)))
+
+
+def _validity_text() -> str:
+    """What the catalogue's combination rules are, in words: `state pruning needs AdamWPrune,
+    magnitude and movement need another optimizer`."""
+    cat = catalogue.catalogue()
+    owned = [
+        f"{m.name} pruning needs {cat.optimizers[m.owner].display}"
+        for m in cat.pruning.values()
+        if m.owner in cat.optimizers
+    ]
+    generic = [m.name for m in cat.pruning.values() if m.owner is None]
+    if generic:
+        verb = "needs" if len(generic) == 1 else "need"
+        owned.append(f"{' and '.join(generic)} {verb} another optimizer")
+    return ", ".join(owned)
 
 
 def plan(config: Config) -> list[RunSpec]:
@@ -29,7 +56,7 @@ def plan(config: Config) -> list[RunSpec]:
         for method in methods_for(opt.name, config.pruning_methods):
             levels = (0.0,) if method == "none" else config.sparsities
             for sparsity in levels:
-                pruning = replace(config.pruning, method=method, sparsity=sparsity)
+                pruning = config.pruning_for(method, sparsity)
                 for seed in config.matrix.seeds:
                     spec = RunSpec(
                         matrix=config.matrix.name,
@@ -46,8 +73,7 @@ def plan(config: Config) -> list[RunSpec]:
         raise ConfigError(
             "the configuration plans no runs: the selected pruning methods "
             f"({', '.join(config.pruning_methods)}) are not valid for the selected optimizers "
-            f"({', '.join(o.label for o in config.optimizers)}); state pruning needs AdamWPrune, "
-            "magnitude and movement need another optimizer"
+            f"({', '.join(o.label for o in config.optimizers)}); {_validity_text()}"
         )
     ids = [s.run_id for s in specs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -139,20 +139,28 @@ def summarize(
 
 def run_identity(spec: RunSpec) -> dict[str, Any]:
     """The `identity` block: what the report groups and compares runs by."""
+    from lib import catalogue
+
     opt, pruning = spec.optimizer, spec.pruning
-    method = pruning.method if pruning.enabled else "none"
-    return {
+    entry = catalogue.catalogue().optimizers.get(opt.name)
+    identity = {
         "model": spec.model.name,
         "stem": spec.model.stem,
         "dataset": spec.data.name,
         "optimizer": opt.name,
         "optimizer_label": opt.label,
-        "base_optimizer": opt.prune_base if opt.name == "adamwprune" else None,
-        "prune_score": opt.prune_score if method == "state" else None,
-        "pruning": method,
-        "target_sparsity": pruning.sparsity if pruning.enabled else 0.0,
+        "base_optimizer": entry.base(opt) if entry is not None and entry.base else None,
+        # The pruning method's variant (state pruning's score); the key keeps its old name.
+        "prune_score": spec.method_variant,
+        "pruning": pruning.active_method,
+        "target_sparsity": pruning.target,
         "seed": spec.seed,
     }
+    # Plug-ins: which distribution (and version) trained the run.
+    for part, sub in (("optimizer", opt), ("pruning", pruning)):
+        if sub.distribution:
+            identity[f"{part}_distribution"] = f"{sub.distribution} {sub.distribution_version}"
+    return identity
 
 
 def build_document(

@@ -20,7 +20,7 @@ bool mask's 1, and the weights alone (a model checkpoint) restore the masks exac
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,7 +303,7 @@ class Pruner:
         self,
         params: Iterable[Tensor],
         schedule: PruningSchedule,
-        score: str = "magnitude",
+        score: str | Callable[[Tensor, dict[str, Any]], Tensor] = "magnitude",
         scope: str = "global",
         eps: float = 1e-8,
     ) -> None:
@@ -311,7 +311,9 @@ class Pruner:
         if not self.params:
             raise ValueError("prunable: no parameters to prune")
         self.schedule = schedule
-        self.score = _check_choice("score", score, SCORES)
+        # A plug-in pruning method brings its own score: (weight, its optimizer state) ->
+        # importance, lowest pruned first (lib/catalogue.py PruningEntry.score).
+        self.score = score if callable(score) else _check_choice("score", score, SCORES)
         self.scope = _check_choice("scope", scope, SCOPES)
         self.eps = eps
         self.step = 0  # optimizer steps taken (the schedule's t)
@@ -378,7 +380,10 @@ class Pruner:
         scores, zero_counts = [], []
         for i, p in enumerate(self.params):
             movement = None if self.movement_scores is None else self.movement_scores[i]
-            s = importance_score(self.score, p, optimizer_state.get(p, {}), movement, self.eps)
+            if callable(self.score):
+                s = self.score(p.detach(), optimizer_state.get(p, {})).detach().float().clone()
+            else:
+                s = importance_score(self.score, p, optimizer_state.get(p, {}), movement, self.eps)
             zero = p == 0
             zero_counts.append(torch.count_nonzero(zero))
             scores.append(s.masked_fill_(zero, -math.inf))

@@ -974,7 +974,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     previous = doc.get("summary") or {}
     doc["summary"] = summarize(
         doc["epochs"],
-        spec.pruning.sparsity if spec.pruning.enabled else 0.0,
+        spec.pruning.target,
         status=STATUS_FAILED,
         error=reason,
         total_seconds=previous.get("total_seconds"),

@@ -18,10 +18,6 @@ MODELS = ("resnet50", "resnet18")
 STEMS = ("imagenet", "cifar")
 DATASETS = ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic")
 DECODES = ("pil", "uint8")  # DataSpec.decode: how ImageNet images become batches
-OPTIMIZERS = ("sgd", "adam", "adamw", "adamwadv", "adamwspam", "adamwprune")
-PRUNE_BASES = ("adam", "adamw", "adamwadv", "adamwspam")
-PRUNE_SCORES = ("hybrid", "variance", "momentum", "magnitude")
-PRUNING_METHODS = ("none", "magnitude", "movement", "state")
 PRUNE_SCHEDULES = ("cubic", "linear")
 PRUNE_SCOPES = ("global", "layerwise")
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -57,6 +53,13 @@ def _drop_added_defaults(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
         elif dataclasses.is_dataclass(value) and isinstance(d.get(f.name), dict):
             _drop_added_defaults(value, d[f.name])
     return d
+
+
+def _freeze_settings(spec: Any) -> None:
+    """`settings` as a tuple of (name, value) tuples, also when read back from JSON lists, so
+    that a spec compares equal to itself after a round trip through run.json."""
+    frozen = tuple((str(k), v) for k, v in spec.settings)
+    object.__setattr__(spec, "settings", frozen)
 
 
 def is_plain_name(value: object) -> bool:
@@ -147,25 +150,31 @@ class OptimizerSpec:
     decay_all_parameters: bool = False  # weight decay on biases and norm layers too
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    # SPAM (adamwspam, or adamwprune with base adamwspam)
+    # Fields of particular built-in optimizers: each is read and used by the catalogue entries
+    # that need it (optimizers/entries/); the others leave them at these defaults.
     spam_theta: float = 5000.0
     spam_interval: int = 500
     spam_warmup_steps: int = 150
     spam_clip_delay: int = 20
-    # AdamWPrune only
     prune_base: str = "adamw"
     prune_score: str = "hybrid"
+    # A plug-in optimizer (docs/plugins.md): its typed settings as (name, value) pairs, and the
+    # distribution it came from, so a run records what trained it.
+    settings: tuple[tuple[str, Any], ...] = added_field(())
+    distribution: str = added_field("")
+    distribution_version: str = added_field("")
+
+    def __post_init__(self) -> None:
+        _freeze_settings(self)
 
     @property
     def label(self) -> str:
-        """Short readable name used in run ids and reports: `adamwprune-adamw`, `sgd`,
-        `adamw-amsgrad` (AMSGrad chosen on an optimizer that is not AMSGrad by definition)."""
-        label = f"adamwprune-{self.prune_base}" if self.name == "adamwprune" else self.name
-        optional_amsgrad = (self.prune_base if self.name == "adamwprune" else self.name) in (
-            "adam",
-            "adamw",
-        )
-        return f"{label}-amsgrad" if self.amsgrad and optional_amsgrad else label
+        """Short readable name used in run ids and reports (`adamwprune-adamw`, `sgd`,
+        `adamw-amsgrad`): the catalogue entry's label; the name when no entry is installed."""
+        from lib import catalogue
+
+        entry = catalogue.catalogue().optimizers.get(self.name)
+        return entry.label_of(self) if entry is not None else self.name
 
 
 @dataclass(frozen=True)
@@ -177,10 +186,27 @@ class PruningSpec:
     end_epoch: int = 80  # masks frozen at the end of this epoch; the runner turns it into steps
     interval: int = 50  # update masks every `interval` steps between start and end
     scope: str = "global"
+    # A plug-in pruning method (docs/plugins.md): as OptimizerSpec's fields of the same names.
+    settings: tuple[tuple[str, Any], ...] = added_field(())
+    distribution: str = added_field("")
+    distribution_version: str = added_field("")
+
+    def __post_init__(self) -> None:
+        _freeze_settings(self)
 
     @property
     def enabled(self) -> bool:
         return self.method != "none" and self.sparsity > 0.0
+
+    @property
+    def active_method(self) -> str:
+        """The method a run actually prunes with: "none" for a dense run."""
+        return self.method if self.enabled else "none"
+
+    @property
+    def target(self) -> float:
+        """The sparsity the run targets: 0 for a dense run (the one place this rule lives)."""
+        return self.sparsity if self.enabled else 0.0
 
     def end_step(self, steps_per_epoch: int) -> int:
         return self.end_epoch * steps_per_epoch
@@ -233,11 +259,27 @@ class RunSpec:
 
     @property
     def method_key(self) -> str:
-        pruning = self.pruning.method if self.pruning.enabled else "none"
-        return method_key(self.optimizer.label, pruning, self.optimizer.prune_score)
+        return method_key(self.optimizer.label, self.pruning.active_method, self.method_variant)
+
+    @property
+    def method_variant(self) -> str | None:
+        """The pruning method's variant read from the optimizer (`hybrid` for state pruning's
+        score), or None: the catalogue entry's `variant`."""
+        from lib import catalogue
+
+        entry = catalogue.catalogue().pruning.get(self.pruning.active_method)
+        return entry.variant(self.optimizer) if entry and entry.variant else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_added_defaults(self, dataclasses.asdict(self))
+        d = _drop_added_defaults(self, dataclasses.asdict(self))
+        if self.optimizer.distribution:
+            # A plug-in optimizer reads only its own `settings`: the built-ins' fields, all at
+            # their defaults, would only mislead a reader of run.json. from_dict restores them.
+            opt = d["optimizer"]
+            for f in dataclasses.fields(self.optimizer):
+                if f.name != "name" and getattr(self.optimizer, f.name) == f.default:
+                    opt.pop(f.name, None)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -293,13 +335,14 @@ class RunSpec:
             return identity
 
 
-def method_key(optimizer_label: str, pruning: str, prune_score: str | None) -> str:
+def method_key(optimizer_label: str, pruning: str, variant: str | None) -> str:
     """The method a run belongs to, across sparsities and seeds: `adamwprune-adamw_state-hybrid`,
-    `adamwspam_magnitude`, `sgd_dense`. Reports group and compare by it."""
+    `adamwspam_magnitude`, `sgd_dense`. Reports group and compare by it. `variant`: the
+    pruning method's variant (RunSpec.method_variant), None for methods without one."""
     if pruning == "none":
         return f"{optimizer_label}_dense"
-    if pruning == "state":
-        return f"{optimizer_label}_state-{prune_score}"
+    if variant is not None:
+        return f"{optimizer_label}_{pruning}-{variant}"
     return f"{optimizer_label}_{pruning}"
 
 

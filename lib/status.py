@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lib.catalogue import plugin_problem
 from lib.lock import MatrixLock
 from lib.metrics import (
     MATRIX_FILE,
@@ -124,6 +125,8 @@ def status_lines(matrix_dir: Path) -> list[str]:
             else local_runner is not None and entries[run_id].get("status") == STATUS_RUNNING
         )
         state, text = _run_line(doc, epochs, being_trained, unreadable)
+        if state != COMPLETED and (problem := plugin_problem(entries[run_id]["spec"])):
+            text += f"; cannot resume: {problem}"
         counts[state] = counts.get(state, 0) + 1
         rows.append((run_id, text, scheduler or ""))
 

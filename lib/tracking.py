@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lib.errors import one_line
 from lib.metrics import STATUS_FAILED, STATUS_RUNNING, atomic_write_json
 from lib.spec import TRACKERS, RunSpec, sparsity_token
 
@@ -144,14 +145,14 @@ def wandb_login_message(specs: Iterable[RunSpec]) -> str | None:
 
 def run_config(spec: RunSpec) -> dict[str, Any]:
     """The tracker's config: the full RunSpec plus the two keys a matrix is grouped by."""
-    target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
+    target = spec.pruning.target
     return {**spec.to_dict(), "method": spec.method_key, "target_sparsity": target}
 
 
 def run_tags(spec: RunSpec) -> list[str]:
     """Optimizer, pruning method, target sparsity and seed: `adamwspam magnitude s50 seed0`."""
-    target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
-    method = spec.pruning.method if spec.pruning.enabled else "none"
+    target = spec.pruning.target
+    method = spec.pruning.active_method
     return [spec.optimizer.label, method, sparsity_token(target), f"seed{spec.seed}"]
 
 
@@ -204,13 +205,13 @@ class TensorBoardSink(Sink):
         if not entry:
             spec = self.spec
             self.writer.add_text("config", f"```json\n{spec.to_json()}\n```", 0)
-            target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
+            target = spec.pruning.target
             # The HPARAMS tab lists and groups the matrix's runs by these.
             for summary in hparams(
                 {
                     "method": spec.method_key,
                     "optimizer": spec.optimizer.label,
-                    "pruning": spec.pruning.method if spec.pruning.enabled else "none",
+                    "pruning": spec.pruning.active_method,
                     "target_sparsity": target,
                     "seed": spec.seed,
                     "model": spec.model.name,
@@ -474,8 +475,6 @@ class Tracker:
         return record["epoch"] * self.steps_per_epoch, scalars, histograms
 
     def finish(self, status: str = STATUS_RUNNING) -> None:
-        from lib.train import one_line  # lib.train imports this module
-
         for sink in self.sinks:
             try:
                 sink.close(status)
@@ -496,8 +495,6 @@ class Tracker:
             self._turn_off(sink, error)
 
     def _turn_off(self, sink: Sink, error: BaseException) -> None:
-        from lib.train import one_line  # lib.train imports this module
-
         print(
             f"warning: tracking: {sink.name} turned off for this run ({one_line(error)}); "
             "metrics.json is unaffected",

@@ -62,6 +62,7 @@ from lib.atomic import (
 from lib.data import DataError, build_loaders
 from lib.distributed import DistributedError, RunGroup
 from lib.environment import capture_environment
+from lib.errors import OneLineError, one_line
 from lib.memory import PeakMemoryMeter
 from lib.metrics import (
     METRICS_FILE,
@@ -92,7 +93,7 @@ EXIT_BAD_SPEC = 2
 PROGRESS_SECONDS = 30.0
 
 
-class RunError(RuntimeError):
+class RunError(OneLineError, RuntimeError):
     """A run that cannot start or continue as configured (one-line message)."""
 
 
@@ -108,7 +109,7 @@ class DamagedCheckpoint(RunError):
         self.cause = cause
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(OneLineError, RuntimeError):
     """The loss became NaN or infinite."""
 
     HINT = "training diverged: lower the learning rate or enable gradient clipping"
@@ -221,14 +222,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
     )
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    first = text.splitlines()[0]
-    if isinstance(error, (DataError, RunError, TrainingDiverged, DistributedError)):
-        return first
-    return f"{type(error).__name__}: {first}"
 
 
 def format_duration(seconds: float) -> str:
@@ -574,7 +567,7 @@ class _Run:
             }
             self.epochs.append(record)
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
-            target = spec.pruning.sparsity if spec.pruning.enabled else 0.0
+            target = spec.pruning.target
             summary = summarize(self.epochs, target, status=STATUS_RUNNING)
             if spec.train.checkpoint and self.group.is_main:
                 try:

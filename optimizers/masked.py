@@ -74,6 +74,23 @@ class PruningMixin:
             self.pruner.load_state_dict(pruning)
 
 
+_WITH_PRUNING: dict[type, type] = {}
+
+
+def with_pruning(optimizer_class: type) -> type:
+    """`optimizer_class` with PruningMixin in front (the same class for the same input), so
+    that any torch optimizer, a plug-in's included, prunes inside its own `step()`."""
+    if issubclass(optimizer_class, PruningMixin):
+        return optimizer_class
+    if optimizer_class not in _WITH_PRUNING:
+        _WITH_PRUNING[optimizer_class] = type(
+            f"Masked{optimizer_class.__name__}",
+            (PruningMixin, optimizer_class),
+            {"__doc__": f"{optimizer_class.__name__} with pruning (optimizers.masked)."},
+        )
+    return _WITH_PRUNING[optimizer_class]
+
+
 class MaskedSGD(PruningMixin, torch.optim.SGD):
     """torch.optim.SGD with magnitude or movement pruning."""
 

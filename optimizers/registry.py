@@ -1,7 +1,9 @@
 """Build any optimizer x pruning combination from the typed config: one `torch.optim.Optimizer`.
 
-Adam-family optimizers run on torch's fused kernels where available (`fast_path`), SGD on the
-multi-tensor path, AdamWSPAM on its own multi-tensor implementation.
+Each optimizer is built by its catalogue entry (lib/catalogue.py, optimizers/entries/); this
+module checks the combination, prepares the schedule and the generic pruning method's
+`Pruner`, and holds the helpers entries share: `parameter_groups` and `fast_path` (torch's
+fused Adam kernels where available).
 
 The training loop calls `build_optimizer` and then only `step()` / `zero_grad()` (directly or
 through GradScaler) and an LR scheduler: everything pruning needs happens inside `step()`.
@@ -9,15 +11,15 @@ through GradScaler) and an LR scheduler: everything pruning needs happens inside
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
+from lib import catalogue
 from lib.pruning import Pruner, PruningSchedule, prunable_parameters
-from lib.spec import OPTIMIZERS, PRUNING_METHODS, OptimizerSpec, PruningSpec
-from optimizers.adamwprune import AdamWPrune
-from optimizers.masked import MaskedAdam, MaskedAdamW, MaskedAdamWSPAM, MaskedSGD
+from lib.spec import OptimizerSpec, PruningSpec
 
 # Normalisation layers: none of their parameters is decayed, whatever its shape
 # (a LayerNorm over (H, W) has a 2-D weight).
@@ -66,22 +68,38 @@ def fast_path(model: nn.Module, compiled: bool = False) -> dict[str, bool]:
 
 
 def check_combination(opt: OptimizerSpec, pruning: PruningSpec) -> None:
-    """ValueError naming the invalid optimizer x pruning combination."""
-    if opt.name not in OPTIMIZERS:
-        raise ValueError(f"optimizer={opt.name!r}: must be one of {', '.join(OPTIMIZERS)}")
-    if pruning.method not in PRUNING_METHODS:
+    """ValueError naming the invalid optimizer x pruning combination (the catalogue's rule,
+    lib.matrix.combines)."""
+    from lib.matrix import combines
+
+    cat = catalogue.catalogue()
+    if opt.name not in cat.optimizers:
+        known = ", ".join(cat.optimizers)
         raise ValueError(
-            f"pruning method={pruning.method!r}: must be one of {', '.join(PRUNING_METHODS)}"
+            cat.broken.get(opt.name) or f"optimizer={opt.name!r}: must be one of {known}"
         )
-    if pruning.method == "state" and opt.name != "adamwprune":
+    if pruning.method != "none" and pruning.method not in cat.pruning:
+        known = ", ".join(("none", *cat.pruning))
         raise ValueError(
-            f"optimizer={opt.name!r} with pruning 'state': state pruning needs adamwprune"
+            cat.broken.get(pruning.method)
+            or f"pruning method={pruning.method!r}: must be one of {known}"
         )
-    if opt.name == "adamwprune" and pruning.method in ("magnitude", "movement"):
+    if pruning.method == "none":
+        return
+    entry, method = cat.optimizers[opt.name], cat.pruning[pruning.method]
+    if combines(entry, method):
+        return
+    if method.owner is not None:
         raise ValueError(
-            f"optimizer 'adamwprune' with pruning {pruning.method!r}: adamwprune prunes by its "
-            "own state (pruning 'state') or runs dense (pruning 'none')"
+            f"optimizer={opt.name!r} with pruning {method.name!r}: {method.name} pruning needs "
+            f"{method.owner}"
         )
+    owned = [m.name for m in cat.pruning.values() if m.owner == opt.name]
+    own = f"its own {owned[0]} (pruning {owned[0]!r})" if owned else "no pruning method"
+    raise ValueError(
+        f"optimizer {opt.name!r} with pruning {method.name!r}: {opt.name} prunes by {own} or "
+        "runs dense (pruning 'none')"
+    )
 
 
 def build_optimizer(
@@ -93,10 +111,10 @@ def build_optimizer(
     keep_ends_dense: bool = False,
     compiled: bool = False,
 ) -> torch.optim.Optimizer:
-    """The optimizer for one run, pruning included (see docs/algorithms.md). `compiled`: the
-    model runs under torch.compile (see `fast_path`)."""
+    """The optimizer for one run, pruning included (see docs/algorithms.md): the catalogue
+    entry's `build`. `compiled`: the model runs under torch.compile (see `fast_path`)."""
     check_combination(opt, pruning)
-    groups = parameter_groups(model, opt.weight_decay, opt.decay_all_parameters)
+    entry = catalogue.optimizer(opt.name)
     schedule = PruningSchedule(
         final_sparsity=pruning.sparsity,
         start_step=pruning.start_step,
@@ -105,56 +123,43 @@ def build_optimizer(
         kind=pruning.schedule,
     )
     prunable = [p for _, p in prunable_parameters(model, keep_ends_dense)]
-    betas = (opt.beta1, opt.beta2)
-    spam = {
-        "theta": opt.spam_theta,
-        "interval": opt.spam_interval,
-        "warmup_steps": opt.spam_warmup_steps,
-        "clip_delay": opt.spam_clip_delay,
-    }
-
-    if opt.name == "adamwprune":
-        return AdamWPrune(
-            groups,
-            lr=opt.lr,
-            betas=betas,
-            eps=opt.eps,
-            weight_decay=opt.weight_decay,
-            amsgrad=opt.amsgrad,
-            base=opt.prune_base,
-            score=opt.prune_score,
-            sparsity=pruning.sparsity if pruning.method == "state" else 0.0,
-            schedule=pruning.schedule,
-            start_step=schedule.start_step,
-            end_step=schedule.end_step,
-            interval=schedule.interval,
-            scope=pruning.scope,
-            prunable=prunable,
-            **fast_path(model, compiled),
-            **{f"spam_{key}": value for key, value in spam.items()},
-        )
-
     pruner = None
-    if pruning.enabled:
-        pruner = Pruner(prunable, schedule, score=pruning.method, scope=pruning.scope, eps=opt.eps)
-    if opt.name == "sgd":
-        return MaskedSGD(
-            groups,
-            lr=opt.lr,
-            momentum=opt.momentum,
-            nesterov=opt.nesterov,
-            foreach=True,
-            pruner=pruner,
-        )
-    if opt.name == "adamwspam":
-        return MaskedAdamWSPAM(groups, lr=opt.lr, betas=betas, eps=opt.eps, pruner=pruner, **spam)
-    adam_class = MaskedAdam if opt.name == "adam" else MaskedAdamW
-    return adam_class(
-        groups,
-        lr=opt.lr,
-        betas=betas,
-        eps=opt.eps,
-        amsgrad=opt.amsgrad or opt.name == "adamwadv",
+    if pruning.enabled and entry.takes_pruning:
+        method = catalogue.pruning_method(pruning.method)
+        score = method.score
+        if method.settings is not None:  # a plug-in's score sees its typed settings
+            settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
+            score = functools.partial(method.score, settings=settings)
+        pruner = Pruner(prunable, schedule, score=score, scope=pruning.scope, eps=opt.eps)
+    ctx = catalogue.BuildContext(
+        model=model,
+        spec=opt,
+        pruning=pruning,
+        schedule=schedule,
+        prunable=prunable,
         pruner=pruner,
-        **fast_path(model, compiled),
+        settings=(
+            catalogue.settings_from_pairs(entry.settings, opt.settings) if entry.settings else None
+        ),
+        compiled=compiled,
     )
+    if entry.origin is None:
+        return entry.build(ctx)
+    try:
+        optimizer = entry.build(ctx)
+    except Exception as e:  # noqa: BLE001 - third-party code: say whose it is, in one line
+        raise catalogue.PluginError(
+            f"plug-in optimizer {opt.name!r} ({entry.origin.describe()}) failed to build: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise catalogue.PluginError(
+            f"plug-in optimizer {opt.name!r} ({entry.origin.describe()}) built a "
+            f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    if pruner is not None and getattr(optimizer, "pruner", None) is not pruner:
+        raise catalogue.PluginError(
+            f"plug-in optimizer {opt.name!r} ({entry.origin.describe()}) dropped the run's "
+            "pruning: build it with ctx.make(...) (docs/plugins.md)"
+        )
+    return optimizer

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity
-from lib.spec import OPTIMIZERS, PRUNE_BASES, OptimizerSpec, PruningSpec
+from lib.spec import OptimizerSpec, PruningSpec
 from optimizers import AdamWPrune, AdamWSPAM, build_optimizer, parameter_groups
+from optimizers.entries import BUILTIN as OPTIMIZERS
+from optimizers.entries.adamwprune import BASES as PRUNE_BASES
 from optimizers.registry import fast_path
 
 

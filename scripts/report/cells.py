@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lib import catalogue
 from lib.metrics import STATUS_COMPLETED
 from scripts.report.data import (
     UNFINISHED_ORDER,
@@ -16,8 +17,6 @@ from scripts.report.data import (
     RunResult,
 )
 from scripts.report.stats import Estimate, estimate
-
-ADAMWPRUNE_PREFIX = "adamwprune"
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,13 @@ class Comparison:
     notes: list[str]
 
 
+def _is_default_candidate(key: str) -> bool:
+    """A method key of an optimizer whose catalogue entry is the default candidate."""
+    family = key.partition("_")[0].partition("-")[0]
+    entry = catalogue.catalogue().optimizers.get(family)
+    return entry is not None and entry.default_candidate
+
+
 def resolve_comparison(
     results: MatrixResults, baseline: str | None = None, candidate: str | None = None
 ) -> Comparison:
@@ -132,10 +138,11 @@ def resolve_comparison(
             notes.append(f"The configured candidate `{candidate}` has no runs in this matrix.")
             candidate = None
         if candidate is None:
-            # The first AdamWPrune method that prunes; its dense control is not a candidate.
-            adamwprune = [k for k in keys if k.startswith(ADAMWPRUNE_PREFIX)]
-            pruning = [k for k in adamwprune if not k.endswith("_dense")]
-            candidate = (pruning or adamwprune or [None])[0]
+            # The first method of an optimizer the catalogue marks as the default candidate
+            # (AdamWPrune) that prunes; its dense control is not a candidate.
+            own = [k for k in keys if _is_default_candidate(k)]
+            pruning = [k for k in own if not k.endswith("_dense")]
+            candidate = (pruning or own or [None])[0]
     if candidate is not None and candidate == baseline:
         notes.append("Candidate and baseline are the same method; no Improvement column.")
         baseline = None

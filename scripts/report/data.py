@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lib import catalogue
 from lib.metrics import (
     MATRIX_FILE,
     METRICS_FILE,
@@ -463,33 +464,29 @@ DATASET_DISPLAY = {
     "synthetic": "synthetic data",
 }
 
-OPTIMIZER_DISPLAY = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adamwadv": "AdamWAdv",
-    "adamwspam": "AdamWSPAM",
-    "adamwprune": "AdamWPrune",
-}
-
 
 def method_display_name(key: str) -> str:
     """`adamwprune-adamw_state-hybrid` -> `AdamWPrune (AdamW base) state/hybrid`,
-    `adamwspam_magnitude` -> `AdamWSPAM + magnitude`, `sgd_dense` -> `SGD (dense)`.
+    `adamwspam_magnitude` -> `AdamWSPAM + magnitude`, `sgd_dense` -> `SGD (dense)`: the
+    catalogue entries' display names (lib/catalogue.py).
 
-    Unknown keys are returned unchanged, so a new method still shows up, just less pretty.
+    Keys of optimizers not in the catalogue (a plug-in no longer installed) are returned
+    unchanged, so the method still shows up, just less pretty.
     """
     label, sep, pruning = key.partition("_")
     if not sep:
         return key
+    cat = catalogue.catalogue()
     family, _, base = label.partition("-")
-    if family not in OPTIMIZER_DISPLAY:
+    if family not in cat.optimizers:
         return key
-    name = OPTIMIZER_DISPLAY[family]
+    name = cat.optimizers[family].display
     if base:
-        name += f" ({OPTIMIZER_DISPLAY.get(base, base)} base)"
+        name += f" ({cat.optimizers[base].display if base in cat.optimizers else base} base)"
     if pruning == "dense":
         return f"{name} (dense)"
-    if pruning.startswith("state-"):
-        return f"{name} state/{pruning.removeprefix('state-')}"
-    return f"{name} + {pruning}"
+    method, _, variant = pruning.partition("-")
+    shown = cat.pruning[method].display if method in cat.pruning else method
+    if variant:
+        return f"{name} {shown}/{variant}"
+    return f"{name} + {shown}"

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from lib import catalogue
 from lib.metrics import (
     MATRIX_FILE,
     METRICS_FILE,
@@ -977,31 +978,33 @@ def section_excluded(results: MatrixResults, comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-# Hyperparameters shown per method; which apply depends on the optimizer family.
-_COMMON_OPTIMIZER_FIELDS = ("lr", "weight_decay")
-_ADAM_FIELDS = ("beta1", "beta2", "eps", "amsgrad")
-_SPAM_FIELDS = ("spam_theta", "spam_interval", "spam_warmup_steps", "spam_clip_delay")
+# Hyperparameters shown per method: the optimizer's catalogue entry says which apply
+# (`OptimizerEntry.report_fields`); a plug-in shows its typed settings and its distribution.
+_PLUGIN_FIELDS = ("name", "settings", "distribution", "distribution_version")
 _PRUNING_FIELDS = ("method", "schedule", "start_step", "end_epoch", "interval", "scope")
+_PRUNING_PLUGIN_FIELDS = ("settings", "distribution", "distribution_version")
 
 
 def _method_settings(spec: dict[str, Any]) -> list[tuple[str, Any]]:
     opt = spec.get("optimizer", {})
-    name = opt.get("name", "?")
-    fields: list[str] = ["name"]
-    if name == "adamwprune":
-        fields += ["prune_base", "prune_score"]
-    fields += list(_COMMON_OPTIMIZER_FIELDS)
-    if name == "sgd":
-        fields += ["momentum", "nesterov"]
-    else:
-        fields += list(_ADAM_FIELDS)
-    if name == "adamwspam" or opt.get("prune_base") == "adamwspam" and name == "adamwprune":
-        fields += list(_SPAM_FIELDS)
-    settings = [(f"optimizer.{f}", opt.get(f)) for f in fields if f in opt]
+    entry = catalogue.catalogue().optimizers.get(opt.get("name", "?"))
+    if entry is not None and entry.report_fields is not None:
+        fields = list(entry.report_fields(opt))
+    else:  # a plug-in (installed or not): its settings and where it came from
+        fields = list(_PLUGIN_FIELDS)
+    settings = [(f"optimizer.{f}", _shown(opt.get(f))) for f in fields if f in opt]
     pruning = spec.get("pruning", {})
     if pruning.get("method", "none") != "none":
-        settings += [(f"pruning.{f}", pruning.get(f)) for f in _PRUNING_FIELDS if f in pruning]
+        shown = _PRUNING_FIELDS + _PRUNING_PLUGIN_FIELDS
+        settings += [(f"pruning.{f}", _shown(pruning.get(f))) for f in shown if f in pruning]
     return settings
+
+
+def _shown(value: Any) -> Any:
+    """A plug-in's settings ([name, value] pairs in run.json) as `name=value, ...`."""
+    if isinstance(value, list) and all(isinstance(v, list) and len(v) == 2 for v in value):
+        return ", ".join(f"{k}={v}" for k, v in value)
+    return value
 
 
 def _py_value(value: Any) -> str:
