@@ -527,12 +527,31 @@ def _slurm(r: _Reader) -> SlurmSettings:
     )
 
 
+def _check_torchvision_model(r: _Reader, model: ModelSpec, image_size: int) -> None:
+    """A model chosen by name must exist in the installed torchvision, have the chosen stem and
+    take the image size (checked on the meta device: no memory, no compute)."""
+    from models.zoo import model_problem
+
+    problem = model_problem(model.name, model.stem, image_size)
+    if problem is not None:
+        setting, accepted = problem
+        symbol, value = {
+            "name": ("MODEL_TORCHVISION_NAME", model.name),
+            "stem": ("MODEL_STEM_CIFAR", "y"),
+            "image_size": ("DATA_IMAGE_SIZE", str(image_size)),
+        }[setting]
+        raise r.fail(symbol, value, accepted)
+
+
 def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
     """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
     r = _Reader(kconf, path)
     dataset = r.choice("DATASET", ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic"))
+    model_choice = r.choice("MODEL", ("resnet50", "resnet18", "torchvision"))
     model = ModelSpec(
-        name=r.choice("MODEL", ("resnet50", "resnet18")),
+        name=r.str("MODEL_TORCHVISION_NAME").strip()
+        if model_choice == "torchvision"
+        else model_choice,
         stem=r.choice("MODEL_STEM", ("imagenet", "cifar")),
         keep_ends_dense=r.bool("MODEL_KEEP_ENDS_DENSE"),
     )
@@ -553,6 +572,8 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
         synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,
     )
+    if model_choice == "torchvision":
+        _check_torchvision_model(r, model, data.image_size)
     lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "step", "constant"))
     train = TrainSpec(
         epochs=r.int("TRAIN_EPOCHS"),

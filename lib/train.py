@@ -426,7 +426,7 @@ class _Run:
 
         num_classes = spec.data.num_classes
         seed_everything(spec.seed)
-        self.model = build_model(spec.model, num_classes)
+        self.model = build_model(spec.model, num_classes, spec.data.image_size)
         parameters = count_parameters(self.model)
         print(
             f"run {spec.run_id}: {spec.model.name} ({spec.model.stem} stem, {num_classes} "
