@@ -59,7 +59,7 @@ from lib.atomic import (
     set_aside_corrupt,
     storage_error,
 )
-from lib.data import DataError, build_loaders
+from lib.data import DataError, build_loaders, folder_classes
 from lib.distributed import DistributedError, RunGroup
 from lib.environment import capture_environment
 from lib.memory import PeakMemoryMeter
@@ -424,7 +424,9 @@ class _Run:
         self.environment = capture_environment(self.device)
         self.write_metrics(STATUS_RUNNING)
 
-        num_classes = spec.data.num_classes
+        # Your own ImageFolder: classes from its folders (names recorded in metrics.json).
+        class_names = folder_classes(spec.data) if spec.data.name == "imagefolder" else None
+        num_classes = len(class_names) if class_names else spec.data.num_classes
         seed_everything(spec.seed)
         self.model = build_model(spec.model, num_classes, spec.data.image_size)
         parameters = count_parameters(self.model)
@@ -476,7 +478,10 @@ class _Run:
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": self.train_loader.num_samples,
             "test_images": self.test_loader.num_samples,
+            "num_classes": num_classes,
         }
+        if class_names is not None:
+            self.model_info["class_names"] = class_names
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
