@@ -597,7 +597,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     )
     if model_choice == "torchvision":
         _check_torchvision_model(r, model, data.image_size)
-    lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "step", "constant"))
+    lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "cosine_epoch", "step", "constant"))
     train = TrainSpec(
         epochs=r.int("TRAIN_EPOCHS"),
         batch_size=r.int("TRAIN_BATCH_SIZE"),

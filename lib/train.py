@@ -25,7 +25,8 @@ group and wraps the model in DistributedDataParallel; only rank 0 writes files
 (docs/distributed.md).
 
 The learning-rate schedule is stepped once per optimizer step (see `lr_factor`), so warmup and
-cosine decay are smooth within an epoch and independent of the number of steps per epoch.
+cosine decay are smooth within an epoch and independent of the number of steps per epoch
+(`cosine_epoch` holds each epoch's value for all its steps, as a per-epoch scheduler does).
 
 Nothing in the step waits for the device: loss and accuracy are accumulated in device tensors
 and read at epoch end and at the occasional progress line, where a non-finite loss is detected
@@ -165,6 +166,8 @@ def lr_factor(step: int, train: TrainSpec, steps_per_epoch: int) -> float:
 
     Linear warmup over `warmup_epochs` (from lr/W to lr), then
     - cosine: half-cosine from lr to 0 over the remaining steps;
+    - cosine_epoch: the same half-cosine, held for each epoch: epoch e after the warmup has
+      (1 + cos(pi * e / (epochs - warmup_epochs))) / 2, as CosineAnnealingLR stepped per epoch;
     - step: x`step_gamma` every `step_size` epochs counted after warmup;
     - constant: lr.
     """
@@ -175,6 +178,9 @@ def lr_factor(step: int, train: TrainSpec, steps_per_epoch: int) -> float:
     if train.lr_schedule == "cosine":
         decay_steps = max(1, train.epochs * steps_per_epoch - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, after / decay_steps)))
+    if train.lr_schedule == "cosine_epoch":
+        decay_epochs = max(1, train.epochs - train.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (after // steps_per_epoch) / decay_epochs)))
     if train.lr_schedule == "step":
         return train.step_gamma ** ((after // steps_per_epoch) // train.step_size)
     return 1.0
