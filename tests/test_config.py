@@ -398,3 +398,16 @@ def test_a_model_by_name_that_cannot_run_is_one_line_before_any_run(tmp_path, li
         cfg.load(path)
     message = str(err.value)
     assert "\n" not in message and symbol in message and words in message
+
+
+def test_per_epoch_cosine_is_a_schedule_choice(tmp_path):
+    path = write_config(
+        tmp_path,
+        "demo",
+        "# CONFIG_LR_SCHEDULE_COSINE is not set",
+        "CONFIG_LR_SCHEDULE_COSINE_EPOCH=y",
+    )
+    config = cfg.load(path)
+    assert config.train.lr_schedule == "cosine_epoch"
+    assert all(spec.train.lr_schedule == "cosine_epoch" for spec in plan(config))
+    assert cfg.load(write_config(tmp_path, "demo")).train.lr_schedule == "cosine"
