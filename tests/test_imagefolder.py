@@ -173,3 +173,25 @@ def test_a_run_trains_on_your_own_folders_and_records_the_classes(tiny_spec, tmp
     assert on_disk["model_info"]["class_names"] == info["class_names"]
     checkpoint = torch.load(Path(spec.out_dir) / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["model"]["fc.weight"].shape[0] == 3  # the classifier has 3 outputs
+    # The reported accuracy is what an independent evaluation of the saved model measures:
+    # torchvision's ImageFolder and evaluation transforms, no code of the training loop.
+    from torchvision import datasets, transforms
+
+    from lib.spec import ModelSpec
+    from models import build_model
+
+    model = build_model(ModelSpec(name="resnet18", stem="imagenet"), 3, 16)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    evaluation = transforms.Compose(
+        [
+            transforms.Resize(18),  # round(16 * 256 / 224)
+            transforms.CenterCrop(16),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    val = datasets.ImageFolder(own_folders[1], evaluation)
+    with torch.no_grad():
+        correct = sum(int(model(image[None]).argmax()) == label for image, label in val)
+    assert document["epochs"][-1]["test_top1"] == pytest.approx(100.0 * correct / len(val))
