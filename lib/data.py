@@ -9,8 +9,7 @@ workers and whether they persist between epochs.
 
 Two kinds of loader:
 - `EpochLoader` wraps `torch.utils.data.DataLoader` for image files (imagenet, imagefolder,
-  cifar): workers,
-  pin_memory and persistent workers from the config.
+  cifar): workers, pin_memory and persistent workers from the config.
 - `InMemoryLoader` serves small uint8 tensors that already live on the training device (mnist5k,
   synthetic): no workers, no host-to-device copy, normalisation done on the device per batch.
 
@@ -400,16 +399,17 @@ def _split_classes(split_dir: Path, option: str) -> list[str]:
         raise DataError(
             f"imagefolder: {where}: directory not found; expected <dir>/<class>/<image>"
         )
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    with os.scandir(split_dir) as entries:
+        classes = sorted(entry.name for entry in entries if entry.is_dir())
     if not classes:
         raise DataError(
             f"imagefolder: {where} has no class folders; expected <dir>/<class>/<image>"
         )
     for name in classes:
-        found = any(
-            entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS)
-            for entry in os.scandir(split_dir / name)
-        )
+        with os.scandir(split_dir / name) as entries:  # stops at the first image
+            found = any(
+                entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries
+            )
         if not found:
             raise DataError(
                 f"imagefolder: {where}: class folder {name!r} has no image "
