@@ -293,8 +293,8 @@ def test_nan_loss_stops_the_run_as_failed(tiny_spec, tmp_path, monkeypatch):
     real_build = lib.train.build_model
     forward_calls = {"n": 0}
 
-    def build_model_that_diverges(spec, num_classes):
-        model = real_build(spec, num_classes)
+    def build_model_that_diverges(spec, num_classes, image_size):
+        model = real_build(spec, num_classes, image_size)
 
         def poison(module, inputs, output):
             forward_calls["n"] += 1
