@@ -69,7 +69,7 @@ def bare_loop_images_per_second(spec: RunSpec, rounds_of_steps: list[int]) -> li
     device = resolve_device(spec.train.device)
     configure_determinism(spec.train.deterministic)
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, spec.data.num_classes).to(device)
+    model = build_model(spec.model, spec.data.num_classes, spec.data.image_size).to(device)
     train_loader, _ = build_loaders(spec, device)
     optimizer = build_optimizer(
         model, spec.optimizer, spec.pruning, steps_per_epoch=len(train_loader)

@@ -98,10 +98,28 @@ def _interactive_terminal(what: str) -> None:
         )
 
 
+def _check_data(config: cfg.Config, *, own_folders_only: bool) -> None:
+    """ConfigError (one line) when the dataset's directories are missing or unusable.
+    `own_folders_only`: check only your own ImageFolder (check-config, the dry run: a
+    configuration is made for those folders, while an ImageNet matrix may be planned on a
+    machine without ImageNet); test-matrix checks every dataset."""
+    from lib.data import DataError, check_dataset_present
+
+    if own_folders_only and config.data.name != "imagefolder":
+        return
+    try:
+        check_dataset_present(config.data)
+    except DataError as e:
+        if config.data.name == "imagefolder":  # the message names the option already
+            raise ConfigError(str(e)) from None
+        raise ConfigError(f"{e} (CONFIG_DATA_DIR={config.data.data_dir!r})") from None
+
+
 def _validate_after_edit(path: str) -> int:
     _note_broken_plugins()
     try:
         config = cfg.load(path)
+        _check_data(config, own_folders_only=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -161,6 +179,7 @@ def _note_broken_plugins() -> None:
 def cmd_dry_run(args: argparse.Namespace) -> int:
     _note_broken_plugins()
     config = cfg.load(_need_config())
+    _check_data(config, own_folders_only=True)
     specs = _plan(config)
     from lib.runner import format_plan
 
@@ -191,12 +210,7 @@ def _check_trackers(specs) -> None:
 
 
 def _run(config: cfg.Config, specs, *, rerun_failed: bool) -> int:
-    from lib.data import DataError, check_dataset_present
-
-    try:
-        check_dataset_present(config.data)
-    except DataError as e:
-        raise ConfigError(f"{e} (CONFIG_DATA_DIR={config.data.data_dir!r})") from None
+    _check_data(config, own_folders_only=False)
     _check_trackers(specs)
 
     return _execute(

@@ -539,16 +539,59 @@ def _slurm(r: _Reader) -> SlurmSettings:
     )
 
 
+def _image_folder(r: _Reader) -> dict[str, str]:
+    """DataSpec fields of your own ImageFolder: two directories, neither empty nor the same.
+    Whether they hold class folders is the data's business (lib.data.folder_classes, which
+    check-config and the dry run call)."""
+    dirs = {}
+    for field, symbol in (("train_dir", "DATA_IMAGEFOLDER_TRAIN_DIR"),
+                          ("val_dir", "DATA_IMAGEFOLDER_VAL_DIR")):  # fmt: skip
+        value = r.str(symbol).strip()
+        if not value:
+            raise r.fail(symbol, value, "a directory of <class>/<image> folders")
+        dirs[field] = value
+    if os.path.normpath(dirs["train_dir"]) == os.path.normpath(dirs["val_dir"]):
+        raise r.fail(
+            "DATA_IMAGEFOLDER_VAL_DIR",
+            dirs["val_dir"],
+            "a directory other than CONFIG_DATA_IMAGEFOLDER_TRAIN_DIR: evaluating on the "
+            "training images measures nothing",
+        )
+    return dirs
+
+
+def _check_torchvision_model(r: _Reader, model: ModelSpec, image_size: int) -> None:
+    """A model chosen by name must exist in the installed torchvision, have the chosen stem and
+    take the image size (checked on the meta device: no memory, no compute)."""
+    from models.zoo import model_problem
+
+    problem = model_problem(model.name, model.stem, image_size)
+    if problem is not None:
+        setting, accepted = problem
+        symbol, value = {
+            "name": ("MODEL_TORCHVISION_NAME", model.name),
+            "stem": ("MODEL_STEM_CIFAR", "y"),
+            "image_size": ("DATA_IMAGE_SIZE", str(image_size)),
+        }[setting]
+        raise r.fail(symbol, value, accepted)
+
+
 def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Config:
     """Build the typed Config from a loaded Kconfig; raise ConfigError on any bad value."""
     r = _Reader(kconf, path)
-    dataset = r.choice("DATASET", ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic"))
+    dataset = r.choice(
+        "DATASET", ("imagenet", "imagefolder", "cifar100", "cifar10", "mnist5k", "synthetic")
+    )
+    model_choice = r.choice("MODEL", ("resnet50", "resnet18", "torchvision"))
     model = ModelSpec(
-        name=r.choice("MODEL", ("resnet50", "resnet18")),
+        name=r.str("MODEL_TORCHVISION_NAME").strip()
+        if model_choice == "torchvision"
+        else model_choice,
         stem=r.choice("MODEL_STEM", ("imagenet", "cifar")),
         keep_ends_dense=r.bool("MODEL_KEEP_ENDS_DENSE"),
     )
     synthetic = dataset == "synthetic"
+    folders = dataset in ("imagenet", "imagefolder")  # image files: a decode path, a CPU budget
     data = DataSpec(
         name=dataset,
         data_dir=r.str("DATA_DIR") or "data",
@@ -557,15 +600,16 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         pin_memory=r.bool("DATA_PIN_MEMORY"),
         persistent_workers=r.int("DATA_WORKERS") > 0,
         download=r.bool("DATA_DOWNLOAD"),
-        decode=r.choice("DATA_DECODE", ("pil", "uint8")) if dataset == "imagenet" else "pil",
-        target_images_per_second=(
-            r.int("DATA_TARGET_IMAGES_PER_SECOND") if dataset == "imagenet" else 3000
-        ),
+        decode=r.choice("DATA_DECODE", ("pil", "uint8")) if folders else "pil",
+        target_images_per_second=r.int("DATA_TARGET_IMAGES_PER_SECOND") if folders else 3000,
         synthetic_classes=r.int("DATA_SYNTHETIC_CLASSES") if synthetic else 1000,
         synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
         synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,
+        **_image_folder(r) if dataset == "imagefolder" else {},
     )
-    lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "step", "constant"))
+    if model_choice == "torchvision":
+        _check_torchvision_model(r, model, data.image_size)
+    lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "cosine_epoch", "step", "constant"))
     train = TrainSpec(
         epochs=r.int("TRAIN_EPOCHS"),
         batch_size=r.int("TRAIN_BATCH_SIZE"),

@@ -1,4 +1,5 @@
-"""Datasets and loaders for every run: imagenet, cifar100, cifar10, mnist5k, synthetic.
+"""Datasets and loaders for every run: imagenet, imagefolder (your own train and validation
+directories at any path), cifar100, cifar10, mnist5k, synthetic.
 
 `build_loaders(spec, device)` returns a train and a test loader. Every loader has
 `set_epoch(epoch)`: the order (and, for augmented datasets, every random crop and flip) of an
@@ -7,8 +8,8 @@ sees exactly the batches an uninterrupted run would have seen, whatever the numb
 workers and whether they persist between epochs.
 
 Two kinds of loader:
-- `EpochLoader` wraps `torch.utils.data.DataLoader` for image files (imagenet, cifar): workers,
-  pin_memory and persistent workers from the config.
+- `EpochLoader` wraps `torch.utils.data.DataLoader` for image files (imagenet, imagefolder,
+  cifar): workers, pin_memory and persistent workers from the config.
 - `InMemoryLoader` serves small uint8 tensors that already live on the training device (mnist5k,
   synthetic): no workers, no host-to-device copy, normalisation done on the device per batch.
 
@@ -348,7 +349,7 @@ class DeviceDecodeLoader:
                 [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
             )
         else:
-            resize = int(round(size * 256 / 224))  # as _imagenet_datasets' PIL evaluation
+            resize = int(round(size * 256 / 224))  # as _image_folder_datasets' PIL evaluation
             self.transform = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
         self._scale, self._shift = normaliser(mean, std, device)
 
@@ -377,15 +378,78 @@ class DeviceDecodeLoader:
 
 
 IMAGENET_LAYOUT = "expected ImageFolder layout <data_dir>/imagenet/{train,val}/<class>/<image>.JPEG"
+IMAGEFOLDER_TRAIN_OPTION = "CONFIG_DATA_IMAGEFOLDER_TRAIN_DIR"
+IMAGEFOLDER_VAL_OPTION = "CONFIG_DATA_IMAGEFOLDER_VAL_DIR"
+
+
+def image_folder_splits(data: DataSpec) -> tuple[Path, Path]:
+    """The (train, validation) directories of an ImageFolder dataset (imagenet, imagefolder)."""
+    if data.name == "imagefolder":
+        return Path(data.train_dir), Path(data.val_dir)
+    root = Path(data.data_dir) / "imagenet"
+    return root / "train", root / "val"
+
+
+def _split_classes(split_dir: Path, option: str) -> list[str]:
+    """Class folder names of one split, in label order (sorted, as torchvision's ImageFolder),
+    each checked to hold at least one image; DataError naming the option otherwise."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    where = f"{option}={str(split_dir)!r}"
+    if not split_dir.is_dir():
+        raise DataError(
+            f"imagefolder: {where}: directory not found; expected <dir>/<class>/<image>"
+        )
+    with os.scandir(split_dir) as entries:
+        classes = sorted(entry.name for entry in entries if entry.is_dir())
+    if not classes:
+        raise DataError(
+            f"imagefolder: {where} has no class folders; expected <dir>/<class>/<image>"
+        )
+    for name in classes:
+        with os.scandir(split_dir / name) as entries:  # stops at the first image
+            found = any(
+                entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS) for entry in entries
+            )
+        if not found:
+            raise DataError(
+                f"imagefolder: {where}: class folder {name!r} has no image "
+                f"({', '.join(IMG_EXTENSIONS)})"
+            )
+    return classes
+
+
+def folder_classes(data: DataSpec) -> list[str]:
+    """The class names of an imagefolder dataset, in label order: the training directory's
+    class folders, which the validation directory must have too, no more, no fewer."""
+    train_dir, val_dir = image_folder_splits(data)
+    train = _split_classes(train_dir, IMAGEFOLDER_TRAIN_OPTION)
+    val = _split_classes(val_dir, IMAGEFOLDER_VAL_OPTION)
+    if train != val:
+        missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+        parts = [f"{len(missing)} missing in validation ({some(missing)})"] if missing else []
+        parts += [f"{len(extra)} only in validation ({some(extra)})"] if extra else []
+        raise DataError(
+            f"imagefolder: {train_dir} and {val_dir} must have the same class folders: "
+            f"{'; '.join(parts)}"
+        )
+    return train
 
 
 def check_dataset_present(data: DataSpec) -> None:
     """DataError (one line) when the dataset's directories are missing: a cheap check the
     runner's caller makes once before launching a matrix, instead of every run failing alone.
-    Contents (class folders, unreadable images) are checked when the loaders are built."""
-    if data.name == "imagenet":
-        for split in ("train", "val"):
-            split_dir = Path(data.data_dir) / "imagenet" / split
+    Contents (class folders, unreadable images) are checked when the loaders are built; for
+    imagefolder the class folders are checked here too (same classes in both splits, an image
+    in each), which `make check-config` and the dry run do as well."""
+    if data.name == "imagefolder":
+        folder_classes(data)
+    elif data.name == "imagenet":
+        for split_dir in image_folder_splits(data):
             if not split_dir.is_dir():
                 raise DataError(f"imagenet: directory {split_dir} not found; {IMAGENET_LAYOUT}")
     elif data.name in ("cifar10", "cifar100") and not data.download:
@@ -400,11 +464,14 @@ def check_dataset_present(data: DataSpec) -> None:
             )
 
 
-def _imagenet_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
+def _image_folder_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
+    """ImageNet, or your own ImageFolder: the same transforms (random-resized crop and flip for
+    training; resize to size*256/224 and centre crop for evaluation; ImageNet normalisation)."""
     from torchvision import datasets, transforms
 
-    root = Path(data.data_dir) / "imagenet"
-    layout = IMAGENET_LAYOUT
+    train_dir, val_dir = image_folder_splits(data)
+    name = data.name
+    layout = IMAGENET_LAYOUT if name == "imagenet" else "expected <dir>/<class>/<image>"
     check_dataset_present(data)
     size = data.image_size
     # The 256/224 ratio of the standard evaluation transform, kept at other sizes.
@@ -431,18 +498,18 @@ def _imagenet_datasets(data: DataSpec) -> tuple[Dataset, Dataset]:
         train_tf = test_tf = None
         loader = read_image_bytes
     try:
-        train_set = datasets.ImageFolder(root / "train", train_tf, loader=loader)
-        test_set = datasets.ImageFolder(root / "val", test_tf, loader=loader)
+        train_set = datasets.ImageFolder(train_dir, train_tf, loader=loader)
+        test_set = datasets.ImageFolder(val_dir, test_tf, loader=loader)
     except FileNotFoundError as e:  # a split without class folders or images
-        raise DataError(f"imagenet: {e}; {layout}") from None
+        raise DataError(f"{name}: {e}; {layout}") from None
     if train_set.classes != test_set.classes:
         raise DataError(
-            f"imagenet: {root / 'train'} has {len(train_set.classes)} classes but {root / 'val'} "
+            f"{name}: {train_dir} has {len(train_set.classes)} classes but {val_dir} "
             f"has {len(test_set.classes)}; both splits need the same class folders"
         )
-    if len(train_set.classes) != data.num_classes:
+    if name == "imagenet" and len(train_set.classes) != data.num_classes:
         raise DataError(
-            f"imagenet: {root / 'train'} has {len(train_set.classes)} class folders, expected "
+            f"imagenet: {train_dir} has {len(train_set.classes)} class folders, expected "
             f"{data.num_classes}; {layout}"
         )
     return train_set, test_set
@@ -731,8 +798,8 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
     if data.decode not in DECODES:
         raise DataError(f"decode path {data.decode!r} is not supported; accepted: pil, uint8")
     batch = spec.train.global_batch_size
-    if data.name == "imagenet":
-        train_set, test_set = _imagenet_datasets(data)
+    if data.name in ("imagenet", "imagefolder"):
+        train_set, test_set = _image_folder_datasets(data)
         if data.decode == "uint8":
             drop = spec.train.compile
 

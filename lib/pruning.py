@@ -107,25 +107,40 @@ class PruningSchedule:
 # -- prunable set and measurement ----------------------------------------------------------------
 
 
+def _layer_weights(module: nn.Module) -> list[nn.Parameter]:
+    """The prunable weight matrices a module owns itself (not its children's).
+
+    nn.MultiheadAttention (a ViT's attention) keeps its query/key/value projection as bare
+    parameters, `in_proj_weight` (or `q/k/v_proj_weight` when the dimensions differ), not as
+    Linear modules; they are Linear weights all the same. Its output projection is a Linear.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        weights = [module.weight]
+    elif isinstance(module, nn.MultiheadAttention):
+        weights = [module.in_proj_weight, module.q_proj_weight, module.k_proj_weight]
+        weights.append(module.v_proj_weight)
+    else:
+        return []
+    return [w for w in weights if isinstance(w, nn.Parameter)]
+
+
 def prunable_parameters(
     model: nn.Module, keep_ends_dense: bool = False
 ) -> list[tuple[str, nn.Parameter]]:
-    """Weights of every Conv2d and Linear, named as in `model.named_parameters()`.
+    """Weights of every Conv2d and Linear, the input projections of every MultiheadAttention
+    included, named as in `model.named_parameters()`.
 
     With `keep_ends_dense`, the first Conv2d (the stem) and the last Linear (the classifier) are
-    left out. Biases and normalisation parameters are never prunable.
+    left out. Biases and normalisation parameters are never prunable, nor embeddings that are
+    no layer's weight (a ViT's class token and position embedding).
     """
-    layers = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(module.weight, nn.Parameter)
-    ]
+    layers = [(name, module) for name, module in model.named_modules() if _layer_weights(module)]
     if keep_ends_dense:
         convs = [module for _, module in layers if isinstance(module, nn.Conv2d)]
         linears = [module for _, module in layers if isinstance(module, nn.Linear)]
         excluded = {id(m) for m in (convs[:1] + linears[-1:])}
         layers = [(name, module) for name, module in layers if id(module) not in excluded]
-    wanted = {id(module.weight) for _, module in layers}
+    wanted = {id(weight) for _, module in layers for weight in _layer_weights(module)}
     # named_parameters() gives the canonical (deduplicated) name of shared weights.
     return [(name, p) for name, p in model.named_parameters() if id(p) in wanted]
 

@@ -1168,8 +1168,9 @@ IMAGES_PER_CORE = {"pil": 264.0, "uint8": 436.0, "bytes": 11_500.0}
 
 def input_cores_line(data: DataSpec, device: str) -> str | None:
     """The dry run's line: CPU cores the decode path needs for the target throughput
-    (ImageNet only: the other datasets are in memory or tiny)."""
-    if data.name != "imagenet":
+    (image folders only: the other datasets are in memory or tiny), for a matrix that may
+    train on a GPU (on the CPU the model, not the input, sets the pace)."""
+    if data.name not in ("imagenet", "imagefolder") or device == "cpu":
         return None
     target = data.target_images_per_second
 
@@ -1180,12 +1181,6 @@ def input_cores_line(data: DataSpec, device: str) -> str | None:
     head = f"input: {target:,} img/s (CONFIG_DATA_TARGET_IMAGES_PER_SECOND) needs"
     if data.decode == "pil":
         need = f"{cores('pil')} decoding in the workers (CONFIG_DATA_WORKERS={data.workers})"
-    elif device == "cpu":
-        rate = IMAGES_PER_CORE["uint8"]
-        need = (
-            f"{cores('uint8')}, but on a CPU device the uint8 path decodes in the training "
-            f"process: at most ~{rate:,.0f} img/s"
-        )
     else:
         need = f"{cores('bytes')} reading files when decoding on the GPU"
         if device == "auto":

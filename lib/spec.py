@@ -16,11 +16,11 @@ from typing import Any
 
 MODELS = ("resnet50", "resnet18")
 STEMS = ("imagenet", "cifar")
-DATASETS = ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic")
-DECODES = ("pil", "uint8")  # DataSpec.decode: how ImageNet images become batches
+DATASETS = ("imagenet", "imagefolder", "cifar100", "cifar10", "mnist5k", "synthetic")
+DECODES = ("pil", "uint8")  # DataSpec.decode: how ImageNet / ImageFolder images become batches
 PRUNE_SCHEDULES = ("cubic", "linear")
 PRUNE_SCOPES = ("global", "layerwise")
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "cosine_epoch", "step", "constant")
 PRECISIONS = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "cpu")
 TRACKERS = ("tensorboard", "wandb", "trackio")
@@ -67,7 +67,8 @@ def is_plain_name(value: object) -> bool:
     return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
 
 
-# Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes.
+# Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes,
+# `imagefolder` from its class folders when a run starts (lib.data.folder_classes).
 DATASET_CLASSES = {"imagenet": 1000, "cifar100": 100, "cifar10": 10, "mnist5k": 10}
 
 
@@ -92,11 +93,19 @@ class DataSpec:
     synthetic_classes: int = 1000
     synthetic_train_size: int = 1281  # images per synthetic "epoch"
     synthetic_val_size: int = 128
+    # imagefolder: your own <dir>/<class>/<image> training and validation directories. Part of
+    # the identity (they name the data, unlike data_dir, which only says where ImageNet is).
+    train_dir: str = added_field("")
+    val_dir: str = added_field("")
 
     @property
     def num_classes(self) -> int:
+        """Classes of a dataset with a fixed count; imagefolder has none before its folders are
+        read: use lib.data.folder_classes."""
         if self.name == "synthetic":
             return self.synthetic_classes
+        if self.name == "imagefolder":
+            raise ValueError("imagefolder: the class count is read from the class folders")
         return DATASET_CLASSES[self.name]
 
 

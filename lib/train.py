@@ -25,7 +25,8 @@ group and wraps the model in DistributedDataParallel; only rank 0 writes files
 (docs/distributed.md).
 
 The learning-rate schedule is stepped once per optimizer step (see `lr_factor`), so warmup and
-cosine decay are smooth within an epoch and independent of the number of steps per epoch.
+cosine decay are smooth within an epoch and independent of the number of steps per epoch
+(`cosine_epoch` holds each epoch's value for all its steps, as a per-epoch scheduler does).
 
 Nothing in the step waits for the device: loss and accuracy are accumulated in device tensors
 and read at epoch end and at the occasional progress line, where a non-finite loss is detected
@@ -59,7 +60,7 @@ from lib.atomic import (
     set_aside_corrupt,
     storage_error,
 )
-from lib.data import DataError, build_loaders
+from lib.data import DataError, build_loaders, folder_classes
 from lib.distributed import DistributedError, RunGroup
 from lib.environment import capture_environment
 from lib.errors import OneLineError, one_line
@@ -166,6 +167,8 @@ def lr_factor(step: int, train: TrainSpec, steps_per_epoch: int) -> float:
 
     Linear warmup over `warmup_epochs` (from lr/W to lr), then
     - cosine: half-cosine from lr to 0 over the remaining steps;
+    - cosine_epoch: the same half-cosine, held for each epoch: epoch e after the warmup has
+      (1 + cos(pi * e / (epochs - warmup_epochs))) / 2, as CosineAnnealingLR stepped per epoch;
     - step: x`step_gamma` every `step_size` epochs counted after warmup;
     - constant: lr.
     """
@@ -176,6 +179,9 @@ def lr_factor(step: int, train: TrainSpec, steps_per_epoch: int) -> float:
     if train.lr_schedule == "cosine":
         decay_steps = max(1, train.epochs * steps_per_epoch - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, after / decay_steps)))
+    if train.lr_schedule == "cosine_epoch":
+        decay_epochs = max(1, train.epochs - train.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (after // steps_per_epoch) / decay_epochs)))
     if train.lr_schedule == "step":
         return train.step_gamma ** ((after // steps_per_epoch) // train.step_size)
     return 1.0
@@ -417,9 +423,11 @@ class _Run:
         self.environment = capture_environment(self.device)
         self.write_metrics(STATUS_RUNNING)
 
-        num_classes = spec.data.num_classes
+        # Your own ImageFolder: classes from its folders (names recorded in metrics.json).
+        class_names = folder_classes(spec.data) if spec.data.name == "imagefolder" else None
+        num_classes = len(class_names) if class_names else spec.data.num_classes
         seed_everything(spec.seed)
-        self.model = build_model(spec.model, num_classes)
+        self.model = build_model(spec.model, num_classes, spec.data.image_size)
         parameters = count_parameters(self.model)
         print(
             f"run {spec.run_id}: {spec.model.name} ({spec.model.stem} stem, {num_classes} "
@@ -469,7 +477,10 @@ class _Run:
             "steps_per_epoch": self.steps_per_epoch,
             "train_images": self.train_loader.num_samples,
             "test_images": self.test_loader.num_samples,
+            "num_classes": num_classes,
         }
+        if class_names is not None:
+            self.model_info["class_names"] = class_names
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -1,11 +1,13 @@
-"""ResNet-50 / ResNet-18 from torchvision's architectures, with an ImageNet or a CIFAR stem."""
+"""ResNet-50 / ResNet-18, or any torchvision classification model by name, with an ImageNet
+or (for torchvision's ResNet family) a CIFAR stem."""
 
 from __future__ import annotations
 
 import torchvision
 from torch import nn
 
-from lib.spec import MODELS, STEMS, ModelSpec
+from lib.spec import STEMS, ModelSpec
+from models.zoo import build_torchvision, has_cifar_stem
 
 _ARCHITECTURES = {
     "resnet50": torchvision.models.resnet50,
@@ -13,26 +15,32 @@ _ARCHITECTURES = {
 }
 
 
-def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
-    """Build a randomly initialised torchvision ResNet (`weights=None`).
+def build_model(spec: ModelSpec, num_classes: int, image_size: int = 224) -> nn.Module:
+    """Build a randomly initialised torchvision model (`weights=None`).
 
+    `spec.name` is ResNet-50 / ResNet-18 (the menu's named choices) or any name of
+    `models.zoo.classification_models()`; `image_size` reaches the builders that need it (ViT).
     The `cifar` stem swaps the 7x7/2 convolution and the max-pool for a 3x3/1 convolution, the
     usual adaptation for 32x32 inputs (He et al. 2016, section 4.2): on small images the
     ImageNet stem would shrink a 32x32 input to 8x8 before the first residual stage.
     torchvision's own initialisation (Kaiming normal, fan_out) is applied to the new conv so
     both stems start from the same distribution.
     """
-    if spec.name not in _ARCHITECTURES:
-        raise ValueError(
-            f"model name {spec.name!r} is not supported; accepted: {', '.join(MODELS)}"
-        )
     if spec.stem not in STEMS:
         raise ValueError(f"model stem {spec.stem!r} is not supported; accepted: {', '.join(STEMS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    model = _ARCHITECTURES[spec.name](weights=None, num_classes=num_classes)
+    if spec.name in _ARCHITECTURES:
+        model = _ARCHITECTURES[spec.name](weights=None, num_classes=num_classes)
+    else:
+        model = build_torchvision(spec.name, num_classes, image_size)
     if spec.stem == "cifar":
-        stem_conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if not has_cifar_stem(spec.name):
+            raise ValueError(
+                f"model {spec.name!r} has no CIFAR stem; it applies to torchvision's ResNet "
+                "family (resnet*, resnext*, wide_resnet*)"
+            )
+        stem_conv = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(stem_conv.weight, mode="fan_out", nonlinearity="relu")
         model.conv1 = stem_conv
         model.maxpool = nn.Identity()

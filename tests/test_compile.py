@@ -12,7 +12,7 @@ import lib.train
 from lib.train import _Run, train
 
 
-def tiny_convnet(spec, num_classes):
+def tiny_convnet(spec, num_classes, image_size):
     """Small enough for inductor to compile in seconds (ResNet-18 takes minutes on a loaded
     2-core machine); conv, batch norm and linear layers, as the real models have."""
     assert num_classes == 10

@@ -362,3 +362,52 @@ def test_decode_path_is_read_into_the_spec_and_is_part_of_identity(tmp_path):
     recorded = pil.identity()
     del recorded["data"]["decode"]  # an identity written before the option existed
     assert type(spec).recorded_identity(recorded) == pil.identity()
+
+
+def test_any_torchvision_model_by_name_is_read_into_the_spec(tmp_path):
+    path = write_config(
+        tmp_path,
+        "demo",
+        "# CONFIG_MODEL_RESNET18 is not set",
+        "CONFIG_MODEL_TORCHVISION=y",
+        'CONFIG_MODEL_TORCHVISION_NAME="vit_b_16"',
+        "CONFIG_DATA_IMAGE_SIZE=32",
+    )
+    config = cfg.load(path)
+    assert config.model.name == "vit_b_16" and config.model.stem == "imagenet"
+    assert all(spec.run_id.startswith("vit_b_16_") for spec in plan(config))
+
+
+@pytest.mark.parametrize(
+    ("lines", "symbol", "words"),
+    [
+        (['CONFIG_MODEL_TORCHVISION_NAME="resnet51"'], "CONFIG_MODEL_TORCHVISION_NAME='resnet51'",
+         "close: resnet50"),
+        (['CONFIG_MODEL_TORCHVISION_NAME="vit_b_16"', "CONFIG_DATA_IMAGE_SIZE=36"],
+         "CONFIG_DATA_IMAGE_SIZE='36'", "indivisible by patch size"),
+        (['CONFIG_MODEL_TORCHVISION_NAME="convnext_tiny"', "CONFIG_MODEL_STEM_CIFAR=y",
+          "# CONFIG_MODEL_STEM_IMAGENET is not set"], "CONFIG_MODEL_STEM_CIFAR='y'",
+         "the ImageNet stem for convnext_tiny"),
+    ],
+)  # fmt: skip
+def test_a_model_by_name_that_cannot_run_is_one_line_before_any_run(tmp_path, lines, symbol, words):
+    path = write_config(
+        tmp_path, "demo", "# CONFIG_MODEL_RESNET18 is not set", "CONFIG_MODEL_TORCHVISION=y", *lines
+    )
+    with pytest.raises(ConfigError) as err:
+        cfg.load(path)
+    message = str(err.value)
+    assert "\n" not in message and symbol in message and words in message
+
+
+def test_per_epoch_cosine_is_a_schedule_choice(tmp_path):
+    path = write_config(
+        tmp_path,
+        "demo",
+        "# CONFIG_LR_SCHEDULE_COSINE is not set",
+        "CONFIG_LR_SCHEDULE_COSINE_EPOCH=y",
+    )
+    config = cfg.load(path)
+    assert config.train.lr_schedule == "cosine_epoch"
+    assert all(spec.train.lr_schedule == "cosine_epoch" for spec in plan(config))
+    assert cfg.load(write_config(tmp_path, "demo")).train.lr_schedule == "cosine"

@@ -330,3 +330,110 @@ def test_unknown_score_and_scope_are_refused():
         Pruner(w, PruningSchedule(0.5, 1, 2), score="snip")
     with pytest.raises(ValueError, match="^scope="):
         Pruner(w, PruningSchedule(0.5, 1, 2), scope="row")
+
+
+# -- the prunable set of transformers and ConvNeXt ------------------------------------------------
+
+
+def tiny_vit(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.VisionTransformer(
+        image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16,
+        num_classes=10,
+    )  # fmt: skip
+
+
+def tiny_convnext(seed: int = 0) -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(seed)
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=10)
+
+
+def test_prunable_parameters_of_a_vit_include_the_attention_projections():
+    model = tiny_vit()
+    names = [name for name, _ in prunable_parameters(model)]
+    block = "encoder.layers.encoder_layer_0"
+    assert names[0] == "conv_proj.weight" and names[-1] == "heads.head.weight"
+    for part in ("self_attention.in_proj_weight", "self_attention.out_proj.weight",
+                 "mlp.0.weight", "mlp.3.weight"):  # fmt: skip
+        assert f"{block}.{part}" in names
+    assert len(names) == 2 + 2 * 4  # patch embedding, 4 matrices per block, classifier
+    assert not any("class_token" in n or "pos_embedding" in n or "ln" in n for n in names)
+    dense_ends = [name for name, _ in prunable_parameters(model, keep_ends_dense=True)]
+    assert dense_ends == names[1:-1]
+
+
+def test_attention_with_separate_projections_prunes_all_three():
+    attention = nn.MultiheadAttention(8, 2, kdim=4, vdim=6)
+    names = [name for name, _ in prunable_parameters(attention)]
+    assert names == ["q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"]
+
+
+def test_prunable_parameters_of_a_convnext():
+    model = tiny_convnext()
+    names = [name for name, _ in prunable_parameters(model)]
+    # Stem conv; per block a depthwise conv and two Linear; the downsampling conv; classifier.
+    assert names[0] == "features.0.0.weight" and names[-1] == "classifier.2.weight"
+    assert "features.1.0.block.0.weight" in names and "features.1.0.block.3.weight" in names
+    assert len(names) == 1 + 3 + 1 + 3 + 1
+    assert not any("layer_scale" in n for n in names)
+
+
+@pytest.mark.parametrize("make_model", [tiny_vit, tiny_convnext], ids=["vit", "convnext"])
+@pytest.mark.parametrize(
+    ("optimizer_name", "method", "keep_ends_dense"),
+    [
+        ("adamw", "magnitude", False),
+        ("sgd", "movement", True),
+        ("adamwspam", "magnitude", True),
+        ("adamwprune", "state", False),
+    ],
+)
+def test_masking_invariants_hold_on_a_vit_and_a_convnext(
+    make_model, optimizer_name, method, keep_ends_dense
+):
+    """The training loop's own builder on a transformer and a ConvNeXt: exact sparsity over
+    the whole prunable set, pruned weights and their state stay 0, masks only grow, and no
+    weight outside the set (the ends when kept dense, embeddings, norms) is touched."""
+    from lib.spec import OptimizerSpec, PruningSpec
+    from optimizers.registry import build_optimizer
+
+    model = make_model()
+    opt = OptimizerSpec(
+        name=optimizer_name, lr=1e-2, weight_decay=0.1, spam_interval=4, spam_clip_delay=1,
+        spam_warmup_steps=2, prune_base="adamw",
+    )  # fmt: skip
+    pruning = PruningSpec(method=method, sparsity=0.75, start_step=2, end_epoch=1, interval=2)
+    optimizer = build_optimizer(
+        model, opt, pruning, steps_per_epoch=9, keep_ends_dense=keep_ends_dense
+    )
+    named = prunable_parameters(model, keep_ends_dense)
+    prunable = [p for _, p in named]
+    assert any("proj" in name or "block" in name for name, _ in named)
+    in_set = {id(p) for p in prunable}
+    others = {name: p for name, p in model.named_parameters() if id(p) not in in_set}
+    zeros_before = {name: p == 0 for name, p in others.items()}  # a ViT's class token starts 0
+    previous = []
+
+    def check():
+        zeros = [p == 0 for p in prunable]
+        if previous:
+            assert all(torch.all(old <= new) for old, new in zip(previous, zeros, strict=True))
+        previous[:] = zeros
+        for p, z in zip(prunable, zeros, strict=True):
+            for key, value in optimizer.state[p].items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    assert torch.all(value[z] == 0), key
+
+    train(model, optimizer, batches(14), after_step=check)
+    total = sum(p.numel() for p in prunable)
+    assert sum(int((p == 0).sum()) for p in prunable) == total - round(0.25 * total)
+    # Every kind of layer took its share: attention and MLP weights of a ViT are pruned too.
+    for name, p in named:
+        assert int((p == 0).sum()) > 0, name
+    sparsity, per_layer = measure_sparsity(model, keep_ends_dense)
+    assert set(per_layer) == {name for name, _ in named}
+    assert sparsity == 1 - round(0.25 * total) / total
+    for name, p in others.items():
+        assert torch.all((p == 0) <= zeros_before[name]), name  # nothing newly zeroed

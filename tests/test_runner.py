@@ -538,7 +538,6 @@ def test_format_plan_shows_states_counts_and_an_estimate(tmp_path):
         ("pil", "cuda", "needs 12 CPU core(s) (pil: 264 img/s per core)"),
         ("uint8", "cuda", "needs 1 CPU core(s) (bytes: 11,500 img/s per core) reading files"),
         ("uint8", "auto", "7 CPU core(s) (uint8: 436 img/s per core) if no GPU is found"),
-        ("uint8", "cpu", "at most ~436 img/s"),
     ],
 )
 def test_dry_run_says_how_many_cores_the_decode_path_needs(tmp_path, decode, device, expected):
@@ -557,6 +556,22 @@ def test_dry_run_says_how_many_cores_the_decode_path_needs(tmp_path, decode, dev
     if decode == "pil":
         assert "needs 4 CPU core(s)" in format_plan([slower], tmp_path)
     assert "input:" not in format_plan([make_spec(0)], tmp_path)  # synthetic data: no line
+
+
+@pytest.mark.parametrize("decode", ["pil", "uint8"])
+def test_the_input_estimate_is_left_out_where_it_does_not_apply(tmp_path, decode):
+    """A CPU-device matrix: the model sets the pace, no GPU waits for 3,000 img/s. Your own
+    ImageFolder on a GPU gets the estimate as ImageNet does."""
+    spec = make_spec(0)
+
+    def plan_with(name: str, device: str) -> str:
+        data = DataSpec(name=name, decode=decode, train_dir="t", val_dir="v")
+        train = dataclasses.replace(spec.train, device=device)
+        return format_plan([dataclasses.replace(spec, data=data, train=train)], tmp_path)
+
+    assert "input:" not in plan_with("imagenet", "cpu")
+    assert "input:" not in plan_with("imagefolder", "cpu")
+    assert "input: 3,000 img/s" in plan_with("imagefolder", "cuda")
 
 
 # ---------------------------------------------------------------------------------------------

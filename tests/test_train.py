@@ -293,8 +293,8 @@ def test_nan_loss_stops_the_run_as_failed(tiny_spec, tmp_path, monkeypatch):
     real_build = lib.train.build_model
     forward_calls = {"n": 0}
 
-    def build_model_that_diverges(spec, num_classes):
-        model = real_build(spec, num_classes)
+    def build_model_that_diverges(spec, num_classes, image_size):
+        model = real_build(spec, num_classes, image_size)
 
         def poison(module, inputs, output):
             forward_calls["n"] += 1
@@ -418,6 +418,27 @@ def test_lr_factor_warmup_then_cosine_to_zero():
     assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
     constant = TrainSpec(lr_schedule="constant")
     assert {lr_factor(s, constant, 10) for s in range(0, 1000, 7)} == {1.0}
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_lr_factor_cosine_per_epoch_is_torchs_cosine_annealing_stepped_per_epoch(warmup):
+    """torchvision's reference schedule: CosineAnnealingLR(T_max=epochs - warmup) stepped once
+    an epoch; every step of an epoch trains at that epoch's rate."""
+    epochs, steps = 7, 5
+    spec = TrainSpec(epochs=epochs, lr_schedule="cosine_epoch", warmup_epochs=warmup)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup)
+    for epoch in range(warmup, epochs):
+        expected = optimizer.param_groups[0]["lr"]
+        for step in range(epoch * steps, (epoch + 1) * steps):
+            assert lr_factor(step, spec, steps) == pytest.approx(expected, abs=1e-12)
+        optimizer.step()
+        reference.step()
+    assert [lr_factor(s, spec, steps) for s in range(warmup * steps)] == pytest.approx(
+        [(s + 1) / (warmup * steps) for s in range(warmup * steps)]
+    )
+    assert lr_factor(epochs * steps - 1, spec, steps) > 0  # the last epoch is not at zero
 
 
 # -- CUDA (skipped cleanly without a GPU) ---------------------------------------------------------

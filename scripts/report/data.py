@@ -458,6 +458,7 @@ def newest_matrix(results_dir: str | Path) -> Path:
 MODEL_DISPLAY = {"resnet50": "ResNet-50", "resnet18": "ResNet-18"}
 DATASET_DISPLAY = {
     "imagenet": "ImageNet",
+    "imagefolder": "ImageFolder",
     "cifar100": "CIFAR-100",
     "cifar10": "CIFAR-10",
     "mnist5k": "MNIST (5k subset)",
