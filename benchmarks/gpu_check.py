@@ -111,9 +111,19 @@ class Setting:
     bench_args: tuple[str, ...]
     budget: float  # seconds for the whole check
     part_limits: tuple[tuple[str, float], ...]  # the most one part may take
+    data_root: str = str(DATA_ROOT)  # where the generated JPEGs are kept between checks
 
     def limit(self, part: str) -> float:
         return dict(self.part_limits)[part]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Setting:
+        """The setting a check wrote to its work folder (JSON lists back to tuples)."""
+        return cls(**{
+            **d,
+            "bench_args": tuple(d["bench_args"]),
+            "part_limits": tuple(tuple(pair) for pair in d["part_limits"]),
+        })
 
 
 def gpu_setting() -> Setting:
@@ -220,7 +230,7 @@ def train_items(count: int) -> list[tuple[int, int]]:
 def ensure_jpegs(setting: Setting) -> Path:
     """`data_dir` of an ImageFolder `imagenet/{train,val}` of generated JPEGs for `setting`,
     written once (in parallel over the cores) and reused while its description matches."""
-    data_dir = DATA_ROOT / f"data-{setting.mode}"
+    data_dir = Path(setting.data_root) / f"data-{setting.mode}"
     description = {
         "version": 2,
         "train": setting.train_images,
@@ -423,14 +433,17 @@ def part_environment(setting: Setting, work: Path) -> dict[str, Any]:
         figures.update(bf16_supported=None, tf32_supported=None)
         line = f"cpu dry run: {figures['device_name']}, torch {torch.__version__}"
         return {"passed": True, "line": line, "figures": figures}
+    import torch.distributed
+
     properties = torch.cuda.get_device_properties(device)
     capability = torch.cuda.get_device_capability(device)
+    nccl = torch.cuda.nccl.version() if torch.distributed.is_nccl_available() else None
     figures.update(
         driver=_nvidia_smi("driver_version"),
         compute_capability=f"{capability[0]}.{capability[1]}",
         memory_gib=round(properties.total_memory / 2**30, 1),
         device_count=torch.cuda.device_count(),
-        nccl=".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None,
+        nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl,
         bf16_supported=torch.cuda.is_bf16_supported(),
         tf32_supported=capability >= (8, 0),  # Ampere and later have TF32 tensor cores
     )
@@ -788,8 +801,6 @@ def execute_part(name: str, setting: Setting, work: Path, seconds_left: float) -
                 "left", "seconds": 0.0, "figures": {}}
     log = work / "logs" / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "part", name, "--work", str(work)]
-    if setting.mode == "cpu-dry-run":
-        command.append("--cpu-dry-run")
     start = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -866,6 +877,8 @@ def run_check(args: argparse.Namespace) -> int:
     setting = cpu_dry_setting() if args.cpu_dry_run else gpu_setting()
     if args.budget is not None:
         setting = dataclasses.replace(setting, budget=args.budget)
+    if args.data_root is not None:
+        setting = dataclasses.replace(setting, data_root=str(Path(args.data_root).resolve()))
     selected = PARTS if not args.parts else tuple(args.parts.split(","))
     unknown = [p for p in selected if p not in PARTS]
     if unknown:
@@ -885,6 +898,7 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_SETUP
     for sub in ("parts", "logs", "runs"):
         (work / sub).mkdir(parents=True, exist_ok=True)
+    (work / "setting.json").write_text(json.dumps(dataclasses.asdict(setting), indent=2) + "\n")
     print(f"gpu-check ({setting.mode}): {len(selected)} parts, budget {setting.budget:.0f} s; "
           f"logs and runs under {work}", flush=True)
     clock = time.perf_counter()
@@ -933,14 +947,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="the JSON file (default results/gpu-check/<time>/gpu-check.json)")
     run.add_argument("--parts", help=f"comma-separated subset of: {', '.join(PARTS)}")
     run.add_argument("--budget", type=float, help="seconds for the whole check")
+    run.add_argument("--data-root", help=f"where the generated JPEGs are kept (default {DATA_ROOT})")
     sub.add_parser("preflight", help="exit 3 with one line when no GPU is visible")
     part = sub.add_parser("part", help="(internal) run one part in this process")
     part.add_argument("name", choices=PARTS)
-    part.add_argument("--work", required=True, type=Path)
-    part.add_argument("--cpu-dry-run", action="store_true")
+    part.add_argument("--work", required=True, type=Path, help="the check's folder")
     args = parser.parse_args(argv)
     if args.action == "part":
-        setting = cpu_dry_setting() if args.cpu_dry_run else gpu_setting()
+        setting = Setting.from_dict(json.loads((args.work / "setting.json").read_text()))
         return run_part(args.name, setting, args.work)
     if args.action == "preflight" or not args.cpu_dry_run:
         problem = no_gpu_line()
