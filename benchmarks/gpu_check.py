@@ -429,10 +429,15 @@ def part_environment(setting: Setting, work: Path) -> dict[str, Any]:
             versions[name] = None
     figures["packages"] = versions
     figures["cpu_count"] = os.cpu_count()
+    import lib
+
+    # The checkout's code, not the copy of the project installed from the wheelhouse.
+    figures["project_path"] = str(Path(lib.__file__).resolve().parent.parent)
+    from_checkout = figures["project_path"] == str(ROOT)
     if device.type != "cuda":
         figures.update(bf16_supported=None, tf32_supported=None)
         line = f"cpu dry run: {figures['device_name']}, torch {torch.__version__}"
-        return {"passed": True, "line": line, "figures": figures}
+        return {"passed": from_checkout, "line": line, "figures": figures}
     import torch.distributed
 
     properties = torch.cuda.get_device_properties(device)
@@ -451,7 +456,7 @@ def part_environment(setting: Setting, work: Path) -> dict[str, Any]:
     product = (a @ a.T).float()
     _synchronize(device)
     finite = bool(torch.isfinite(product).all())
-    passed = figures["bf16_supported"] and finite
+    passed = figures["bf16_supported"] and finite and from_checkout
     line = (
         f"{figures['device_name']} (sm {figures['compute_capability']}, "
         f"{figures['memory_gib']} GiB), driver {figures['driver']}, CUDA {figures['cuda']}, "
