@@ -473,7 +473,7 @@ def gpu_test_files() -> list[str]:
     return sorted(
         str(path.relative_to(ROOT))
         for path in (ROOT / "tests").glob("test_*.py")
-        if "pytest.mark.gpu" in path.read_text(encoding="utf-8")
+        if re.search(r"^@pytest\.mark\.gpu\b", path.read_text(encoding="utf-8"), re.MULTILINE)
     )
 
 

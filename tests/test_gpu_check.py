@@ -175,8 +175,9 @@ def test_pytest_summary_is_read_into_counts():
 
 def test_only_files_with_gpu_tests_are_collected():
     files = gpu_check.gpu_test_files()
-    assert "tests/test_train.py" in files
-    assert all("pytest.mark.gpu" in (ROOT / f).read_text() for f in files)
+    assert "tests/test_train.py" in files and "tests/test_data.py" in files
+    assert all("\n@pytest.mark.gpu\n" in (ROOT / f).read_text() for f in files)
+    assert "tests/test_gpu_check.py" not in files  # names the marker, holds no GPU test
     assert "tests/test_report_stats.py" not in files  # imports scipy, not carried
 
 
