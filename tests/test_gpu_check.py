@@ -6,6 +6,7 @@ dry run executes the same part code at tiny sizes, which is what is checked here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -223,3 +224,16 @@ def test_cpu_dry_run_writes_every_part_and_goal_to_one_json(tmp_path):
     # Reusing a folder with runs in it would report them again: refused.
     again = run_script("run", "--cpu-dry-run", "--parts", "environment", "--out", str(out))
     assert again.returncode == 2 and "already holds" in again.stdout
+
+
+def test_a_part_without_time_left_in_the_budget_is_skipped_and_says_so(tmp_path):
+    part = gpu_check.execute_part("compile", gpu_check.gpu_setting(), tmp_path, seconds_left=12.0)
+    assert part["status"] == "skipped"
+    assert part["line"] == "not run: 12 s of the budget left"
+    assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def test_the_setting_a_part_reads_back_is_the_one_the_check_wrote():
+    setting = gpu_check.cpu_dry_setting()
+    again = gpu_check.Setting.from_dict(json.loads(json.dumps(dataclasses.asdict(setting))))
+    assert again == setting and again.limit("compile") == setting.limit("compile")
