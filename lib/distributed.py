@@ -74,11 +74,12 @@ def resolve_backend(train: TrainSpec, device: torch.device) -> str:
     return train.ddp_backend
 
 
-def setting_problem(train: TrainSpec, device: torch.device) -> str | None:
+def setting_problem(train: TrainSpec, device: torch.device, joined: bool = False) -> str | None:
     """Why a run with these settings cannot train on `device` with gpus_per_run ranks, or None.
-    The runner asks before any run starts; every rank asks again before joining the group."""
+    The runner asks before any run starts; every rank asks again before joining the group
+    (`joined`: also a single process that torchrun started, which joins a group of one)."""
     n = train.gpus_per_run
-    if n == 1:
+    if n == 1 and not joined:
         return None
     if train.batch_rule == "global" and train.batch_size % n:
         return (
@@ -155,7 +156,7 @@ class RunGroup:
                 f"this run is configured for {train.gpus_per_run} GPU(s) but was launched as "
                 f"{world} processes (WORLD_SIZE={world})"
             )
-        problem = setting_problem(train, device)
+        problem = setting_problem(train, device, joined=True)
         if problem is not None:
             raise DistributedError(problem)
         group = cls(

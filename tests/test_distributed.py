@@ -186,6 +186,11 @@ def test_one_process_under_torchrun_joins_a_group_of_one(monkeypatch):
         model = group.wrap(nn.Linear(2, 1), torch.device("cpu"))
         assert isinstance(model, nn.parallel.DistributedDataParallel)
     assert not torch.distributed.is_initialized()
+    # SyncBatchNorm (on by default) runs on CUDA only: refused in one line, as for N ranks.
+    with pytest.raises(DistributedError, match="SyncBatchNorm needs CUDA"):
+        with RunGroup.start(lib.spec.TrainSpec(device="cpu"), lib.train.resolve_device):
+            pass
+    assert not torch.distributed.is_initialized()
 
 
 # ---------------------------------------------------------------------------------------------
