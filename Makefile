@@ -30,7 +30,7 @@ DEMO_CONFIG := .config.demo
 
 .PHONY: help setup menuconfig oldconfig olddefconfig savedefconfig defconfig list-defconfigs \
 	check-config test-matrix test-matrix-dry-run continue status report check test lint bench demo \
-	docs clean mrproper $(DEFCONFIG_TARGETS)
+	gpu-check gpu-wheels docs clean mrproper $(DEFCONFIG_TARGETS)
 
 help:
 	@echo "prunebench: compare optimizers with built-in pruning on a Kconfig-defined matrix"
@@ -66,6 +66,9 @@ help:
 	@echo "  test                  run the tests (without setup)"
 	@echo "  lint                  ruff"
 	@echo "  bench                 run the benchmarks (see docs/benchmarks.md)"
+	@echo "  gpu-wheels            collect the wheels gpu-check needs into wheelhouse/ (registry)"
+	@echo "  gpu-check             prove the CUDA path on a GPU machine in minutes, installing"
+	@echo "                        from wheelhouse/ only (GPU_CHECK_OUT=file.json; exit 3: no GPU)"
 	@echo "  docs                  regenerate docs/kconfig.md from the Kconfig help texts"
 	@echo "  clean                 remove caches and build leftovers"
 	@echo "  mrproper              clean + remove .config and $(VENV); results/ and data/ only"
@@ -161,6 +164,23 @@ lint: $(SETUP_STAMP)
 
 bench: $(SETUP_STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# gpu-check runs on a bare GPU machine: torch preinstalled, no package registry, no .venv.
+# It uses .venv where one exists, else $(PYTHON) (the machine's own torch), and installs what
+# else it needs from wheelhouse/ (make gpu-wheels, run where the registry is reachable) into
+# $(GPU_SITE) with pip --no-index. No GPU: one line and exit 3 before anything is installed.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_SITE := build/gpu-site
+gpu_out_arg = $(if $(call cli_var,GPU_CHECK_OUT),--out $(call quote,$(call cli_var,GPU_CHECK_OUT)))
+
+gpu-wheels: $(SETUP_STAMP)
+	@$(PY) benchmarks/gpu_wheels.py collect
+
+gpu-check:
+	@$(GPU_PY) benchmarks/gpu_check.py preflight
+	@$(GPU_PY) benchmarks/gpu_wheels.py install --target $(GPU_SITE)
+	@PYTHONPATH=$(CURDIR)/$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} exec $(GPU_PY) \
+		benchmarks/gpu_check.py run $(gpu_out_arg)
 
 docs: $(SETUP_STAMP)
 	@$(PY) -m lib.cli docs

@@ -38,6 +38,7 @@ persistent state bytes per parameter.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -216,7 +217,8 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def bench_steps(args, device) -> None:
+def bench_steps(args, device) -> list[dict]:
+    """Time every method side by side and print the table; returns its rows (for --json)."""
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         if device.type == "cuda"
@@ -307,6 +309,7 @@ def bench_steps(args, device) -> None:
     )
     print(header)
     print("-" * len(header))
+    rows = []
     for run in runs:
         ratios = [s / b for s, b in zip(run["step"], base["step"], strict=True)]
         q1, ratio, q3 = quartiles(ratios)
@@ -328,6 +331,22 @@ def bench_steps(args, device) -> None:
             f"{statistics.median(run['opt']):10.4f} {ratio:10.3f} {spread:>11s} "
             f"{pooled:6.3f} {pooled_spread:>11s} {update_text:>8s} {kth_text:>10s} "
             f"{amortised:9.3f} {target_text:>7s} {verdict}"
+        )
+        rows.append(
+            {
+                "label": run["label"],
+                "step_seconds": statistics.median(run["step"]),
+                "optimizer_step_seconds": statistics.median(run["opt"]),
+                "step_ratio": ratio,
+                "step_ratio_iqr": [q1, q3],
+                "pooled_ratio": pooled,
+                "pooled_ratio_iqr": [p1, p3],
+                "mask_update_seconds": run.get("update"),
+                "kthvalue_update_seconds": run.get("kthvalue"),
+                "amortised_ratio": amortised,
+                "target": target,
+                "spikes": run["spikes"],
+            }
         )
     print(
         "step ratio: median over rounds of step time / fused AdamW's step time in the same "
@@ -367,6 +386,11 @@ def bench_steps(args, device) -> None:
             f"{memory['extra_bytes_per_prunable_param']:7.4f} B/param (pruning state "
             f"{memory['pruning_state_bytes'] / prunable:.4f} B/param)"
         )
+    for row, run in zip(rows, runs, strict=True):
+        memory = state_memory(run["optimizer"], run["model"])
+        row["extra_state_bytes_per_param"] = memory["extra_bytes_per_prunable_param"]
+        row["pruning_state_bytes_per_param"] = memory["pruning_state_bytes"] / prunable
+    return rows
 
 
 def reference_ops_clip_(grads, exp_avg_sqs, theta) -> None:
@@ -412,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds")
     parser.add_argument("--interval", type=int, default=50, help="mask update interval")
     parser.add_argument("--sparsity", type=float, default=0.7, help="target sparsity")
+    parser.add_argument("--json", type=Path, help="also write the step table's rows here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -425,7 +450,19 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.size, args.warmup, args.update_repeats = 8, 32, 1, 2
     if args.rounds is None:
         args.rounds = 4 if args.quick else 21
-    bench_steps(args, device)
+    rows = bench_steps(args, device)
+    if args.json is not None:
+        setting = {
+            "device": device.type,
+            "model": "resnet18" if args.quick else "resnet50",
+            "batch": args.batch,
+            "size": args.size,
+            "rounds": args.rounds,
+            "interval": args.interval,
+            "increment": args.increment,
+            "torch": torch.__version__,
+        }
+        args.json.write_text(json.dumps({"setting": setting, "methods": rows}, indent=2) + "\n")
     if device.type == "cpu":
         bench_clipping(args)
 

@@ -19,7 +19,10 @@ runs the same training loop; this module is the little that differs (docs/distri
   per-rank throughput and memory, `check_masks` compares mask checksums after mask updates.
 
 Only rank 0 writes files (metrics.json, checkpoints); every rank reads the checkpoint to resume.
-With one process every method is a no-op and nothing here touches torch.distributed.
+With one process every method is a no-op and nothing here touches torch.distributed, except
+under torchrun: a run torchrun starts with one process joins a process group of one (its
+backend, DDP, SyncBatchNorm and the collectives all run, with nothing to exchange), which is how
+`make gpu-check` exercises the nccl path on a one-GPU machine.
 """
 
 from __future__ import annotations
@@ -72,11 +75,12 @@ def resolve_backend(train: TrainSpec, device: torch.device) -> str:
     return train.ddp_backend
 
 
-def setting_problem(train: TrainSpec, device: torch.device) -> str | None:
+def setting_problem(train: TrainSpec, device: torch.device, joined: bool = False) -> str | None:
     """Why a run with these settings cannot train on `device` with gpus_per_run ranks, or None.
-    The runner asks before any run starts; every rank asks again before joining the group."""
+    The runner asks before any run starts; every rank asks again before joining the group
+    (`joined`: also a single process that torchrun started, which joins a group of one)."""
     n = train.gpus_per_run
-    if n == 1:
+    if n == 1 and not joined:
         return None
     if train.batch_rule == "global" and train.batch_size % n:
         return (
@@ -113,13 +117,17 @@ def _arm_parent_death_signal() -> None:
 class RunGroup:
     """The ranks of one run; a group of one (every method a no-op) when not distributed."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+    def __init__(
+        self, rank: int = 0, world: int = 1, local_rank: int = 0, joined: bool | None = None
+    ) -> None:
         self.rank, self.world, self.local_rank = rank, world, local_rank
+        # In a process group: always with several ranks, and with one under torchrun.
+        self.joined = world > 1 if joined is None else joined
         self._checked_step = -1
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.joined
 
     @property
     def is_main(self) -> bool:
@@ -133,23 +141,28 @@ class RunGroup:
         cls, train: TrainSpec, resolve_device: Callable[[str], torch.device]
     ) -> Iterator[RunGroup]:
         """Join the run's process group when the environment says WORLD_SIZE > 1 (torchrun,
-        srun); otherwise a group of one. `resolve_device` turns `train.device` into a device."""
+        srun), or when torchrun started this one process (a group of one that really joins);
+        otherwise a group of one that touches nothing. `resolve_device` turns `train.device`
+        into a device."""
         world = _environment_int("WORLD_SIZE", 1)
-        if world <= 1:
+        torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        if world <= 1 and not torchrun:
             yield cls()
             return
         device = resolve_device(train.device)
-        if "TORCHELASTIC_RUN_ID" in os.environ:
+        if torchrun:
             _arm_parent_death_signal()
         if world != train.gpus_per_run:
             raise DistributedError(
                 f"this run is configured for {train.gpus_per_run} GPU(s) but was launched as "
                 f"{world} processes (WORLD_SIZE={world})"
             )
-        problem = setting_problem(train, device)
+        problem = setting_problem(train, device, joined=True)
         if problem is not None:
             raise DistributedError(problem)
-        group = cls(_environment_int("RANK", 0), world, _environment_int("LOCAL_RANK", 0))
+        group = cls(
+            _environment_int("RANK", 0), world, _environment_int("LOCAL_RANK", 0), joined=True
+        )
         if device.type == "cuda":
             torch.cuda.set_device(group.local_rank)
         backend = resolve_backend(train, device)

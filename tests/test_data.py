@@ -339,3 +339,24 @@ def test_a_process_with_persistent_workers_exits_promptly(tiny_spec, tmp_path):
         capture_output=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_uint8_path_on_cuda_decodes_and_crops_like_the_cpu(tiny_spec, tmp_path, monkeypatch):
+    """The uint8 path with the GPU decoder (nvjpeg, batched) and the crops and flips on the
+    GPU gives the CPU path's batches: same labels and order, float images on the device, and
+    pixels within two grey levels on average (two JPEG decoders' IDCTs and chroma upsampling
+    differ slightly; a wrong crop box, flip or channel order differs by tens of levels)."""
+    _write_image_folder(tmp_path, smooth=True)
+    monkeypatch.setitem(lib.spec.DATASET_CLASSES, "imagenet", 2)
+    spec = _imagenet_spec(tiny_spec, tmp_path, decode="uint8")
+    on_cpu = build_loaders(spec, "cpu")
+    on_cuda = build_loaders(spec, "cuda")
+    for cpu_loader, cuda_loader in zip(on_cpu, on_cuda, strict=True):
+        for epoch in (1, 2):
+            cpu_batches, cuda_batches = _batches(cpu_loader, epoch), _batches(cuda_loader, epoch)
+            assert [y.tolist() for _, y in cuda_batches] == [y.tolist() for _, y in cpu_batches]
+            for (xc, _), (xg, _) in zip(cpu_batches, cuda_batches, strict=True):
+                assert xg.is_cuda and xg.dtype == torch.float32 and xg.shape == xc.shape
+                assert float((xg.cpu() - xc).abs().mean()) <= 2 * ONE_LEVEL

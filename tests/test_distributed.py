@@ -17,6 +17,7 @@ from test_runner import wait_for
 from torch import nn
 
 import lib.distributed
+import lib.spec
 import lib.train
 from lib import config as cfg
 from lib.config import ConfigError
@@ -149,6 +150,47 @@ def test_a_rank_weights_its_loss_so_the_average_is_the_global_mean():
     # Shares 3 and 2 of 5: (3/5 * 2 * mean0 + 2/5 * 2 * mean1) / 2 = (sum0 + sum1) / 5.
     assert float(group.rank_loss(loss, 3, 5)) == pytest.approx(2.0 * 3 * 2 / 5)
     assert RunGroup().rank_loss(loss, 3, 5) is loss
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_process_under_torchrun_joins_a_group_of_one(monkeypatch):
+    """torchrun with one process (make gpu-check's nccl part, on the CPU with gloo here): the
+    rank joins a real process group, so DDP and the collectives run; without torchrun's
+    environment a run touches nothing in torch.distributed."""
+    monkeypatch.setattr(lib.distributed, "_arm_parent_death_signal", lambda: None)
+    train = lib.spec.TrainSpec(device="cpu", sync_batchnorm=False)
+    with RunGroup.start(train, lib.train.resolve_device) as group:
+        assert not group.distributed and not torch.distributed.is_initialized()
+    for name, value in {
+        "TORCHELASTIC_RUN_ID": "test",
+        "WORLD_SIZE": "1",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
+        monkeypatch.setenv(name, value)
+    with RunGroup.start(train, lib.train.resolve_device) as group:
+        assert group.distributed and group.is_main and group.world == 1
+        assert torch.distributed.is_initialized()
+        assert torch.distributed.get_backend() == "gloo"
+        assert group.sum(torch.tensor([2.0, 3.0])).tolist() == [2.0, 3.0]
+        assert group.gather({"rank": 0}) == [{"rank": 0}]
+        model = group.wrap(nn.Linear(2, 1), torch.device("cpu"))
+        assert isinstance(model, nn.parallel.DistributedDataParallel)
+    assert not torch.distributed.is_initialized()
+    # SyncBatchNorm (on by default) runs on CUDA only: refused in one line, as for N ranks.
+    with pytest.raises(DistributedError, match="SyncBatchNorm needs CUDA"):
+        with RunGroup.start(lib.spec.TrainSpec(device="cpu"), lib.train.resolve_device):
+            pass
+    assert not torch.distributed.is_initialized()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def test_help_lists_every_target_and_defconfig():
         "report",
         "setup",
         "bench",
+        "gpu-wheels",
+        "gpu-check",
         "docs",
         "clean",
         "mrproper",

@@ -459,3 +459,33 @@ def test_fp16_with_grad_scaler_and_cuda_memory_figures(tiny_spec, tmp_path):
         assert epoch["memory_kind"] == "cuda_allocated"
         assert 0 < epoch["peak_memory_mb"] <= epoch["peak_memory_reserved_mb"]
     assert doc["environment"]["device"] == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_channels_last_adamwprune_on_cuda_keeps_exact_masks(tiny_spec, tmp_path):
+    """The defconfigs' GPU setting (bf16 autocast, channels_last) with AdamWPrune's state
+    pruning: the run completes, and after the mask updates exactly the selected count of
+    prunable weights is zero at every later epoch end (bf16 never touches the fp32 weights)."""
+    spec = tiny_spec(
+        tmp_path,
+        train={
+            "device": "cuda",
+            "precision": "bf16",
+            "channels_last": True,
+            "deterministic": False,
+            "epochs": 3,
+            "max_steps_per_epoch": 4,
+        },
+        optimizer={"name": "adamwprune"},
+        pruning={"method": "state", "sparsity": 0.5},
+    )
+    doc = train(spec)
+    assert doc["summary"]["status"] == "completed", doc["summary"]["error"]
+    total = doc["model_info"]["prunable_parameters"]
+    for epoch in doc["epochs"]:
+        assert epoch["scheduled_sparsity"] == 0.5  # pruning ends within the first epoch
+        assert round(epoch["sparsity"] * total) == total - round(0.5 * total)
+        assert epoch["memory_kind"] == "cuda_allocated" and epoch["peak_memory_mb"] > 0
+        assert math.isfinite(epoch["train_loss"])
+    assert doc["environment"]["device"] == "cuda"
