@@ -176,7 +176,12 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
     leftover value of a hidden number or string is dropped silently, but `=y` on a hidden
     option asks for something that cannot be had (state pruning without AdamWPrune), which is
     an error when `strict` and a printed notice otherwise (olddefconfig, savedefconfig).
-    An edited derived option (no prompt) is always an error: its value comes from a choice."""
+    A derived option (no prompt) is recomputed from the options it derives from, as the
+    kernel's tools do, with a printed notice when not `strict` (olddefconfig, savedefconfig:
+    a .config written before a choice was edited by hand, or by an older version, carries the
+    old value); loading a file whose derived value disagrees is an error, as the value would
+    not be the one trained with. Two alternatives of one choice set to y: the later
+    assignment wins, with a notice, as in the kernel's tools."""
     for warning in kconf.warnings:
         if "set more than once" in warning:
             continue  # a hand-edited line appended later wins, as in the kernel's tools
@@ -196,10 +201,14 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
             continue
         name = f"CONFIG_{sym.name}"
         if not any(node.prompt for node in sym.nodes):
-            raise ConfigError(
-                f"{path}: {name}={sym.user_value!r} cannot be set directly: it is derived from "
-                f"other options (now {got!r}); change those with make menuconfig"
-            )
+            message = f"{path}: {name}={sym.user_value!r} is derived from other options"
+            if strict:
+                raise ConfigError(
+                    f"{message} (now {got!r}) and cannot be set directly: change those with "
+                    "make menuconfig; make olddefconfig recomputes it"
+                )
+            print(f"note: {message}; recomputed as {got!r}", file=sys.stderr)
+            continue
         if sym.visibility == 0:
             if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE):
                 continue  # the leftover value of a hidden option, as after a menu change
@@ -228,9 +237,15 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
         print(f"note: {message}; dropped", file=sys.stderr)
     for choice in kconf.unique_choices:
         picked = [s for s in choice.syms if s.user_value == 2]
-        if len(picked) > 1 and choice.visibility:
+        if len(picked) > 1 and choice.visibility and choice.user_selection is not None:
+            # kconfiglib keeps the selection of the later line, as the kernel's tools do
+            # (docs/cluster.md appends CONFIG_MATRIX_EXECUTOR_SLURM=y to a .config).
             names = ", ".join(f"CONFIG_{s.name}" for s in picked)
-            raise ConfigError(f"{path}: {names} are alternatives of one choice; set only one")
+            print(
+                f"note: {path}: {names} are alternatives of one choice; the later assignment, "
+                f"CONFIG_{choice.user_selection.name}=y, wins",
+                file=sys.stderr,
+            )
 
 
 def load_kconfig_with(path: str | os.PathLike[str], *, strict: bool = True) -> kconfiglib.Kconfig:
