@@ -49,6 +49,7 @@ from lib.runner import (
     plan_state,
 )
 from lib.spec import RunSpec
+from lib.text import count
 
 RECORD_FILE = "slurm.json"
 RECORD_SCHEMA_VERSION = 1
@@ -375,7 +376,7 @@ def submit_matrix(
             _say(
                 out,
                 f"matrix {matrix_dir.name}: nothing to submit ({completed} of "
-                f"{len(runner.runs)} runs completed, {len(failed)} failed)",
+                f"{count(len(runner.runs), 'run')} completed, {len(failed)} failed)",
             )
             if failed:
                 print("  (RERUN_FAILED=1 resubmits the failed runs)", file=out, flush=True)
@@ -407,7 +408,7 @@ def submit_matrix(
     kind = "job array" if len(queue) > 1 else "job"  # submitit submits one run as a plain job
     _say(
         out,
-        f"matrix {matrix_dir.name}: submitted Slurm {kind} {job_id}: {len(queue)} run(s), "
+        f"matrix {matrix_dir.name}: submitted Slurm {kind} {job_id}: {count(len(queue), 'run')}, "
         f"each {shape.describe()}; {completed} already completed"
         + (f", {len(failed)} failed (not resubmitted)" if failed else ""),
     )

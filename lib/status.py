@@ -34,6 +34,7 @@ from lib.slurm import (
     scheduler_states,
     task_ids,
 )
+from lib.text import count
 
 PENDING, RUNNING, STOPPED, COMPLETED, FAILED = (
     "pending",
@@ -61,7 +62,7 @@ def _run_line(
     if status == STATUS_COMPLETED:
         top1 = summary.get("final_top1")
         accuracy = f", top-1 {top1:.2f}%" if isinstance(top1, int | float) else ""
-        return COMPLETED, f"completed{accuracy} after {done} epochs"
+        return COMPLETED, f"completed{accuracy} after {count(done, 'epoch')}"
     if status == STATUS_FAILED:
         return FAILED, f"failed: {summary.get('error') or 'no reason recorded'}"
     if being_trained:
@@ -127,7 +128,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
         counts[state] = counts.get(state, 0) + 1
         rows.append((run_id, text, scheduler or ""))
 
-    header = f"matrix {matrix_dir.name} ({matrix_dir}): {len(runs)} runs: " + ", ".join(
+    header = f"matrix {matrix_dir.name} ({matrix_dir}): {count(len(runs), 'run')}: " + ", ".join(
         f"{counts[s]} {s}" for s in ORDER if counts.get(s)
     )
     if local_runner is not None:
