@@ -52,6 +52,9 @@ _SLURM_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._,&|!*\[\]():=-]*$")
 # sbatch options the Slurm executor sets itself (lib/slurm.py): the array, where its logs go,
 # the signal that saves a run before its time limit.
 SLURM_RESERVED_OPTIONS = ("array", "output", "error", "signal", "open-mode", "wrap")
+# Checked in SLURM_EXTRA_ARGS beyond the reserved ones: their values could undo what the
+# executor relies on (requeueing at the time limit, the submitting environment).
+SLURM_WATCHED_OPTIONS = (*SLURM_RESERVED_OPTIONS, "requeue", "no-requeue", "export")
 
 
 class ConfigError(ValueError):
@@ -507,13 +510,37 @@ def _slurm_extra_args(r: _Reader) -> tuple[str, ...]:
         args = tuple(shlex.split(raw))
     except ValueError as e:  # an unclosed quote
         raise r.fail(name, raw, f"{accepted} ({e})") from None
+    reserved = ", ".join(f"--{o}" for o in SLURM_RESERVED_OPTIONS)
     for arg in args:
-        option = arg.split("=", 1)[0]
+        option, has_value, value = arg.partition("=")
         if not option.startswith("--") or len(option) < 3:
             raise r.fail(name, raw, f"{accepted}; {arg!r} is not a long option (--name=value)")
-        if option[2:] in SLURM_RESERVED_OPTIONS:
-            reserved = ", ".join(f"--{o}" for o in SLURM_RESERVED_OPTIONS)
+        given = option[2:]
+        # sbatch (getopt_long) takes any unique prefix of an option: --arr is --array.
+        watched = [o for o in SLURM_WATCHED_OPTIONS if o.startswith(given)]
+        if given not in SLURM_WATCHED_OPTIONS and watched:
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; {option} abbreviates {', '.join(f'--{o}' for o in watched)} "
+                "(sbatch takes prefixes): write options in full",
+            )
+        if given in SLURM_RESERVED_OPTIONS:
             raise r.fail(name, raw, f"{accepted}; not {reserved}: the Slurm executor sets them")
+        if given == "no-requeue" or (given == "requeue" and has_value):
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; not {arg}: the Slurm executor requeues every run at its time limit "
+                "(--requeue, no value)",
+            )
+        if given == "export" and "ALL" not in value.split(","):
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; not {arg}: the runs need the environment they were submitted from "
+                "(PATH, tracker keys); accepted: --export=ALL or --export=ALL,NAME=value",
+            )
     return args
 
 

@@ -30,8 +30,9 @@ from lib.slurm import (
     ENDED_STATES,
     RUNNING_STATES,
     SlurmError,
+    pending_text,
     read_record,
-    scheduler_states,
+    scheduler_queue,
     task_ids,
 )
 from lib.text import count
@@ -94,12 +95,16 @@ def status_lines(matrix_dir: Path) -> list[str]:
     tasks = task_ids(record)
     job_ids = [str(s["job_id"]) for s in (record or {}).get("submissions", [])]
     states: dict[str, str] | None = {}
+    shown: dict[str, str] = {}  # the state as shown, with a pending task's reason
     if tasks:
         try:
-            states = scheduler_states(job_ids)
+            queue = scheduler_queue(job_ids)
         except SlurmError as e:
             states = None
             notes.append(f"Slurm: scheduler states unknown ({e})")
+        else:
+            states = {task: state for task, (state, _) in queue.items()}
+            shown = {task: pending_text(*entry) for task, entry in queue.items()}
 
     rows = []
     counts: dict[str, int] = {}
@@ -116,7 +121,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
             if states is None:
                 scheduler = f"slurm {task} (state unknown)"
             elif task in states:
-                scheduler = f"slurm {task} {states[task]}"
+                scheduler = f"slurm {task} {shown[task]}"
             else:
                 scheduler = f"slurm {task} (no longer in the queue)"
         being_trained = (
