@@ -321,9 +321,35 @@ def test_plot_selection_follows_matrix_json(tmp_path: Path) -> None:
     assert [p.name for p in (matrix / "plots").glob("*.png")] == ["memory.png"]
 
 
-def test_metrics_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
+def test_metrics_csv_has_one_row_per_run_with_identity_and_summary(seed_matrix: Path) -> None:
     write_report(seed_matrix)
     with open(seed_matrix / "metrics.csv", newline="") as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 4
+    cand = rows["resnet50_adamwprune-adamw_state-hybrid_s50_seed0"]
+    document = json.loads(
+        (
+            seed_matrix / "resnet50_adamwprune-adamw_state-hybrid_s50_seed0" / "metrics.json"
+        ).read_text()
+    )
+    for block in ("identity", "summary", "model_info", "state_memory"):
+        for key, value in document[block].items():
+            cell = cand[f"{block}.{key}"]  # every field of metrics.json's blocks has a column
+            if value is None:
+                assert cell == ""
+            elif isinstance(value, bool):
+                assert cell == str(value).lower()
+            elif isinstance(value, (int, float)):
+                assert float(cell) == pytest.approx(value)
+            else:
+                assert cell == str(value)
+    assert cand["summary.best_top1"] == "74.54" and cand["method"].startswith("AdamWPrune")
+    assert "nan" not in {c.lower() for c in cand.values()}
+
+
+def test_metrics_epochs_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
+    write_report(seed_matrix)
+    with open(seed_matrix / "metrics_epochs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 12
     cand = [r for r in rows if r["run_id"] == "resnet50_adamwprune-adamw_state-hybrid_s50_seed0"]

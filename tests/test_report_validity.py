@@ -284,7 +284,8 @@ def test_stray_short_nan_and_target_not_reached_together(tmp_path: Path, capsys)
         flags = {(r["run_id"], r["excluded"]) for r in csv.DictReader(f)}
     assert (CAND_RUN, "short run") in flags
     assert ("resnet50_adamwspam_magnitude_s50_seed2", "") in flags
-    assert not any(run_id in (nan_run, "stray-copy") for run_id, _ in flags)
+    assert (nan_run, "unreadable") in flags  # every planned run has its row, and says why
+    assert not any(run_id == "stray-copy" for run_id, _ in flags)
 
 
 def test_a_metrics_json_with_a_bad_identity_is_unreadable_not_a_crash(tmp_path: Path) -> None:
@@ -308,3 +309,52 @@ def test_a_tie_as_printed_is_not_ahead_in_the_summary(tmp_path: Path) -> None:
         "- At 50% sparsity, AdamWPrune (AdamW base) state/hybrid and AdamWSPAM + magnitude tie at "
         "73.00% best top-1."
     ) in summary  # a tie sets no name in bold
+
+
+def test_csv_cells_are_empty_where_the_report_prints_n_a(tmp_path: Path) -> None:
+    """A NaN the report shows as n/a (a loss, a learning rate) is an empty cell, never 'nan'."""
+    import csv
+
+    from scripts.report.output import write_report
+
+    matrix = write_matrix(tmp_path, "nans", three_seeds())
+    rewrite_metrics(
+        matrix / CAND_RUN,
+        lambda d: [e.update(train_loss=float("nan"), lr=float("inf")) for e in d["epochs"]],
+    )
+    write_report(matrix)
+    for name in ("metrics.csv", "metrics_epochs.csv"):
+        with open(matrix / name, newline="") as f:
+            cells = {cell.lower() for row in csv.reader(f) for cell in row}
+        assert not cells & {"nan", "inf", "-inf"}, name
+    with open(matrix / "metrics_epochs.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["run_id"] == CAND_RUN]
+    assert rows and all(r["train_loss"] == "" and r["lr"] == "" for r in rows)
+    assert all(r["test_top1"] != "" for r in rows)
+
+
+def test_evaluation_on_part_of_the_test_set_is_said(tmp_path: Path) -> None:
+    """TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too: the report says on how many images."""
+    matrix = write_matrix(tmp_path, "capped", three_seeds())
+    assert "Test images evaluated" not in render(matrix)  # nothing recorded: nothing said
+
+    def capped(d):
+        d["model_info"]["test_images"] = 10000
+        for e in d["epochs"]:
+            e["test_images"] = 512
+
+    def whole(d):
+        d["model_info"]["test_images"] = 10000
+        for e in d["epochs"]:
+            e["test_images"] = 10000
+
+    for run_dir in matrix.iterdir():
+        if (run_dir / "metrics.json").exists():
+            rewrite_metrics(run_dir, whole)
+    assert "Test images evaluated" not in render(matrix)
+    rewrite_metrics(matrix / CAND_RUN, capped)
+    text = section(render(matrix), "## Test Configuration")
+    assert (
+        "- **Test images evaluated**: 512 of 10,000 per epoch in 1 run: "
+        "`CONFIG_TRAIN_MAX_STEPS_PER_EPOCH` caps evaluation too"
+    ) in text

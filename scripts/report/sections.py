@@ -129,7 +129,30 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
             role = " — baseline for *Improvement*"
         lines.append(f"  - {method_display_name(key)} (`{key}`){role}")
     lines += [f"- {note}" for note in comparison.notes]
+    partial = _partial_evaluation(results)
+    if partial is not None:
+        lines.append(partial)
     return "\n".join(lines)
+
+
+def _partial_evaluation(results: MatrixResults) -> str | None:
+    """A bullet when some run evaluated fewer test images per epoch than its test set holds
+    (TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too), or None when every run saw all of it."""
+    evaluated, whole = [], []
+    for run in results.runs:
+        total = (run.model_info or {}).get("test_images")
+        seen = [e["test_images"] for e in run.epochs if isinstance(e.get("test_images"), int)]
+        if isinstance(total, int) and seen and min(seen) < total:
+            evaluated += seen
+            whole.append(total)
+    if not whole:
+        return None
+    runs = len(whole)
+    return (
+        f"- **Test images evaluated**: {fmt_range(evaluated, 0)} of {fmt_range(whole, 0)} per "
+        f"epoch in {runs} run{'' if runs == 1 else 's'}: `CONFIG_TRAIN_MAX_STEPS_PER_EPOCH` "
+        "caps evaluation too, so their accuracies are over that part of the test set only"
+    )
 
 
 def _distinct_scored(cells: list[Cell], attr: str) -> list[Cell]:
