@@ -303,8 +303,8 @@ def test_a_tie_as_printed_is_not_ahead_in_the_summary(tmp_path: Path) -> None:
     # 73.004 and 72.996 both print 73.00: a tie, not "ahead" by an unprinted 0.008 (issue #25).
     runs = constant_cells([73.004, 73.005, 73.003], [72.996, 72.997, 72.995])
     summary = section(render(write_matrix(tmp_path, "tied", runs)), "## Executive Summary")
-    assert "is ahead at 0 of 1 sparsity levels (tied at 1)" in summary
-    assert "significantly ahead at 0 and significantly behind at 0" in summary
+    assert "is ahead at 0 of 1 sparsity level (tied at 1)" in summary
+    assert "significantly ahead at 0 and significantly behind at 0 of the 1 level with" in summary
     assert (
         "- At 50% sparsity, AdamWPrune (AdamW base) state/hybrid and AdamWSPAM + magnitude tie at "
         "73.00% best top-1."

@@ -14,6 +14,7 @@ from lib.metrics import (
     STABILITY_WINDOW,
     STATUS_FAILED,
 )
+from lib.text import count
 from scripts.report.cells import (
     Cell,
     Comparison,
@@ -386,7 +387,7 @@ def section_executive_summary(
             judged = [v for v in judged_all if v.significant is not None]
             text = (
                 f"- Against the baseline, {method_display_name(comparison.candidate)} is ahead "
-                f"at {ahead} of {len(judged_all)} sparsity levels"
+                f"at {ahead} of {count(len(judged_all), 'sparsity level')}"
                 + (f" (tied at {tied})" if tied else "")
             )
             if judged:
@@ -395,8 +396,8 @@ def section_executive_summary(
                 sig_behind = sum(bool(v.significant) and sign[id(v)][0] == "-" for v in judged)
                 text += (
                     f"; significantly ahead at {sig_ahead} and significantly behind at "
-                    f"{sig_behind} of the {len(judged)} levels with a noise estimate on both "
-                    "sides"
+                    f"{sig_behind} of the {count(len(judged), 'level')} with a noise estimate "
+                    "on both sides"
                     + (
                         f" (Holm-adjusted over {len(judged)} comparisons)."
                         if len(judged) > 1
