@@ -87,13 +87,13 @@ help:
 	@echo "                        matrix (MATRIX=name; COMPARE=\"a b\" compares two matrices)"
 	@echo ""
 	@echo "Development:"
-	@echo "  setup                 create $(VENV) and install the project (idempotent)"
+	@echo '  setup                 create '$(call quote,$(VENV))' and install the project (idempotent)'
 	@echo "  test                  run the tests (without setup)"
 	@echo "  lint                  ruff"
 	@echo "  bench                 run the benchmarks (see docs/benchmarks.md)"
 	@echo "  docs                  regenerate docs/kconfig.md from the Kconfig help texts"
 	@echo "  clean                 remove caches and build leftovers"
-	@echo "  mrproper              clean + remove .config and $(VENV); results/ and data/ only"
+	@echo '  mrproper              clean + remove .config and '$(call quote,$(VENV))'; results/ and data/ only'
 	@echo "                        with REMOVE_RESULTS=1 / REMOVE_DATA=1 on the command line"
 	@echo ""
 	@echo "Defconfigs:"

@@ -298,6 +298,17 @@ def test_make_text_in_python_paths_is_refused_and_paths_are_quoted(makefile_here
     )
     assert res.returncode == 0, res.stderr
     assert "'my python;touch pwned' -m venv --system-site-packages 'v'" in res.stdout
+    res = subprocess.run(
+        ["make", "-s", "help", 'VENV=v"`touch pwned`'],
+        cwd=makefile_here,
+        env=_clean_make_env(makefile_here),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert 'create v"`touch pwned`" and install' in res.stdout
+    assert not (makefile_here / "pwned").exists()
 
 
 def test_variables_from_makeflags_in_the_environment_are_ignored(makefile_here):
