@@ -307,7 +307,7 @@ def test_make_text_in_python_paths_is_refused_and_paths_are_quoted(makefile_here
         timeout=60,
     )
     assert res.returncode == 0, res.stderr
-    assert 'create v"`touch pwned`" and install' in res.stdout
+    assert 'create v"`touch pwned` and install' in res.stdout
     assert not (makefile_here / "pwned").exists()
 
 
