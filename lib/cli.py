@@ -16,6 +16,7 @@ from pathlib import Path
 from lib import config as cfg
 from lib.catalogue import PluginError
 from lib.config import ConfigError
+from lib.text import count
 
 EXIT_USAGE = 2
 
@@ -123,7 +124,9 @@ def _validate_after_edit(path: str) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{path}: valid ({len(_plan(config))} runs planned for matrix {config.matrix.name!r})")
+    print(
+        f"{path}: valid ({count(len(_plan(config)), 'run')} planned for matrix {config.matrix.name!r})"
+    )
     return 0
 
 
@@ -312,7 +315,7 @@ def cmd_continue(args: argparse.Namespace) -> int:
     # same loader as any .config, so they are validated the same way.
     config = cfg.load_snapshot(settings[0], f"{manifest_path} (config snapshot)")
     _check_trackers(specs)
-    print(f"continuing matrix {matrix_dir.name!r} ({len(specs)} runs)")
+    print(f"continuing matrix {matrix_dir.name!r} ({count(len(specs), 'run')})")
     return _execute(
         config,
         specs,

@@ -53,6 +53,9 @@ _SLURM_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._,&|!*\[\]():=-]*$")
 # sbatch options the Slurm executor sets itself (lib/slurm.py): the array, where its logs go,
 # the signal that saves a run before its time limit.
 SLURM_RESERVED_OPTIONS = ("array", "output", "error", "signal", "open-mode", "wrap")
+# Checked in SLURM_EXTRA_ARGS beyond the reserved ones: their values could undo what the
+# executor relies on (requeueing at the time limit, the submitting environment).
+SLURM_WATCHED_OPTIONS = (*SLURM_RESERVED_OPTIONS, "requeue", "no-requeue", "export")
 
 
 class ConfigError(ValueError):
@@ -208,7 +211,12 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
     leftover value of a hidden number or string is dropped silently, but `=y` on a hidden
     option asks for something that cannot be had (state pruning without AdamWPrune), which is
     an error when `strict` and a printed notice otherwise (olddefconfig, savedefconfig).
-    An edited derived option (no prompt) is always an error: its value comes from a choice."""
+    A derived option (no prompt) is recomputed from the options it derives from, as the
+    kernel's tools do, with a printed notice when not `strict` (olddefconfig, savedefconfig:
+    a .config written before a choice was edited by hand, or by an older version, carries the
+    old value); loading a file whose derived value disagrees is an error, as the value would
+    not be the one trained with. Two alternatives of one choice set to y: the later
+    assignment wins, with a notice, as in the kernel's tools."""
     for warning in kconf.warnings:
         if "set more than once" in warning:
             continue  # a hand-edited line appended later wins, as in the kernel's tools
@@ -228,10 +236,14 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
             continue
         name = f"CONFIG_{sym.name}"
         if not any(node.prompt for node in sym.nodes):
-            raise ConfigError(
-                f"{path}: {name}={sym.user_value!r} cannot be set directly: it is derived from "
-                f"other options (now {got!r}); change those with make menuconfig"
-            )
+            message = f"{path}: {name}={sym.user_value!r} is derived from other options"
+            if strict:
+                raise ConfigError(
+                    f"{message} (now {got!r}) and cannot be set directly: change those with "
+                    "make menuconfig; make olddefconfig recomputes it"
+                )
+            print(f"note: {message}; recomputed as {got!r}", file=sys.stderr)
+            continue
         if sym.visibility == 0:
             if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE):
                 continue  # the leftover value of a hidden option, as after a menu change
@@ -271,9 +283,15 @@ def check_assignments(kconf: kconfiglib.Kconfig, path: str, *, strict: bool = Tr
         print(f"note: {message}; dropped", file=sys.stderr)
     for choice in kconf.unique_choices:
         picked = [s for s in choice.syms if s.user_value == 2]
-        if len(picked) > 1 and choice.visibility:
+        if len(picked) > 1 and choice.visibility and choice.user_selection is not None:
+            # kconfiglib keeps the selection of the later line, as the kernel's tools do
+            # (docs/cluster.md appends CONFIG_MATRIX_EXECUTOR_SLURM=y to a .config).
             names = ", ".join(f"CONFIG_{s.name}" for s in picked)
-            raise ConfigError(f"{path}: {names} are alternatives of one choice; set only one")
+            print(
+                f"note: {path}: {names} are alternatives of one choice; the later assignment, "
+                f"CONFIG_{choice.user_selection.name}=y, wins",
+                file=sys.stderr,
+            )
 
 
 def load_kconfig_with(path: str | os.PathLike[str], *, strict: bool = True) -> kconfiglib.Kconfig:
@@ -504,13 +522,37 @@ def _slurm_extra_args(r: _Reader) -> tuple[str, ...]:
         args = tuple(shlex.split(raw))
     except ValueError as e:  # an unclosed quote
         raise r.fail(name, raw, f"{accepted} ({e})") from None
+    reserved = ", ".join(f"--{o}" for o in SLURM_RESERVED_OPTIONS)
     for arg in args:
-        option = arg.split("=", 1)[0]
+        option, has_value, value = arg.partition("=")
         if not option.startswith("--") or len(option) < 3:
             raise r.fail(name, raw, f"{accepted}; {arg!r} is not a long option (--name=value)")
-        if option[2:] in SLURM_RESERVED_OPTIONS:
-            reserved = ", ".join(f"--{o}" for o in SLURM_RESERVED_OPTIONS)
+        given = option[2:]
+        # sbatch (getopt_long) takes any unique prefix of an option: --arr is --array.
+        watched = [o for o in SLURM_WATCHED_OPTIONS if o.startswith(given)]
+        if given not in SLURM_WATCHED_OPTIONS and watched:
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; {option} abbreviates {', '.join(f'--{o}' for o in watched)} "
+                "(sbatch takes prefixes): write options in full",
+            )
+        if given in SLURM_RESERVED_OPTIONS:
             raise r.fail(name, raw, f"{accepted}; not {reserved}: the Slurm executor sets them")
+        if given == "no-requeue" or (given == "requeue" and has_value):
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; not {arg}: the Slurm executor requeues every run at its time limit "
+                "(--requeue, no value)",
+            )
+        if given == "export" and "ALL" not in value.split(","):
+            raise r.fail(
+                name,
+                raw,
+                f"{accepted}; not {arg}: the runs need the environment they were submitted from "
+                "(PATH, tracker keys); accepted: --export=ALL or --export=ALL,NAME=value",
+            )
     return args
 
 

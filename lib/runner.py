@@ -62,6 +62,7 @@ from lib.metrics import (
     summarize,
 )
 from lib.spec import DataSpec, RunSpec, sparsity_token
+from lib.text import count
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -762,7 +763,7 @@ class _Runner:
     def _accuracy(run: Run) -> str:
         if run.latest_top1 is None:
             return ""
-        return f", top-1 {run.latest_top1:.2f}% after {run.epochs_done} epochs"
+        return f", top-1 {run.latest_top1:.2f}% after {count(run.epochs_done, 'epoch')}"
 
     # -- progress -------------------------------------------------------------------------------
 
@@ -861,9 +862,9 @@ class _Runner:
         done = sum(r.status == STATUS_COMPLETED for r in self.runs)
         failed_before = sum(r.status == STATUS_FAILED for r in self.runs)
         self.say(
-            f"matrix {self.matrix_dir.name}: {len(self.runs)} runs, {done} already completed, "
+            f"matrix {self.matrix_dir.name}: {count(len(self.runs), 'run')}, {done} already completed, "
             f"{failed_before} failed earlier{' (not retried)' if failed_before else ''}, "
-            f"{len(queue)} to run in {self.slot_count} slot(s)"
+            f"{len(queue)} to run in {count(self.slot_count, 'slot')}"
         )
         while True:
             while self.may_launch() and queue and self.free_slots:
@@ -930,7 +931,7 @@ class _Runner:
             )
         if unfinished:
             print(
-                f"  {len(unfinished)} run(s) not finished; make continue resumes them",
+                f"  {count(len(unfinished), 'run')} not finished; make continue resumes them",
                 file=self.out,
             )
         self.out.flush()
@@ -1201,14 +1202,15 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
         counts[state] = counts.get(state, 0) + 1
         p = spec.pruning
         pruning = f"{p.method} {sparsity_token(p.sparsity)}" if p.enabled else "none"
-        epochs = f"{trained}/{spec.train.epochs}" if trained else f"{spec.train.epochs}"
+        epochs = count(spec.train.epochs, "epoch")
+        epochs = f"{trained}/{epochs}" if trained else epochs
         rows.append(
             (
                 spec.run_id,
                 spec.optimizer.label,
                 pruning,
                 f"seed {spec.seed}",
-                f"{epochs} epochs",
+                epochs,
                 state,
             )
         )
@@ -1225,7 +1227,7 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
     ]
     order = (STATE_DONE, STATE_FAILED, STATE_RESUMABLE, STATE_NEW, STATE_CHANGED)
     lines.append(
-        f"{len(specs)} runs: "
+        f"{count(len(specs), 'run')}: "
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in order if counts.get(s))
     )
     to_train = counts.get(STATE_RESUMABLE, 0) + counts.get(STATE_NEW, 0)
@@ -1247,7 +1249,8 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
         lines.append(f"estimated duration: unknown (no completed runs under {results_root}/)")
     else:
         note = (
-            f"; {without_comparable} run(s) have no completed run with the same model, data, "
+            f"; {count(without_comparable, 'run')} {'has' if without_comparable == 1 else 'have'} "
+            "no completed run with the same model, data, "
             "batch and device, so they use the mean of all"
             if without_comparable
             else ""

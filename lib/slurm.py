@@ -24,6 +24,7 @@ anything (one line).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from lib.runner import (
     plan_state,
 )
 from lib.spec import RunSpec
+from lib.text import count
 
 RECORD_FILE = "slurm.json"
 RECORD_SCHEMA_VERSION = 1
@@ -196,13 +198,233 @@ def _folder(matrix_dir: Path) -> Path:
 
 
 def sbatch_directives(params: dict[str, Any], matrix_dir: Path, count: int) -> list[str]:
-    """The #SBATCH lines submitit writes for this array (rendered by submitit itself)."""
+    """The #SBATCH lines submitit writes for `count` runs (rendered by submitit itself): a
+    job array, or a plain job for one run, as submitit's submit_array submits a single one."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     script = _make_sbatch_string(
-        command="(submitit)", folder=_folder(matrix_dir), map_count=count, **params
+        command="(submitit)",
+        folder=_folder(matrix_dir),
+        map_count=count if count > 1 else None,
+        **params,
     )
     return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The partition's limits: a request no node of the partition can meet pends forever
+# (PartitionConfig / Resources), so it is refused before anything is submitted.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    cpus: int
+    mem_mb: int
+    gpus: int
+    features: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PartitionLimits:
+    """What `scontrol show partition` and `sinfo` say about one partition."""
+
+    name: str
+    max_minutes: int | None  # None: UNLIMITED
+    max_cpus_per_node: int | None
+    max_mem_mb_per_node: int | None
+    nodes: tuple[NodeResources, ...]
+
+
+def _fields(line: str) -> dict[str, str]:
+    """`Key=value Key2=value2 ...` of scontrol's --oneliner output."""
+    out = {}
+    for word in line.split():
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def slurm_minutes(text: str) -> int | None:
+    """Slurm's time format (`[days-]hours:minutes:seconds`, `minutes:seconds`, `minutes`) in
+    minutes, rounded down; None for UNLIMITED / INFINITE / NONE."""
+    text = text.strip()
+    days, dash, rest = text.partition("-")
+    if not dash:
+        days, rest = "0", text
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        days_count = int(days)
+    except ValueError:
+        return None  # UNLIMITED, INFINITE, NONE or a form this check does not know
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    elif len(parts) == 2:
+        hours, minutes, seconds = 0, parts[0], parts[1]
+    else:
+        hours, minutes, seconds = 0, parts[0], 0
+    return (days_count * 24 + hours) * 60 + minutes + seconds // 60
+
+
+def _limit(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None  # UNLIMITED, or a form this check does not know: sbatch decides
+    return int(value)
+
+
+def _gres_gpus(gres: str) -> int:
+    """GPUs of a node from sinfo's %G (`gpu:4`, `gpu:a100:4(S:0-1)`, `(null)`)."""
+    return sum(int(n) for n in re.findall(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
+
+
+def parse_partitions(scontrol: str, sinfo: str) -> dict[str, PartitionLimits]:
+    """Partitions from `scontrol show partition --oneliner` and the nodes of each from
+    `sinfo -h -N -o '%N|%c|%m|%G|%f|%P'` (one line per node and partition). The default
+    partition is also filed under the key "" (an empty CONFIG_SLURM_PARTITION)."""
+    nodes: dict[str, list[NodeResources]] = {}
+    for line in sinfo.splitlines():
+        cells = line.strip().split("|")
+        if len(cells) != 6 or not cells[1].isdigit():
+            continue
+        _node, cpus, mem, gres, features, partition = cells
+        node = NodeResources(
+            cpus=int(cpus),
+            mem_mb=int(mem) if mem.isdigit() else 0,
+            gpus=_gres_gpus(gres),
+            features=frozenset(f for f in features.split(",") if f and f != "(null)"),
+        )
+        nodes.setdefault(partition.rstrip("*"), []).append(node)
+    out: dict[str, PartitionLimits] = {}
+    for line in scontrol.splitlines():
+        fields = _fields(line)
+        name = fields.get("PartitionName")
+        if not name:
+            continue
+        limits = PartitionLimits(
+            name=name,
+            max_minutes=slurm_minutes(fields.get("MaxTime", "UNLIMITED")),
+            max_cpus_per_node=_limit(fields.get("MaxCPUsPerNode")),
+            max_mem_mb_per_node=_limit(fields.get("MaxMemPerNode")),
+            nodes=tuple(nodes.get(name, ())),
+        )
+        out[name] = limits
+        if fields.get("Default") == "YES":
+            out[""] = limits
+    return out
+
+
+def _constraint_features(constraint: str) -> frozenset[str] | None:
+    """The features every node must have for a plain `a` or `a&b` constraint; None for any
+    other form (`|`, counts, brackets), which this check does not try to evaluate."""
+    if not constraint:
+        return frozenset()
+    names = constraint.split("&")
+    if all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names):
+        return frozenset(names)
+    return None
+
+
+def limits_problem(
+    shape: TaskShape, settings: SlurmSettings, partition: PartitionLimits
+) -> str | None:
+    """Why no node of `partition` can ever run one task of this shape (one line naming the
+    option), or None when one can."""
+    where = f"partition {partition.name!r}"
+    if partition.max_minutes is not None and settings.time_minutes > partition.max_minutes:
+        return (
+            f"CONFIG_SLURM_TIME_MINUTES={settings.time_minutes} is more than {where} allows "
+            f"(MaxTime {partition.max_minutes} minutes); accepted: 5..{partition.max_minutes}"
+        )
+    wanted = _constraint_features(settings.constraint)
+    nodes = [n for n in partition.nodes if wanted is None or wanted <= n.features]
+    if not nodes:
+        if partition.nodes and wanted:
+            return (
+                f"CONFIG_SLURM_CONSTRAINT={settings.constraint!r}: no node of {where} has "
+                f"{'these features' if len(wanted) > 1 else 'this feature'}"
+            )
+        return None  # nothing known about its nodes: sbatch decides
+    if shape.gpus:
+        node_gpus = max(n.gpus for n in nodes)
+        if node_gpus == 0:
+            return (
+                f"CONFIG_SLURM_PARTITION={partition.name!r} has no GPUs, but the runs train "
+                "on GPUs; accepted: a GPU partition, or CONFIG_TRAIN_DEVICE_CPU"
+            )
+        if shape.gpus > node_gpus:
+            return (
+                f"CONFIG_GPUS_PER_RUN={shape.gpus}: a run needs {shape.gpus} GPUs on one node, "
+                f"but the nodes of {where} have at most {node_gpus}; accepted: 1..{node_gpus}"
+            )
+    cpus_needed = shape.tasks * shape.cpus_per_task
+    node_cpus = max(n.cpus for n in nodes)
+    if partition.max_cpus_per_node is not None:
+        node_cpus = min(node_cpus, partition.max_cpus_per_node)
+    if cpus_needed > node_cpus:
+        per_task = node_cpus // shape.tasks
+        tasks = f" ({shape.tasks} tasks, one per GPU)" if shape.tasks > 1 else ""
+        accepted = f"1..{per_task}" if per_task else "none: fewer CPUs than tasks"
+        return (
+            f"CONFIG_SLURM_CPUS_PER_GPU={shape.cpus_per_task}: a run needs {cpus_needed} CPUs "
+            f"on one node{tasks}, but the nodes of {where} have at most {node_cpus}; "
+            f"accepted: {accepted}"
+        )
+    if shape.mem_gb:
+        node_mem = max(n.mem_mb for n in nodes)
+        if partition.max_mem_mb_per_node is not None:
+            node_mem = min(node_mem, partition.max_mem_mb_per_node)
+        if node_mem and shape.mem_gb * 1024 > node_mem:
+            return (
+                f"CONFIG_SLURM_MEM_GB={shape.mem_gb} is more than a node of {where} has "
+                f"({node_mem // 1024} GB); accepted: 0 (the cluster's default) or "
+                f"1..{node_mem // 1024}"
+            )
+    return None
+
+
+def _ask(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def partition_limits() -> dict[str, PartitionLimits] | None:
+    """The cluster's partitions and their nodes; None when scontrol or sinfo cannot answer."""
+    if shutil.which("scontrol") is None or shutil.which("sinfo") is None:
+        return None
+    scontrol = _ask(["scontrol", "show", "partition", "--oneliner"])
+    sinfo = _ask(["sinfo", "--noheader", "--Node", "--format=%N|%c|%m|%G|%f|%P"])
+    if scontrol is None or sinfo is None:
+        return None
+    return parse_partitions(scontrol, sinfo)
+
+
+def check_partition_limits(
+    spec: RunSpec, settings: SlurmSettings, partitions: dict[str, PartitionLimits] | None
+) -> None:
+    """Raise SlurmError when no partition named in CONFIG_SLURM_PARTITION (the default one
+    when empty) can ever run a task of this matrix. A partition the cluster does not know is
+    left to sbatch, which names it; so is everything when the scheduler cannot be asked."""
+    if not partitions:
+        return
+    shape = task_shape(spec, settings)
+    problems = []
+    for name in settings.partition.split(",") if settings.partition else [""]:
+        partition = partitions.get(name)
+        if partition is None:
+            return
+        problem = limits_problem(shape, settings, partition)
+        if problem is None:
+            return  # Slurm runs the job in the first partition that can
+        problems.append(problem)
+    raise SlurmError(f"{problems[0]} (Slurm would keep the job pending forever)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,11 +460,17 @@ def scheduler_states(job_ids: list[str]) -> dict[str, str]:
     """`{"123_4": "RUNNING", ...}` for every task of `job_ids` that squeue still knows
     (finished jobs leave its memory after the cluster's MinJobAge). Raises SlurmError when
     squeue cannot answer."""
+    return {task: state for task, (state, _reason) in scheduler_queue(job_ids).items()}
+
+
+def scheduler_queue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """`{"123_4": ("PENDING", "PartitionConfig"), ...}`: each task's state and squeue's
+    reason (why a pending task waits; "None" for most others). As scheduler_states."""
     if not job_ids:
         return {}
     if shutil.which("squeue") is None:
         raise SlurmError("squeue is not on PATH")
-    states: dict[str, str] = {}
+    states: dict[str, tuple[str, str]] = {}
     for job_id in job_ids:  # one call each: squeue rejects the whole list if one id is gone
         try:
             done = subprocess.run(
@@ -252,7 +480,7 @@ def scheduler_states(job_ids: list[str]) -> dict[str, str]:
                     "--array",
                     "--states=all",
                     f"--jobs={job_id}",
-                    "--format=%i|%T",
+                    "--format=%i|%T|%r",
                 ],
                 capture_output=True,
                 text=True,
@@ -267,10 +495,31 @@ def scheduler_states(job_ids: list[str]) -> dict[str, str]:
             message = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             raise SlurmError(f"squeue failed: {message}")
         for line in done.stdout.splitlines():
-            task, _, state = line.strip().partition("|")
+            task, _, rest = line.strip().partition("|")
+            state, _, reason = rest.partition("|")
             if task:
-                states[task] = state.split()[0] if state else "UNKNOWN"
+                states[task] = (state.split()[0] if state.strip() else "UNKNOWN", reason.strip())
     return states
+
+
+# squeue's reasons that mean a pending task will not start as asked (docs/cluster.md).
+STUCK_REASONS = {
+    "PartitionConfig": "asks for more than the partition allows: scancel it, lower the "
+    "CONFIG_SLURM_* setting, make continue",
+    "PartitionTimeLimit": "its time limit is above the partition's: scancel it, lower "
+    "CONFIG_SLURM_TIME_MINUTES, make continue",
+    "ReqNodeNotAvail": "the nodes it needs are down or reserved",
+}
+
+
+def pending_text(state: str, reason: str) -> str:
+    """`PENDING (Resources)`: a pending task's state with squeue's reason, and what a reason
+    that will not resolve itself means."""
+    if state != "PENDING" or not reason or reason == "None":
+        return state
+    reason_name = reason.split(",")[0].split("(")[0].strip()
+    hint = STUCK_REASONS.get(reason_name)
+    return f"{state} ({reason}{': ' + hint if hint else ''})"
 
 
 def active_job(matrix_dir: Path) -> tuple[str, dict[str, str]] | None:
@@ -354,6 +603,8 @@ def submit_matrix(
     try:
         submitit = require_submitit()
         require_scheduler()
+        if specs:  # one matrix shares its device and GPU count: one shape for every task
+            check_partition_limits(specs[0], settings, partition_limits())
         runner = open_matrix(
             specs,
             matrix_dir,
@@ -375,7 +626,7 @@ def submit_matrix(
             _say(
                 out,
                 f"matrix {matrix_dir.name}: nothing to submit ({completed} of "
-                f"{len(runner.runs)} runs completed, {len(failed)} failed)",
+                f"{count(len(runner.runs), 'run')} completed, {len(failed)} failed)",
             )
             if failed:
                 print("  (RERUN_FAILED=1 resubmits the failed runs)", file=out, flush=True)
@@ -407,7 +658,7 @@ def submit_matrix(
     kind = "job array" if len(queue) > 1 else "job"  # submitit submits one run as a plain job
     _say(
         out,
-        f"matrix {matrix_dir.name}: submitted Slurm {kind} {job_id}: {len(queue)} run(s), "
+        f"matrix {matrix_dir.name}: submitted Slurm {kind} {job_id}: {count(len(queue), 'run')}, "
         f"each {shape.describe()}; {completed} already completed"
         + (f", {len(failed)} failed (not resubmitted)" if failed else ""),
     )
@@ -443,16 +694,26 @@ def format_submission(
     require_submitit()
     params = sbatch_parameters(settings, queue[0], len(queue), matrix_name)
     shape = task_shape(queue[0], settings)
+    what = (
+        f"one job array of {count(len(queue), 'task')}, one run each,"
+        if len(queue) > 1
+        else "one job (a single run: no array),"
+    )
     lines = [
-        f"Slurm: make test-matrix submits one job array of {len(queue)} task(s), one run each, "
-        "through submitit",
-        f"  each task: {shape.describe()}, time limit {format_duration(settings.time_minutes * 60)}"
-        f" (requeued from its last epoch when it runs out)",
+        f"Slurm: make test-matrix submits {what} through submitit",
+        f"  {'each task' if len(queue) > 1 else 'the job'}: {shape.describe()}, time limit "
+        f"{format_duration(settings.time_minutes * 60)} (requeued from its last epoch when it "
+        "runs out)",
         "  sbatch parameters:",
         *(f"    {line}" for line in sbatch_directives(params, matrix_dir, len(queue))),
     ]
     if shutil.which("sbatch") is None:
         lines.append("  note: sbatch is not on PATH here: submit from a login node of the cluster")
+    else:
+        try:
+            check_partition_limits(queue[0], settings, partition_limits())
+        except SlurmError as e:
+            lines.append(f"  error: make test-matrix would refuse this: {e}")
     return "\n".join(lines)
 
 

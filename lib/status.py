@@ -31,10 +31,12 @@ from lib.slurm import (
     ENDED_STATES,
     RUNNING_STATES,
     SlurmError,
+    pending_text,
     read_record,
-    scheduler_states,
+    scheduler_queue,
     task_ids,
 )
+from lib.text import count
 
 PENDING, RUNNING, STOPPED, COMPLETED, FAILED = (
     "pending",
@@ -62,7 +64,7 @@ def _run_line(
     if status == STATUS_COMPLETED:
         top1 = summary.get("final_top1")
         accuracy = f", top-1 {top1:.2f}%" if isinstance(top1, int | float) else ""
-        return COMPLETED, f"completed{accuracy} after {done} epochs"
+        return COMPLETED, f"completed{accuracy} after {count(done, 'epoch')}"
     if status == STATUS_FAILED:
         return FAILED, f"failed: {summary.get('error') or 'no reason recorded'}"
     if being_trained:
@@ -94,12 +96,16 @@ def status_lines(matrix_dir: Path) -> list[str]:
     tasks = task_ids(record)
     job_ids = [str(s["job_id"]) for s in (record or {}).get("submissions", [])]
     states: dict[str, str] | None = {}
+    shown: dict[str, str] = {}  # the state as shown, with a pending task's reason
     if tasks:
         try:
-            states = scheduler_states(job_ids)
+            queue = scheduler_queue(job_ids)
         except SlurmError as e:
             states = None
             notes.append(f"Slurm: scheduler states unknown ({e})")
+        else:
+            states = {task: state for task, (state, _) in queue.items()}
+            shown = {task: pending_text(*entry) for task, entry in queue.items()}
 
     rows = []
     counts: dict[str, int] = {}
@@ -116,7 +122,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
             if states is None:
                 scheduler = f"slurm {task} (state unknown)"
             elif task in states:
-                scheduler = f"slurm {task} {states[task]}"
+                scheduler = f"slurm {task} {shown[task]}"
             else:
                 scheduler = f"slurm {task} (no longer in the queue)"
         being_trained = (
@@ -130,7 +136,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
         counts[state] = counts.get(state, 0) + 1
         rows.append((run_id, text, scheduler or ""))
 
-    header = f"matrix {matrix_dir.name} ({matrix_dir}): {len(runs)} runs: " + ", ".join(
+    header = f"matrix {matrix_dir.name} ({matrix_dir}): {count(len(runs), 'run')}: " + ", ".join(
         f"{counts[s]} {s}" for s in ORDER if counts.get(s)
     )
     if local_runner is not None:

@@ -450,6 +450,12 @@ class _Run:
         self.eval_steps = min(len(self.test_loader), cap) if cap > 0 else len(self.test_loader)
         if self.steps_per_epoch < 1:
             raise RunError(f"{spec.data.name}: the training set is empty")
+        if self.eval_steps < len(self.test_loader):
+            print(
+                f"note: CONFIG_TRAIN_MAX_STEPS_PER_EPOCH={cap} caps evaluation too: "
+                f"{self.eval_steps} of {len(self.test_loader)} test batches per epoch",
+                flush=True,
+            )
 
         self.optimizer = build_optimizer(
             self.model,
@@ -756,6 +762,9 @@ class _Run:
             "test_loss": loss_sum / count,
             "test_top1": 100.0 * top1 / count,
             "test_top5": 100.0 * top5 / count,
+            # TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too: what the accuracies are over,
+            # against model_info's test_images (the whole set); the report says when it differs.
+            "test_images": int(count),
         }
 
 

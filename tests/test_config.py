@@ -315,7 +315,7 @@ def test_leftover_values_of_hidden_options_are_dropped_like_the_kernel_does(tmp_
 
 def test_an_edited_derived_option_is_an_error_not_silently_ignored(tmp_path):
     path = write_config(tmp_path, "demo", 'CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME="adamwspam"')
-    with pytest.raises(ConfigError, match="cannot be set directly: it is derived"):
+    with pytest.raises(ConfigError, match="is derived from other options .*cannot be set directly"):
         cfg.load(path)
 
 
@@ -411,3 +411,97 @@ def test_per_epoch_cosine_is_a_schedule_choice(tmp_path):
     assert config.train.lr_schedule == "cosine_epoch"
     assert all(spec.train.lr_schedule == "cosine_epoch" for spec in plan(config))
     assert cfg.load(write_config(tmp_path, "demo")).train.lr_schedule == "cosine"
+
+
+def test_the_later_of_two_choice_alternatives_wins_with_a_note(tmp_path, capsys):
+    # As the kernel's tools do: a line appended to a .config overrides the choice above it.
+    path = write_config(
+        tmp_path, "demo", "CONFIG_MATRIX_EXECUTOR_LOCAL=y", "CONFIG_MATRIX_EXECUTOR_SLURM=y"
+    )
+    assert cfg.load(path).matrix.executor == "slurm"
+    err = capsys.readouterr().err
+    assert (
+        "CONFIG_MATRIX_EXECUTOR_LOCAL, CONFIG_MATRIX_EXECUTOR_SLURM are alternatives of one "
+        "choice; the later assignment, CONFIG_MATRIX_EXECUTOR_SLURM=y, wins"
+    ) in err
+
+
+def _documented_recipe() -> list[str]:
+    """The shell lines of docs/cluster.md that switch a .config to the Slurm executor."""
+    text = (cfg.ROOT / "docs" / "cluster.md").read_text()
+    blocks = text.split("```sh\n")[1:]
+    block = next(b.split("```")[0] for b in blocks if "CONFIG_MATRIX_EXECUTOR_SLURM=y" in b)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_cluster_docs_recipe_works_as_written(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    recipe = _documented_recipe()
+    assert recipe[-1] == "make olddefconfig"
+    for name in ("Makefile", "defconfigs", "pyproject.toml"):
+        (tmp_path / name).symlink_to(cfg.ROOT / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")}
+    env.pop("KCONFIG_CONFIG", None)
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    make = ["make", "--no-print-directory", "-s", f"PY={sys.executable}", "SETUP_STAMP="]
+    res = subprocess.run([*make, "defconfig-resnet50-adamwprune"], **run)
+    assert res.returncode == 0, res.stderr
+    for line in recipe:  # as written: the shell runs the printf, make runs make
+        command = (
+            line.replace("make ", " ".join(make) + " ", 1) if line.startswith("make ") else line
+        )
+        res = subprocess.run(["bash", "-c", command], **run)
+        assert res.returncode == 0, (line, res.stderr)
+    config = cfg.load(tmp_path / ".config")
+    assert config.matrix.executor == "slurm"
+    assert config.matrix.slurm.partition == "gpu"
+
+
+def test_olddefconfig_recomputes_a_derived_option_left_by_an_edited_choice(
+    tmp_path, capsys, monkeypatch
+):
+    from lib import cli
+
+    # A .config as write_config leaves it (the derived name "adamw" written out), whose base
+    # optimizer choice was then edited by hand.
+    path = tmp_path / ".config"
+    kconf = cfg.load_kconfig_with(cfg.DEFCONFIG_DIR / "resnet50-adamwprune")
+    kconf.write_config(str(path))
+    text = path.read_text()
+    assert 'CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME="adamw"' in text
+    path.write_text(
+        text.replace("CONFIG_ADAMWPRUNE_BASE_ADAMW=y", "CONFIG_ADAMWPRUNE_BASE_ADAMWSPAM=y")
+    )
+    with pytest.raises(ConfigError, match="make olddefconfig recomputes it"):
+        cfg.load(path)  # training would not use what the file says
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    assert cli.main(["olddefconfig"]) == 0
+    assert "CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME='adamw' is derived" in capsys.readouterr().err
+    assert 'CONFIG_ADAMWPRUNE_BASE_OPTIMIZER_NAME="adamwspam"' in path.read_text()
+    adamwprune = [o for o in cfg.load(path).optimizers if o.name == "adamwprune"]
+    assert adamwprune and adamwprune[0].prune_base == "adamwspam"
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys, monkeypatch):
+    from lib import cli
+    from lib.text import count
+
+    assert [count(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    path = write_config(
+        tmp_path,
+        "demo",
+        "# CONFIG_PRUNING_MAGNITUDE is not set",
+        "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set",
+        "CONFIG_TRAIN_EPOCHS=1",
+        f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"',
+    )
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    assert cli.main(["check-config"]) == 0
+    assert "(1 run planned for matrix 'demo')" in capsys.readouterr().out
+    assert cli.main(["dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "  1 epoch  new" in out and "\n1 run: 1 new\n" in out
+    assert " 1 runs" not in out and " 1 epochs" not in out

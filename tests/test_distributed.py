@@ -67,6 +67,13 @@ def test_per_gpu_batch_rule_multiplies_the_global_batch(tmp_path):
     assert (train.global_batch_size, train.rank_batch_size) == (30, 10)
 
 
+def test_sync_batchnorm_defaults_follow_the_device(tmp_path):
+    # The demo trains on the CPU: SyncBatchNorm (CUDA only) is off by default there.
+    assert _config(tmp_path, "CONFIG_GPUS_PER_RUN=2").train.sync_batchnorm is False
+    on_gpu = _config(tmp_path, "CONFIG_GPUS_PER_RUN=2", "CONFIG_TRAIN_DEVICE_AUTO=y")
+    assert on_gpu.train.sync_batchnorm is True
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
@@ -81,7 +88,8 @@ def test_per_gpu_batch_rule_multiplies_the_global_batch(tmp_path):
             "CONFIG_MATRIX_GPUS='0,1')",
         ),
         (
-            ("CONFIG_GPUS_PER_RUN=2",),  # the demo trains on the CPU; SyncBatchNorm needs CUDA
+            # the demo trains on the CPU; SyncBatchNorm needs CUDA
+            ("CONFIG_GPUS_PER_RUN=2", "CONFIG_DDP_SYNC_BATCHNORM=y"),
             "CONFIG_DDP_SYNC_BATCHNORM='y' is invalid (accepted: n with CONFIG_TRAIN_DEVICE_CPU",
         ),
         (

@@ -134,7 +134,8 @@ def test_report_renders_tables_and_plots(tiny_matrix):
     assert "| Sparsity |" in text and "50%" in text
     plots = list((results / "tiny" / "plots").glob("*.png"))
     assert plots and all(p.stat().st_size > 1000 for p in plots)
-    assert (results / "tiny" / "metrics.csv").read_text().count("\n") >= 8
+    assert (results / "tiny" / "metrics.csv").read_text().count("\n") == 1 + 4  # one per run
+    assert (results / "tiny" / "metrics_epochs.csv").read_text().count("\n") >= 8
 
 
 def test_changed_config_for_existing_runs_is_refused(tiny_matrix, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,170 @@ def test_sigterm_to_make_reaches_the_runner(tmp_path, target):
         process.kill()
         process.wait()
     assert log.read_text().splitlines() == ["started", f"signal {int(signal.SIGTERM)}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values users give make: quoted, refused, or ignored; never shell or make text (issue #25)
+
+ARGV_PYTHON = """#!{python}
+import json, os, sys
+with open(os.environ["ARGV_LOG"], "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "config": os.environ.get("KCONFIG_CONFIG")}}) + "\\n")
+"""
+
+
+def _clean_make_env(tmp_path, **extra) -> dict:
+    """An environment as a user's shell has it: no MAKEFLAGS/MAKELEVEL of a `make check` above."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return {**env, "KCONFIG_CONFIG": str(tmp_path / ".config"), **extra}
+
+
+def _logged_make(tmp_path, *args, env=None):
+    fake = tmp_path / "python"
+    fake.write_text(ARGV_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "argv.log"
+    log.unlink(missing_ok=True)
+    res = subprocess.run(
+        ["make", "--no-print-directory", "-s", f"PY={fake}", "SETUP_STAMP=", *args],
+        cwd=tmp_path,
+        env=_clean_make_env(tmp_path, ARGV_LOG=str(log), **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return res, calls
+
+
+@pytest.fixture
+def makefile_here(tmp_path):
+    """Run make in tmp_path on the project's Makefile, so a command that escaped its quotes
+    would leave its file there."""
+    (tmp_path / "Makefile").symlink_to(ROOT / "Makefile")
+    (tmp_path / "defconfigs").symlink_to(ROOT / "defconfigs")
+    (tmp_path / "pyproject.toml").symlink_to(ROOT / "pyproject.toml")
+    return tmp_path
+
+
+def test_user_values_reach_the_cli_as_one_quoted_argument(makefile_here):
+    tmp = makefile_here
+    sneaky = "a b';touch pwned1;'"
+    res, calls = _logged_make(tmp, "savedefconfig", f"DEFCONFIG_OUT={sneaky}")
+    assert res.returncode == 0, res.stderr
+    assert calls[0]["argv"] == ["-m", "lib.cli", "savedefconfig", "--output", sneaky]
+    goal = "defconfig-$(shell touch pwned2)x`touch pwned3`"
+    res, calls = _logged_make(tmp, goal)
+    assert res.returncode == 0, res.stderr
+    assert calls[0]["argv"] == ["-m", "lib.cli", "defconfig", goal[len("defconfig-") :]]
+    res, calls = _logged_make(tmp, "demo", "DEMO_CONFIG=x y;touch pwned4")
+    assert res.returncode == 0, res.stderr
+    assert [c["config"] for c in calls[:2]] == ["x y;touch pwned4"] * 2
+    res, calls = _logged_make(tmp, "status", "MATRIX=m $$HOME `touch pwned5`")
+    assert calls[0]["argv"][-2:] == ["--matrix", "m $$HOME `touch pwned5`"]
+    assert not list(tmp.glob("pwned*"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-i", "status", "MATRIX=a\ntouch pwned #"),
+        ("continue", "RERUN_FAILED=1\ntouch pwned"),
+        ("savedefconfig", "DEFCONFIG_OUT=x\ntouch pwned"),
+        ("-i", "defconfig-a\ntouch pwned"),
+    ],
+)
+def test_a_newline_in_a_value_is_refused_in_one_line(makefile_here, args):
+    res, calls = _logged_make(makefile_here, *args)
+    assert res.returncode != 0
+    assert calls == []
+    assert not (makefile_here / "pwned").exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "newline" in lines[0]
+
+
+def test_make_text_in_python_paths_is_refused_and_paths_are_quoted(makefile_here):
+    res = subprocess.run(
+        ["make", "-n", "setup", "PYTHON=$(shell touch pwned)python3"],
+        cwd=makefile_here,
+        env=_clean_make_env(makefile_here),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0
+    assert "PYTHON=$(shell touch pwned)python3 contains '$'" in res.stderr
+    assert not (makefile_here / "pwned").exists()
+    res = subprocess.run(
+        ["make", "-n", "-B", "setup", "PYTHON=my python;touch pwned", "VENV=v"],
+        cwd=makefile_here,
+        env=_clean_make_env(makefile_here),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "'my python;touch pwned' -m venv --system-site-packages 'v'" in res.stdout
+    res = subprocess.run(
+        ["make", "-s", "help", 'VENV=v"`touch pwned`'],
+        cwd=makefile_here,
+        env=_clean_make_env(makefile_here),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert 'create v"`touch pwned` and install' in res.stdout
+    assert not (makefile_here / "pwned").exists()
+
+
+def test_variables_from_makeflags_in_the_environment_are_ignored(makefile_here):
+    res, calls = _logged_make(makefile_here, "status", env={"MAKEFLAGS": "MATRIX=fromenv"})
+    assert res.returncode == 0, res.stderr
+    assert calls[0]["argv"] == ["-m", "lib.cli", "status"]
+    assert "note: MATRIX in the environment is ignored" in res.stdout
+    res, calls = _logged_make(makefile_here, "status", "MATRIX=mine")
+    assert calls[0]["argv"] == ["-m", "lib.cli", "status", "--matrix", "mine"]
+
+
+def _mrproper_plan(tmp_path, *args, env=None):
+    """What make mrproper would run (-n: nothing is removed)."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "mrproper", *args],
+        cwd=ROOT,
+        env=_clean_make_env(tmp_path, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "no", "", "n", "off"])
+def test_mrproper_keeps_results_and_data_unless_told_yes(tmp_path, value):
+    res = _mrproper_plan(tmp_path, f"REMOVE_RESULTS={value}", f"REMOVE_DATA={value}")
+    assert res.returncode == 0, res.stderr
+    assert "-delete" not in res.stdout and "rm -rf data" not in res.stdout
+    assert "results/ kept" in res.stdout and "data/ kept" in res.stdout
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "y"])
+def test_mrproper_removes_results_on_an_explicit_yes(tmp_path, value):
+    res = _mrproper_plan(tmp_path, f"REMOVE_RESULTS={value}")
+    assert res.returncode == 0, res.stderr
+    assert "find results -mindepth 1 -not -name README.md -delete" in res.stdout
+    assert "rm -rf data" not in res.stdout and "data/ kept" in res.stdout
+
+
+def test_mrproper_ignores_the_environment_and_refuses_unclear_values(tmp_path):
+    for env in ({"REMOVE_RESULTS": "1"}, {"MAKEFLAGS": "REMOVE_RESULTS=1"}):
+        res = _mrproper_plan(tmp_path, env=env)
+        assert res.returncode == 0, res.stderr
+        assert "-delete" not in res.stdout and "results/ kept" in res.stdout
+        assert "note: REMOVE_RESULTS in the environment is ignored" in res.stdout
+    res = _mrproper_plan(tmp_path, "REMOVE_RESULTS=maybe")
+    assert res.returncode != 0
+    assert res.stdout == ""  # refused before clean, before anything
+    assert 'REMOVE_RESULTS="maybe" is neither yes nor no; accepted: 1/y/yes/true/on removes' in (
+        res.stderr
+    )
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -48,11 +48,13 @@ def test_accuracy_table_matches_the_seed_format(seed_matrix: Path) -> None:
     text = path.read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     # Column order: candidate, baseline, Improvement; best counts only epochs at the target.
-    assert row_for(rows, "**50%**") == ["**50%**", "**74.54%**", "73.22%", "**+1.32%**"]
-    assert row_for(rows, "70%") == ["70%", "72.30%", "**72.98%**", "-0.68%"]
+    # One seed: no lead can be judged, so nothing is bold (issue #25).
+    assert row_for(rows, "50%") == ["50%", "74.54%", "73.22%", "+1.32%"]
+    assert row_for(rows, "70%") == ["70%", "72.30%", "72.98%", "-0.68%"]
     finals = table_rows(text, "### Final Accuracy")
-    assert row_for(finals, "**50%**") == ["**50%**", "**74.08%**", "72.97%", "**+1.11%**"]
-    assert row_for(finals, "70%") == ["70%", "72.00%", "**72.60%**", "-0.60%"]
+    assert row_for(finals, "50%") == ["50%", "74.08%", "72.97%", "+1.11%"]
+    assert row_for(finals, "70%") == ["70%", "72.00%", "72.60%", "-0.60%"]
+    assert "**" not in "".join("".join(r) for r in rows + finals)
     # The denser-than-target epoch never leaks into a number; only the per-run stability table
     # shows it, as "best of any epoch" with the sparsity it was measured at.
     assert "99.00%" not in text.split("#### Stability per run")[0]
@@ -159,12 +161,9 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
     text = write_report(matrix).read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     # mean 74.5, sample std 0.5 ; mean 73.2, sample std 0.2 ; t(0.975, 2) = 4.3027
-    assert row_for(rows, "**50%**") == [
-        "**50%**",
-        "**74.50 ± 0.50%**",
-        "73.20 ± 0.20%",
-        "**+1.30%** (n.s.)",  # Welch p = 0.032, but Holm over the 2 sparsities gives 0.065
-    ]
+    # Welch p = 0.032, but Holm over the 2 sparsities gives 0.065: not significant, so
+    # neither the leading cell nor the improvement is bold (issue #25).
+    assert row_for(rows, "50%") == ["50%", "74.50 ± 0.50%", "73.20 ± 0.20%", "+1.30% (n.s.)"]
     # 72.0 ± 1.0 vs 72.0 ± 0.5: a tie in means (unsigned), not significant
     assert row_for(rows, "70%")[3] == "0.00% (n.s.)"
 
@@ -193,17 +192,24 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
     )
 
     summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
-    assert "The lead is **not significant** (Welch p = 0.032" in summary
+    assert "The lead is not significant (Welch p = 0.032" in summary
+    assert "the seeds neither show a difference nor that there is none" in summary
+    assert "seed-to-seed" not in summary and "within" not in summary  # no claim of equivalence
     assert "no noise estimate" not in text.split("## Test Configuration")[0]
+    assert "- At 50% sparsity, AdamWPrune" in summary  # a lead that is not significant: not bold
+    findings = text.split("## Key Findings")[1]
+    assert "not significant (p = 0.032, df = 2.6, Holm p = 0.065)" in findings
+    assert "within" not in findings and "noise." not in findings
 
 
 def test_a_lead_beyond_the_noise_is_called_so(tmp_path: Path) -> None:
     runs = [r for r in multi_seed_runs() if r.target == 0.5]  # one comparison: no Holm
     text = write_report(write_matrix(tmp_path, "one-level", runs)).read_text()
-    assert row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")[3] == "**+1.30%**"
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
+    assert row == ["**50%**", "**74.50 ± 0.50%**", "73.20 ± 0.20%", "**+1.30%**"]
     summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
-    assert "The lead is larger than the seed-to-seed noise" in summary
-    assert "(Welch p = 0.032, df = 2.6)" in summary and "Holm" not in summary
+    assert "The lead is **significant**" in summary and "**AdamWPrune" in summary
+    assert "(Welch p = 0.032, df = 2.6; the 95% CI" in summary and "Holm" not in summary
 
 
 # --------------------------------------------------------------------------- statuses
@@ -315,9 +321,35 @@ def test_plot_selection_follows_matrix_json(tmp_path: Path) -> None:
     assert [p.name for p in (matrix / "plots").glob("*.png")] == ["memory.png"]
 
 
-def test_metrics_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
+def test_metrics_csv_has_one_row_per_run_with_identity_and_summary(seed_matrix: Path) -> None:
     write_report(seed_matrix)
     with open(seed_matrix / "metrics.csv", newline="") as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 4
+    cand = rows["resnet50_adamwprune-adamw_state-hybrid_s50_seed0"]
+    document = json.loads(
+        (
+            seed_matrix / "resnet50_adamwprune-adamw_state-hybrid_s50_seed0" / "metrics.json"
+        ).read_text()
+    )
+    for block in ("identity", "summary", "model_info", "state_memory"):
+        for key, value in document[block].items():
+            cell = cand[f"{block}.{key}"]  # every field of metrics.json's blocks has a column
+            if value is None:
+                assert cell == ""
+            elif isinstance(value, bool):
+                assert cell == str(value).lower()
+            elif isinstance(value, (int, float)):
+                assert float(cell) == pytest.approx(value)
+            else:
+                assert cell == str(value)
+    assert cand["summary.best_top1"] == "74.54" and cand["method"].startswith("AdamWPrune")
+    assert "nan" not in {c.lower() for c in cand.values()}
+
+
+def test_metrics_epochs_csv_has_every_epoch_of_every_run(seed_matrix: Path) -> None:
+    write_report(seed_matrix)
+    with open(seed_matrix / "metrics_epochs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 12
     cand = [r for r in rows if r["run_id"] == "resnet50_adamwprune-adamw_state-hybrid_s50_seed0"]
@@ -396,7 +428,7 @@ def test_cli_baseline_override_flips_the_improvement(seed_matrix: Path) -> None:
     args += ["--candidate", BASELINE]
     assert cli.main(args) == 0
     rows = table_rows((seed_matrix / "report.md").read_text(), "### Accuracy Comparison")
-    assert row_for(rows, "50%") == ["50%", "73.22%", "**74.54%**", "-1.32%"]
+    assert row_for(rows, "50%") == ["50%", "73.22%", "74.54%", "-1.32%"]
 
 
 # --------------------------------------------------------------------------- compare
@@ -483,8 +515,8 @@ def test_dense_runs_fill_the_zero_row_and_are_never_the_default_candidate(tmp_pa
     ]
     text = write_report(write_matrix(tmp_path, "dense", runs)).read_text()
     rows = table_rows(text, "### Accuracy Comparison")
-    assert rows == [
-        ["**0% (dense)**", "**76.00%**", "75.50%", "**+0.50%**"],
-        ["**50%**", "**74.00%**", "73.00%", "**+1.00%**"],
+    assert rows == [  # one seed: nothing is bold
+        ["0% (dense)", "76.00%", "75.50%", "+0.50%"],
+        ["50%", "74.00%", "73.00%", "+1.00%"],
     ]
     assert "— candidate" in text.split("`adamwprune-adamw_state-hybrid`")[1].splitlines()[0]

@@ -100,13 +100,14 @@ def test_compare_line_styles_follow_the_title_and_colours_match_the_report(
     plt.close(fig)
 
 
-def test_memory_axis_shows_a_one_and_a_half_percent_difference(results) -> None:
+def test_memory_axis_starts_at_zero_and_labels_carry_the_figures(results) -> None:
     comparison = resolve_comparison(results)
     fig, axes = plots.memory_figure(results, comparison.methods)
     ax = axes[0]
     low, high = ax.get_ylim()
-    # 12,602.5 vs 12,792.5 MiB: from zero the bars would differ by 1.5% of their height.
-    assert low > 12_000 and high < 13_500
+    # 12,602.5 vs 12,792.5 MiB differ by 1.5%, and their bars must look it: from zero.
+    assert low == 0 and 12_792.5 < high < 12_792.5 * 1.25
+    assert "does not start at 0" not in ax.get_ylabel()
     labels = {t.get_text() for t in ax.texts}
     assert "12,602.5" in labels and "12,792.5" in labels
     plt.close(fig)

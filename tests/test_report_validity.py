@@ -120,8 +120,8 @@ def test_a_completed_run_with_fewer_epochs_than_planned_is_excluded(tmp_path: Pa
     text = render(write_matrix(tmp_path, "short", runs))
     rows = table_rows(text, "### Accuracy Comparison")
     # Mean of the two other seeds only (74.5, 75.0), and the cell says a seed is missing.
-    assert row_for(rows, "**50%**")[1] == "**74.75 ± 0.35%** (2 of 3 seeds)"
-    assert row_for(table_rows(text, "### Final Accuracy"), "**50%**")[1].startswith("**74.75")
+    assert row_for(rows, "50%")[1] == "74.75 ± 0.35% (2 of 3 seeds)"  # n.s.: not bold
+    assert row_for(table_rows(text, "### Final Accuracy"), "50%")[1].startswith("74.75")
     assert "99.00" not in section(text, "## Results Summary").split("### Stability")[0]
     short = row_for(table_rows(text, "## Excluded runs"), f"`{CAND_RUN}`")
     assert short[1:] == ["short run", "completed after 2 of 4 planned epochs"]
@@ -160,7 +160,7 @@ def test_damaged_runs_are_listed_with_the_field_and_excluded(tmp_path: Path) -> 
     assert "KeyError" not in text
     accuracy = table_rows(text, "### Accuracy Comparison")
     # Only seed 2 is left of the candidate at each sparsity: one seed, its own value.
-    assert row_for(accuracy, "**50%**")[1] == "**75.00%** (1 of 3 seeds)"
+    assert row_for(accuracy, "50%")[1] == "75.00% (1 of 3 seeds)"
     for heading in ("## Executive Summary", "## Results Summary"):
         assert "nan" not in section(text, heading).lower(), heading
 
@@ -196,8 +196,8 @@ def test_zero_spread_is_no_noise_estimate_not_significance(tmp_path: Path) -> No
     assert "The lead is larger than the seed-to-seed noise" not in summary
     assert "significant" not in summary.replace("significantly", "")
     assert "zero spread" in summary and "no noise estimate" in summary
-    row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
-    assert row[3] == "**+0.01%**"  # no "(n.s.)" and no significance either way
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "50%")
+    assert row[3] == "+0.01%"  # no "(n.s.)", no significance either way, nothing bold
     interval = row_for(table_rows(text, "#### 95% confidence intervals"), "50%")[3]
     assert interval == "no noise estimate (zero spread in both cells)"
 
@@ -213,8 +213,8 @@ def test_a_tie_as_printed_has_no_signed_improvement(tmp_path: Path) -> None:
 def test_improvement_is_the_difference_of_the_printed_means(tmp_path: Path) -> None:
     # 74.546 prints 74.55 and 73.222 prints 73.22: the reader computes +1.33, not +1.32.
     text = render(write_matrix(tmp_path, "rounding", constant_cells([74.546], [73.222])))
-    row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
-    assert row == ["**50%**", "**74.55%**", "73.22%", "**+1.33%**"]
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "50%")
+    assert row == ["50%", "74.55%", "73.22%", "+1.33%"]  # one seed: nothing bold
     assert "difference of the printed means" in text
     assert "1.33 points ahead" in section(text, "## Executive Summary")
 
@@ -268,8 +268,8 @@ def test_stray_short_nan_and_target_not_reached_together(tmp_path: Path, capsys)
     for leaked in ("99.00", "95.00", "88.00", "nan"):
         assert leaked not in numbers.lower(), leaked
     rows = table_rows(text, "### Accuracy Comparison")
-    assert row_for(rows, "**50%**")[1:3] == [
-        "**75.00%** (1 of 3 seeds)",
+    assert row_for(rows, "50%")[1:3] == [
+        "75.00% (1 of 3 seeds)",
         "73.30 ± 0.14% (2 of 3 seeds)",
     ]
     excluded = {r[0]: r[1] for r in table_rows(text, "## Excluded runs")}
@@ -284,7 +284,8 @@ def test_stray_short_nan_and_target_not_reached_together(tmp_path: Path, capsys)
         flags = {(r["run_id"], r["excluded"]) for r in csv.DictReader(f)}
     assert (CAND_RUN, "short run") in flags
     assert ("resnet50_adamwspam_magnitude_s50_seed2", "") in flags
-    assert not any(run_id in (nan_run, "stray-copy") for run_id, _ in flags)
+    assert (nan_run, "unreadable") in flags  # every planned run has its row, and says why
+    assert not any(run_id == "stray-copy" for run_id, _ in flags)
 
 
 def test_a_metrics_json_with_a_bad_identity_is_unreadable_not_a_crash(tmp_path: Path) -> None:
@@ -296,3 +297,64 @@ def test_a_metrics_json_with_a_bad_identity_is_unreadable_not_a_crash(tmp_path: 
     rows = {r[0]: r for r in table_rows(text, "## Unfinished and failed runs")}
     assert rows[f"`{CAND_RUN}`"][1] == "**unreadable**" and "seed" in rows[f"`{CAND_RUN}`"][3]
     assert "target_sparsity" in rows[f"`{other}`"][3]
+
+
+def test_a_tie_as_printed_is_not_ahead_in_the_summary(tmp_path: Path) -> None:
+    # 73.004 and 72.996 both print 73.00: a tie, not "ahead" by an unprinted 0.008 (issue #25).
+    runs = constant_cells([73.004, 73.005, 73.003], [72.996, 72.997, 72.995])
+    summary = section(render(write_matrix(tmp_path, "tied", runs)), "## Executive Summary")
+    assert "is ahead at 0 of 1 sparsity level (tied at 1)" in summary
+    assert "significantly ahead at 0 and significantly behind at 0 of the 1 level with" in summary
+    assert (
+        "- At 50% sparsity, AdamWPrune (AdamW base) state/hybrid and AdamWSPAM + magnitude tie at "
+        "73.00% best top-1."
+    ) in summary  # a tie sets no name in bold
+
+
+def test_csv_cells_are_empty_where_the_report_prints_n_a(tmp_path: Path) -> None:
+    """A NaN the report shows as n/a (a loss, a learning rate) is an empty cell, never 'nan'."""
+    import csv
+
+    from scripts.report.output import write_report
+
+    matrix = write_matrix(tmp_path, "nans", three_seeds())
+    rewrite_metrics(
+        matrix / CAND_RUN,
+        lambda d: [e.update(train_loss=float("nan"), lr=float("inf")) for e in d["epochs"]],
+    )
+    write_report(matrix)
+    for name in ("metrics.csv", "metrics_epochs.csv"):
+        with open(matrix / name, newline="") as f:
+            cells = {cell.lower() for row in csv.reader(f) for cell in row}
+        assert not cells & {"nan", "inf", "-inf"}, name
+    with open(matrix / "metrics_epochs.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["run_id"] == CAND_RUN]
+    assert rows and all(r["train_loss"] == "" and r["lr"] == "" for r in rows)
+    assert all(r["test_top1"] != "" for r in rows)
+
+
+def test_evaluation_on_part_of_the_test_set_is_said(tmp_path: Path) -> None:
+    """TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too: the report says on how many images."""
+    matrix = write_matrix(tmp_path, "capped", three_seeds())
+    assert "Test images evaluated" not in render(matrix)  # nothing recorded: nothing said
+
+    def capped(d):
+        d["model_info"]["test_images"] = 10000
+        for e in d["epochs"]:
+            e["test_images"] = 512
+
+    def whole(d):
+        d["model_info"]["test_images"] = 10000
+        for e in d["epochs"]:
+            e["test_images"] = 10000
+
+    for run_dir in matrix.iterdir():
+        if (run_dir / "metrics.json").exists():
+            rewrite_metrics(run_dir, whole)
+    assert "Test images evaluated" not in render(matrix)
+    rewrite_metrics(matrix / CAND_RUN, capped)
+    text = section(render(matrix), "## Test Configuration")
+    assert (
+        "- **Test images evaluated**: 512 of 10,000 per epoch in 1 run: "
+        "`CONFIG_TRAIN_MAX_STEPS_PER_EPOCH` caps evaluation too"
+    ) in text

@@ -116,7 +116,7 @@ def test_dry_run_shows_the_array_without_submitting(tmp_path, monkeypatch, capsy
     assert cli.main(["dry-run"]) == 0
     out = capsys.readouterr().out
     runs = len(cli._plan(cfg.load(path)))
-    assert f"one job array of {runs} task(s)" in out
+    assert f"one job array of {runs} tasks" in out
     assert "1 node, 1 task, no GPU, 8 CPUs per task" in out
     for directive in (f"--array=0-{runs - 1}%2", "--partition=gpu", "--exclude=node07"):
         assert f"#SBATCH {directive}" in out
@@ -220,3 +220,195 @@ def test_a_snapshot_keeps_disabled_default_options(tmp_path):
     again = cfg.load_snapshot(config.symbol_dict(), "snapshot")
     assert "magnitude" not in config.pruning_methods
     assert again.pruning_methods == config.pruning_methods
+
+
+# ---------------------------------------------------------------------------------------------
+# Partition limits, sbatch prefixes, the dry run of one run (issue #25)
+
+# Recorded from `scontrol show partition --oneliner` and
+# `sinfo --noheader --Node --format=%N|%c|%m|%G|%f|%P` (Slurm 22.05; fields shortened).
+SCONTROL = (
+    "PartitionName=gpu AllowGroups=ALL Default=NO MaxNodes=UNLIMITED MaxTime=2-00:00:00 "
+    "MaxCPUsPerNode=UNLIMITED Nodes=g[01-02] State=UP TotalCPUs=64 MaxMemPerNode=UNLIMITED\n"
+    "PartitionName=short AllowGroups=ALL Default=NO MaxTime=04:00:00 MaxCPUsPerNode=16 "
+    "Nodes=g[01-02] State=UP MaxMemPerNode=256000\n"
+    "PartitionName=debug AllowGroups=ALL Default=YES MaxTime=UNLIMITED MinNodes=0 "
+    "MaxCPUsPerNode=UNLIMITED Nodes=pbnode State=UP TotalCPUs=2 DefMemPerNode=UNLIMITED "
+    "MaxMemPerNode=UNLIMITED TRES=cpu=2,mem=21694M,node=1,billing=2\n"
+)
+SINFO = (
+    "g01|32|515000|gpu:a100:4(S:0-1)|a100,ib|gpu\n"
+    "g02|32|515000|gpu:a100:4(S:0-1)|a100,ib|gpu\n"
+    "g01|32|515000|gpu:a100:4(S:0-1)|a100,ib|short\n"
+    "g02|32|515000|gpu:a100:4(S:0-1)|a100,ib|short\n"
+    "pbnode|2|21694|(null)|(null)|debug*\n"
+)
+
+
+def _limits_error(tmp_path, *lines, gpus=0):
+    from lib.slurm import check_partition_limits, parse_partitions
+
+    config, specs = _spec(tmp_path, *lines)
+    spec = specs[0]
+    if gpus:
+        spec = replace(spec, train=replace(spec.train, device="auto", gpus_per_run=gpus))
+    try:
+        check_partition_limits(spec, config.matrix.slurm, parse_partitions(SCONTROL, SINFO))
+    except SlurmError as e:
+        return str(e)
+    return None
+
+
+def test_partition_limits_are_parsed_from_scontrol_and_sinfo():
+    from lib.slurm import parse_partitions
+
+    partitions = parse_partitions(SCONTROL, SINFO)
+    assert partitions[""] is partitions["debug"]  # the default partition
+    gpu = partitions["gpu"]
+    assert gpu.max_minutes == 2 * 24 * 60 and gpu.max_cpus_per_node is None
+    assert [(n.cpus, n.mem_mb, n.gpus) for n in gpu.nodes] == [(32, 515000, 4)] * 2
+    assert gpu.nodes[0].features == {"a100", "ib"}
+    assert partitions["short"].max_cpus_per_node == 16
+    assert partitions["short"].max_mem_mb_per_node == 256000
+    assert partitions["debug"].nodes[0].gpus == 0
+
+
+@pytest.mark.parametrize(
+    ("lines", "gpus", "expected"),
+    [
+        # The default CPUS_PER_GPU=8 on the 2-CPU default partition: pends forever.
+        (
+            (),
+            0,
+            "CONFIG_SLURM_CPUS_PER_GPU=8: a run needs 8 CPUs on one node, but the nodes of "
+            "partition 'debug' have at most 2; accepted: 1..2",
+        ),
+        (("CONFIG_SLURM_CPUS_PER_GPU=2",), 0, None),
+        (('CONFIG_SLURM_PARTITION="gpu"',), 4, None),
+        (
+            ('CONFIG_SLURM_PARTITION="gpu"',),
+            8,
+            "CONFIG_GPUS_PER_RUN=8: a run needs 8 GPUs on one node, but the nodes of "
+            "partition 'gpu' have at most 4; accepted: 1..4",
+        ),
+        (
+            ('CONFIG_SLURM_PARTITION="short"', "CONFIG_SLURM_CPUS_PER_GPU=8"),
+            4,
+            "CONFIG_SLURM_TIME_MINUTES=1440 is more than partition 'short' allows (MaxTime "
+            "240 minutes); accepted: 5..240",
+        ),
+        (
+            ('CONFIG_SLURM_PARTITION="short"', "CONFIG_SLURM_TIME_MINUTES=240"),
+            4,
+            "CONFIG_SLURM_CPUS_PER_GPU=8: a run needs 32 CPUs on one node (4 tasks, one per "
+            "GPU), but the nodes of partition 'short' have at most 16; accepted: 1..4",
+        ),
+        (
+            ('CONFIG_SLURM_PARTITION="gpu"', "CONFIG_SLURM_MEM_GB=600"),
+            1,
+            "CONFIG_SLURM_MEM_GB=600 is more than a node of partition 'gpu' has (502 GB); "
+            "accepted: 0 (the cluster's default) or 1..502",
+        ),
+        (
+            ('CONFIG_SLURM_PARTITION="debug"', "CONFIG_SLURM_CPUS_PER_GPU=1"),
+            1,
+            "CONFIG_SLURM_PARTITION='debug' has no GPUs, but the runs train on GPUs",
+        ),
+        (
+            ('CONFIG_SLURM_PARTITION="gpu"', 'CONFIG_SLURM_CONSTRAINT="h100"'),
+            1,
+            "CONFIG_SLURM_CONSTRAINT='h100': no node of partition 'gpu' has this feature",
+        ),
+        # The first partition that can run it is enough (Slurm picks it).
+        (('CONFIG_SLURM_PARTITION="short,gpu"',), 4, None),
+        # A partition the cluster does not know is left to sbatch, which names it.
+        (('CONFIG_SLURM_PARTITION="nope"',), 0, None),
+    ],
+)
+def test_requests_beyond_the_partition_are_refused_naming_the_option(
+    tmp_path, lines, gpus, expected
+):
+    error = _limits_error(tmp_path, *lines, gpus=gpus)
+    if expected is None:
+        assert error is None
+    else:
+        assert error is not None and error.startswith(expected), error
+        assert "pending forever" in error and "\n" not in error
+
+
+def test_slurm_time_formats():
+    from lib.slurm import slurm_minutes
+
+    assert [slurm_minutes(t) for t in ("UNLIMITED", "2-00:00:00", "04:00:00", "30:00", "45")] == [
+        None,
+        2880,
+        240,
+        30,
+        45,
+    ]
+
+
+def test_pending_tasks_show_slurm_reason():
+    from lib.slurm import pending_text
+
+    assert pending_text("RUNNING", "None") == "RUNNING"
+    assert pending_text("PENDING", "Priority") == "PENDING (Priority)"
+    assert pending_text("PENDING", "PartitionConfig").startswith(
+        "PENDING (PartitionConfig: asks for more than the partition allows"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("--outp=/tmp/x", "--outp abbreviates --output"),
+        ("--erro=/tmp/x", "--erro abbreviates --error"),
+        ("--wra=hostname", "--wra abbreviates --wrap"),
+        ("--arr=0-3", "--arr abbreviates --array"),
+        ("--sig=USR1@10", "--sig abbreviates --signal"),
+        ("--no-requeue", "not --no-requeue: the Slurm executor requeues"),
+        ("--requeue=no", "not --requeue=no"),
+        ("--export=NONE", "not --export=NONE: the runs need the environment"),
+        ("--expo=NONE", "--expo abbreviates --export"),
+    ],
+)
+def test_abbreviated_and_conflicting_sbatch_options_are_refused(tmp_path, extra, named):
+    with pytest.raises(ConfigError) as error:
+        cfg.load(write_config(tmp_path, "demo", SLURM, f'CONFIG_SLURM_EXTRA_ARGS="{extra}"'))
+    assert named in str(error.value) and "CONFIG_SLURM_EXTRA_ARGS" in str(error.value)
+
+
+@pytest.mark.parametrize("extra", ["--export=ALL,OMP_NUM_THREADS=1", "--requeue", "--exclude=n7"])
+def test_harmless_sbatch_options_pass(tmp_path, extra):
+    config = cfg.load(write_config(tmp_path, "demo", SLURM, f'CONFIG_SLURM_EXTRA_ARGS="{extra}"'))
+    assert config.matrix.slurm.extra_args == (extra,)
+
+
+def test_dry_run_of_one_run_shows_the_plain_job_that_is_submitted(tmp_path, monkeypatch, capsys):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from lib.slurm import _folder
+
+    path = write_config(
+        tmp_path,
+        "demo",
+        SLURM,
+        f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"',
+        "# CONFIG_PRUNING_MAGNITUDE is not set",
+        "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set",
+    )
+    monkeypatch.setenv("KCONFIG_CONFIG", str(path))
+    config = cfg.load(path)
+    specs = cli._plan(config)
+    assert len(specs) == 1
+    assert cli.main(["dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "submits one job (a single run: no array)" in out and "job array" not in out
+    shown = [line.strip() for line in out.splitlines() if line.strip().startswith("#SBATCH")]
+    assert not any(line.startswith("#SBATCH --array") for line in shown)
+    # What submitit writes for a single submission (SlurmExecutor._submit_command: no map_count).
+    params = sbatch_parameters(config.matrix.slurm, specs[0], 1, "demo")
+    script = _make_sbatch_string(
+        command="x", folder=_folder(tmp_path / "results" / "demo"), **params
+    )
+    assert shown == [line for line in script.splitlines() if line.startswith("#SBATCH")]

@@ -489,3 +489,13 @@ def test_bf16_channels_last_adamwprune_on_cuda_keeps_exact_masks(tiny_spec, tmp_
         assert epoch["memory_kind"] == "cuda_allocated" and epoch["peak_memory_mb"] > 0
         assert math.isfinite(epoch["train_loss"])
     assert doc["environment"]["device"] == "cuda"
+
+
+def test_the_number_of_test_images_evaluated_is_recorded(tiny_spec, tmp_path, capsys):
+    """TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too: each epoch says on how many images."""
+    capped = train(tiny_spec(tmp_path / "capped", train={"epochs": 1, "max_steps_per_epoch": 1}))
+    assert capped["model_info"]["test_images"] == 16
+    assert capped["epochs"][0]["test_images"] == 8  # one batch of 8 of the 16 test images
+    assert "caps evaluation too: 1 of 2 test batches" in capsys.readouterr().out
+    whole = train(tiny_spec(tmp_path / "whole", train={"epochs": 1, "max_steps_per_epoch": 4}))
+    assert whole["epochs"][0]["test_images"] == whole["model_info"]["test_images"] == 16

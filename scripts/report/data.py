@@ -67,6 +67,7 @@ class RunResult:
     environment: dict[str, Any] | None = None
     duplicate_of: str | None = None  # the run_id of the planned run with the same identity
     tracking: dict[str, Any] = field(default_factory=dict)  # tracking.json: live tracker links
+    identity: dict[str, Any] | None = None  # metrics.json's identity block (what was run)
 
     @property
     def completed(self) -> bool:
@@ -387,6 +388,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         result.reason = f"{metrics_path}: epoch records do not follow the schema ({e!r})"
         result.epochs = []
         return result
+    result.identity = identity or None
     result.state_memory = metrics.get("state_memory")
     result.model_info = metrics.get("model_info")
     result.environment = metrics.get("environment")

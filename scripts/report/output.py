@@ -1,13 +1,16 @@
-"""What `make report` writes next to matrix.json: report.md, plots/*.png and metrics.csv."""
+"""What `make report` writes next to matrix.json: report.md, plots/*.png, metrics.csv (one
+row per run) and metrics_epochs.csv (one row per epoch)."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+from typing import Any
 
 from lib.atomic import atomic_file, atomic_write_text
 from scripts.report.cells import resolve_comparison
-from scripts.report.data import MatrixResults, load_matrix, method_display_name
+from scripts.report.data import MatrixResults, RunResult, load_matrix, method_display_name
 from scripts.report.sections import render_report
 
 REPORT_FILE = "report.md"
@@ -15,6 +18,7 @@ CSV_FILE = "metrics.csv"
 PLOTS_DIR = "plots"
 
 
+# metrics_epochs.csv: these epoch fields first, then any other scalar field the records hold.
 CSV_EPOCH_FIELDS = (
     "epoch",
     "train_loss",
@@ -22,6 +26,7 @@ CSV_EPOCH_FIELDS = (
     "test_loss",
     "test_top1",
     "test_top5",
+    "test_images",
     "sparsity",
     "scheduled_sparsity",
     "lr",
@@ -41,33 +46,89 @@ CSV_RUN_FIELDS = (
     "status",
     "excluded",
 )
+# metrics.csv: one row per run; after CSV_RUN_FIELDS, every field of these metrics.json
+# blocks, named block.field (the report's re-derived summary, as its tables use it).
+CSV_RUN_BLOCKS = ("identity", "summary", "model_info", "state_memory")
+EPOCHS_CSV_FILE = "metrics_epochs.csv"
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: missing, NaN and infinite values are empty (where the report
+    prints n/a; never the text "nan"); booleans are true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return value
+
+
+def _run_prefix(run: RunResult) -> list[Any]:
+    return [
+        run.run_id,
+        run.method_key,
+        method_display_name(run.method_key),
+        run.target_sparsity,
+        run.seed,
+        run.status,
+        "" if run.counts else run.exclusion[0],
+    ]
+
+
+def _scalar_keys(records: list[dict[str, Any] | None]) -> list[str]:
+    """The keys of `records` whose values are scalars (no per-layer dicts), first seen first."""
+    keys: dict[str, None] = {}
+    for record in records:
+        for key, value in (record or {}).items():
+            if not isinstance(value, (dict, list)):
+                keys.setdefault(key, None)
+    return list(keys)
 
 
 def write_metrics_csv(results: MatrixResults, path: Path) -> int:
-    """Every recorded epoch of every run as one long table; returns the number of rows.
+    """One row per planned run: its identity and summary, model and state-memory figures
+    (metrics.json's blocks, flattened); returns the number of rows. Every recorded epoch of
+    every run goes to metrics_epochs.csv beside it (write_epochs_csv).
 
     Planned runs only (duplicates and directories the plan does not list are not results of
-    this matrix). Per-layer sparsity is left out (one column per layer would make the file unreadable);
-    it stays in each run's metrics.json.
-    """
+    this matrix)."""
+    blocks = {
+        block: _scalar_keys([getattr(run, block) for run in results.runs])
+        for block in CSV_RUN_BLOCKS
+    }
+    header = list(CSV_RUN_FIELDS) + ["reason"]
+    header += [f"{block}.{key}" for block, keys in blocks.items() for key in keys]
+    with atomic_file(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for run in results.runs:
+            row = _run_prefix(run) + [run.reason]
+            for block, keys in blocks.items():
+                values = getattr(run, block) or {}
+                row += [values.get(key) for key in keys]
+            writer.writerow([csv_cell(v) for v in row])
+    return len(results.runs)
+
+
+def write_epochs_csv(results: MatrixResults, path: Path) -> int:
+    """Every recorded epoch of every planned run as one long table; returns the number of
+    rows. Per-layer sparsity is left out (one column per layer would make the file
+    unreadable); it stays in each run's metrics.json."""
+    extra = [
+        k
+        for k in _scalar_keys([e for run in results.runs for e in run.epochs])
+        if k not in CSV_EPOCH_FIELDS
+    ]
+    fields = list(CSV_EPOCH_FIELDS) + sorted(extra)
     rows = 0
     with atomic_file(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_RUN_FIELDS + CSV_EPOCH_FIELDS)
+        writer.writerow(list(CSV_RUN_FIELDS) + fields)
         for run in results.runs:
-            prefix = [
-                run.run_id,
-                run.method_key,
-                method_display_name(run.method_key),
-                run.target_sparsity,
-                run.seed,
-                run.status,
-                "" if run.counts else run.exclusion[0],
-            ]
+            prefix = _run_prefix(run)
             for epoch in run.epochs:
-                writer.writerow(
-                    prefix + ["" if epoch.get(k) is None else epoch[k] for k in CSV_EPOCH_FIELDS]
-                )
+                writer.writerow([csv_cell(v) for v in prefix + [epoch.get(k) for k in fields]])
                 rows += 1
     return rows
 
@@ -85,6 +146,7 @@ def write_report(
     rendered = plotting.render_plots(results, comparison.methods, plots_dir, wanted)
     plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     write_metrics_csv(results, matrix_dir / CSV_FILE)
+    write_epochs_csv(results, matrix_dir / EPOCHS_CSV_FILE)
     report_path = matrix_dir / REPORT_FILE
     atomic_write_text(report_path, render_report(results, comparison, plot_links))
     return report_path

@@ -410,17 +410,6 @@ MEMORY_TITLES = {
 }
 
 
-def _zoom_y(ax: plt.Axes, values: list[float]) -> bool:
-    """Bars whose heights differ by a few percent look equal from zero: start the axis near
-    the data instead (and say so). Returns whether the axis was cut."""
-    low, high = min(values), max(values)
-    if low <= 0 or (high - low) / high > 0.25:
-        return False
-    pad = max((high - low) * 0.6, high * 0.004)
-    ax.set_ylim(low - pad, high + pad)
-    return True
-
-
 def plot_memory(results: MatrixResults, methods: Sequence[str], out_dir: Path) -> list[PlotFile]:
     drawn = memory_figure(results, methods)
     if drawn is None:
@@ -452,7 +441,6 @@ def memory_figure(
             for sparsity in sparsities
         }
         width = 0.8 / max(1, max(len(keys) for keys in present.values()))
-        heights = []
         for group, sparsity in enumerate(sparsities):
             # Centre only the bars this sparsity has (a dense method has one bar, alone).
             keys = present[sparsity]
@@ -466,13 +454,14 @@ def memory_figure(
                     label=None if key in labelled else method_display_name(key),
                 )  # fmt: skip
                 labelled.add(key)
-                heights.append(max(values))
                 ax.bar_label(bars, fmt="{:,.1f}", fontsize="x-small", padding=2)
         ax.set_xticks(range(len(sparsities)), [_sparsity_text(s) for s in sparsities])
         ax.set_xlabel("Target sparsity")
         ax.margins(y=0.12)
-        cut = _zoom_y(ax, heights)
-        ax.set_ylabel(kind + ("\n(axis does not start at 0)" if cut else ""))
+        # Bars start at zero: a bar's length is its value, so 1.5% apart looks 1.5% apart;
+        # the printed labels carry the exact figures.
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(kind)
         ax.set_title(f"{_title_prefix(results)}: {MEMORY_TITLES[kind]} (max over seeds)")
         ax.grid(True, axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()

@@ -15,6 +15,7 @@ from lib.metrics import (
     STABILITY_WINDOW,
     STATUS_FAILED,
 )
+from lib.text import count
 from scripts.report.cells import (
     Cell,
     Comparison,
@@ -130,7 +131,30 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
             role = " — baseline for *Improvement*"
         lines.append(f"  - {method_display_name(key)} (`{key}`){role}")
     lines += [f"- {note}" for note in comparison.notes]
+    partial = _partial_evaluation(results)
+    if partial is not None:
+        lines.append(partial)
     return "\n".join(lines)
+
+
+def _partial_evaluation(results: MatrixResults) -> str | None:
+    """A bullet when some run evaluated fewer test images per epoch than its test set holds
+    (TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too), or None when every run saw all of it."""
+    evaluated, whole = [], []
+    for run in results.runs:
+        total = (run.model_info or {}).get("test_images")
+        seen = [e["test_images"] for e in run.epochs if isinstance(e.get("test_images"), int)]
+        if isinstance(total, int) and seen and min(seen) < total:
+            evaluated += seen
+            whole.append(total)
+    if not whole:
+        return None
+    runs = len(whole)
+    return (
+        f"- **Test images evaluated**: {fmt_range(evaluated, 0)} of {fmt_range(whole, 0)} per "
+        f"epoch in {runs} run{'' if runs == 1 else 's'}: `CONFIG_TRAIN_MAX_STEPS_PER_EPOCH` "
+        "caps evaluation too, so their accuracies are over that part of the test set only"
+    )
 
 
 def _distinct_scored(cells: list[Cell], attr: str) -> list[Cell]:
@@ -149,12 +173,13 @@ def _row_leader(cells: list[Cell], attr: str) -> Cell | None:
     return scored[0]
 
 
-def _improvement_text(verdict: Verdict | None, bold: bool) -> str:
+def _improvement_text(verdict: Verdict | None) -> str:
+    """The printed difference; bold only when the report's test finds it significant."""
     if verdict is None:
         return "—"
     diff = verdict.difference
     text = fmt_printed_difference(diff.candidate_mean, diff.baseline_mean)
-    if bold:
+    if verdict.significant and text != "0.00%":
         text = f"**{text}**"
     if verdict.significant is False:
         text += " (n.s.)"
@@ -204,11 +229,15 @@ def accuracy_table(
     if with_improvement:
         header.append("Improvement")
     verdicts = improvement_verdicts(grid, comparison, attr)
+    lead_verdicts = _lead_verdicts(grid, attr)
     rows = []
     for sparsity, cells in grid:
         if all(not c.runs for c in cells.values()):
             continue
         leader = _row_leader(list(cells.values()), attr)
+        verdict = lead_verdicts.get(sparsity)
+        if not (leader is not None and verdict is not None and verdict.significant):
+            leader = None  # a lead the seeds cannot tell from noise is not set in bold
         candidate_leads = (
             leader is not None
             and comparison.candidate is not None
@@ -223,7 +252,7 @@ def accuracy_table(
             bold = leader is not None and cell.key == leader.key
             row.append(fmt_estimate(getattr(cell, attr), cell, bold=bold))
         if with_improvement:
-            row.append(_improvement_text(verdicts[sparsity], bold=candidate_leads))
+            row.append(_improvement_text(verdicts[sparsity]))
         rows.append(row)
     return md_table(header, rows)
 
@@ -274,34 +303,46 @@ def _noise_clause(verdict: Verdict, leader: Cell, runner_up: Cell) -> str:
         )
     if verdict.significant:
         return (
-            "The lead is larger than the seed-to-seed noise: the 95% CI of the difference "
-            f"is {interval} points ({details})."
+            f"The lead is **significant** ({details}; the 95% CI of the difference is "
+            f"{interval} points)."
         )
+    # Not significant is not "the same": the interval says how large a difference the seeds
+    # cannot rule out; no equivalence is claimed.
     return (
-        f"The lead is **not significant** ({details}; the 95% CI of the difference is "
-        f"{interval} points), so it is within seed-to-seed noise."
+        f"The lead is not significant ({details}; the 95% CI of the difference is "
+        f"{interval} points): the seeds neither show a difference nor that there is none."
     )
 
 
 def _leads(
-    grid: list[tuple[float, dict[str, Cell]]],
+    grid: list[tuple[float, dict[str, Cell]]], attr: str = "best"
 ) -> list[tuple[str, Cell, Cell | None, Verdict | None]]:
     """Per sparsity with numbers: where, the leading cell, the runner-up and the verdict on
     their difference. The leader-vs-runner-up differences of all levels are one family
-    (Holm), shared by the executive summary and the findings."""
+    (Holm), shared by the executive summary, the findings and the tables' bold cells."""
     leads: list[tuple[str, Cell, Cell | None]] = []
     for sparsity, cells in grid:
-        scored = _distinct_scored(list(cells.values()), "best")
+        scored = _distinct_scored(list(cells.values()), attr)
         if scored:
             where = "dense (0% sparsity)" if sparsity == 0 else f"{sparsity * 100:g}% sparsity"
             leads.append((where, scored[0], scored[1] if len(scored) > 1 else None))
     verdicts = judge(
         [
-            None if second is None else welch_difference(top.best, second.best)
+            None if second is None else welch_difference(getattr(top, attr), getattr(second, attr))
             for _, top, second in leads
         ]
     )
     return [(*lead, v) for lead, v in zip(leads, verdicts, strict=True)]
+
+
+def _lead_verdicts(
+    grid: list[tuple[float, dict[str, Cell]]], attr: str
+) -> dict[float, Verdict | None]:
+    """Sparsity -> the verdict on its leader vs runner-up (see _leads)."""
+    with_numbers = [s for s, cells in grid if _distinct_scored(list(cells.values()), attr)]
+    return {
+        s: verdict for s, (_, _, _, verdict) in zip(with_numbers, _leads(grid, attr), strict=True)
+    }
 
 
 def section_executive_summary(
@@ -317,13 +358,14 @@ def section_executive_summary(
             )
         elif printed(top.best.mean) == printed(second.best.mean):
             lines.append(
-                f"- At {where}, **{method_display_name(top.key)}** and "
-                f"**{method_display_name(second.key)}** tie at {top.best.mean:.2f}% best top-1."
+                f"- At {where}, {method_display_name(top.key)} and "
+                f"{method_display_name(second.key)} tie at {top.best.mean:.2f}% best top-1."
             )
         else:
             ahead = fmt_printed_difference(top.best.mean, second.best.mean).lstrip("+%")
+            name = method_display_name(top.key)
             lines.append(
-                f"- At {where}, **{method_display_name(top.key)}** leads with "
+                f"- At {where}, {f'**{name}**' if verdict.significant else name} leads with "
                 f"{top.best.mean:.2f}% best top-1, {ahead.rstrip('%')} points ahead of "
                 f"{method_display_name(second.key)} ({second.best.mean:.2f}%). "
                 + _noise_clause(verdict, top, second)
@@ -336,19 +378,27 @@ def section_executive_summary(
             v for v in improvement_verdicts(grid, comparison, "best").values() if v is not None
         ]
         if judged_all:
-            ahead = sum(v.difference.diff > 0 for v in judged_all)
+            # As printed: equal means are a tie, not "ahead" by an unprinted 0.004.
+            signs = [
+                fmt_printed_difference(v.difference.candidate_mean, v.difference.baseline_mean)
+                for v in judged_all
+            ]
+            ahead = sum(sign.startswith("+") for sign in signs)
+            tied = signs.count("0.00%")
             judged = [v for v in judged_all if v.significant is not None]
             text = (
                 f"- Against the baseline, {method_display_name(comparison.candidate)} is ahead "
-                f"at {ahead} of {len(judged_all)} sparsity levels"
+                f"at {ahead} of {count(len(judged_all), 'sparsity level')}"
+                + (f" (tied at {tied})" if tied else "")
             )
             if judged:
-                sig_ahead = sum(bool(v.significant) and v.difference.diff > 0 for v in judged)
-                sig_behind = sum(bool(v.significant) and v.difference.diff < 0 for v in judged)
+                sign = dict(zip(map(id, judged_all), signs, strict=True))
+                sig_ahead = sum(bool(v.significant) and sign[id(v)][0] == "+" for v in judged)
+                sig_behind = sum(bool(v.significant) and sign[id(v)][0] == "-" for v in judged)
                 text += (
                     f"; significantly ahead at {sig_ahead} and significantly behind at "
-                    f"{sig_behind} of the {len(judged)} levels with a noise estimate on both "
-                    "sides"
+                    f"{sig_behind} of the {count(len(judged), 'level')} with a noise estimate "
+                    "on both sides"
                     + (
                         f" (Holm-adjusted over {len(judged)} comparisons)."
                         if len(judged) > 1
@@ -401,7 +451,9 @@ def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comp
         "",
         "Best test top-1 accuracy. **Only epochs at the target sparsity count** (sparsity "
         "measured from the weights): before that the network is denser than the method claims. "
-        "A bold cell is the best method at that sparsity.",
+        "A bold cell leads its row by a significant margin over the runner-up (Welch, "
+        "Holm-adjusted over the sparsity levels, p < 0.05); with one seed no lead can be "
+        "judged and nothing is bold.",
         "",
         accuracy_table(grid, comparison, "best"),
         "",
@@ -783,18 +835,15 @@ def _finding_accuracy(grid: list[tuple[float, dict[str, Cell]]]) -> list[str]:
         name, other = method_display_name(top.key), method_display_name(second.key)
         values = f"{top.best.mean:.2f}% vs {second.best.mean:.2f}% ({other})"
         if printed(top.best.mean) == printed(second.best.mean):
-            lines.append(f"   - {where}: **{name}** and {other} tie: {values}.")
+            lines.append(f"   - {where}: {name} and {other} tie: {values}.")
             continue
         if verdict.significant is None:
             noise = f"no noise estimate ({verdict.difference.no_noise_reason})"
-        elif verdict.significant:
-            noise = "larger than the seed-to-seed noise"
         else:
-            noise = "within the seed-to-seed noise"
+            noise = fmt_verdict(verdict, interval=False)
         gap = fmt_printed_difference(top.best.mean, second.best.mean)
-        lines.append(
-            f"   - **{name}** leads at {where}: {values}, {gap.rstrip('%')} points, {noise}."
-        )
+        shown = f"**{name}**" if verdict.significant else name
+        lines.append(f"   - {shown} leads at {where}: {values}, {gap.rstrip('%')} points, {noise}.")
     return lines
 
 

@@ -462,3 +462,54 @@ def test_a_partition_the_cluster_does_not_have_is_one_line_and_nothing_is_record
         "error: sbatch refused the job array: sbatch: error: invalid partition specified: gpu"
     ], result.stdout + result.stderr
     assert not (tmp_path / "results" / "nopart" / RECORD_FILE).exists()
+
+
+def test_more_cpus_than_a_node_has_is_refused_before_submitting(local_slurm, tmp_path):
+    """CONFIG_SLURM_CPUS_PER_GPU above every node's CPUs pends forever (PartitionConfig):
+    refused in one line naming the option, nothing submitted or recorded."""
+    cpus = int(
+        subprocess.run(
+            ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
+    config = write_config(
+        tmp_path,
+        "toobig",
+        epochs=1,
+        optimizers=("adamw",),
+        extra=f"CONFIG_SLURM_CPUS_PER_GPU={cpus + 1}",
+    )
+    result = cli(config, "lib.cli", "test-matrix")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines() == [
+        f"error: CONFIG_SLURM_CPUS_PER_GPU={cpus + 1}: a run needs {cpus + 1} CPUs on one node, "
+        f"but the nodes of partition 'debug' have at most {cpus}; accepted: 1..{cpus} "
+        "(Slurm would keep the job pending forever)"
+    ]
+    assert not (tmp_path / "results" / "toobig" / RECORD_FILE).exists()
+
+
+def test_one_run_is_submitted_as_the_dry_run_shows_and_status_says_why_it_waits(
+    local_slurm, tmp_path
+):
+    config = write_config(
+        tmp_path,
+        "single",
+        epochs=1,
+        optimizers=("adamw",),
+        extra='CONFIG_SLURM_EXTRA_ARGS="--begin=now+1hour"',
+    )
+    dry = cli(config, "lib.cli", "dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "submits one job (a single run: no array)" in dry.stdout
+    shown = [line.strip() for line in dry.stdout.splitlines() if "#SBATCH" in line]
+    job = submitted_job(cli(config, "lib.cli", "test-matrix"))
+    try:
+        (script,) = (tmp_path / "results" / "single" / "slurm" / job).glob("*_submission.sh")
+        submitted = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH")]
+        assert submitted == shown
+        assert not any("--array" in line for line in submitted)
+        lines = status(config, "single")
+        assert lines[-1].endswith(f"slurm {job} PENDING (BeginTime)"), lines
+    finally:
+        subprocess.run(["scancel", job], check=False, timeout=60)
