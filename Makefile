@@ -20,7 +20,7 @@ define newline
 endef
 quote = '$(subst ','\'',$(1))'
 user_vars := PYTHON VENV PY KCONFIG_CONFIG DEMO_CONFIG DEFCONFIG_OUT MATRIX COMPARE RERUN_FAILED \
-	REMOVE_RESULTS REMOVE_DATA
+	REMOVE_RESULTS REMOVE_DATA GPU_CHECK_OUT
 expanded_vars := PYTHON VENV PY KCONFIG_CONFIG DEMO_CONFIG
 $(foreach v,$(user_vars),$(if $(findstring $(newline),$(value $(v))),$(error \
 	$(v) contains a newline: give it on one line)))
@@ -40,7 +40,7 @@ py = $(call quote,$(PY))
 # so they never pick a matrix, retry failed runs or delete results behind the user's back.
 # Values reach the CLI as single-quoted arguments, unexpanded: never as shell or make text.
 # unexport: make would expand them to put them in the environment.
-unexport MATRIX COMPARE RERUN_FAILED DEFCONFIG_OUT REMOVE_RESULTS REMOVE_DATA
+unexport MATRIX COMPARE RERUN_FAILED DEFCONFIG_OUT REMOVE_RESULTS REMOVE_DATA GPU_CHECK_OUT
 env_makeflags_vars := $(if $(filter 0,$(MAKELEVEL)),$(foreach w,$(shell printenv MAKEFLAGS),$(if \
 	$(findstring =,$(w)),$(firstword $(subst =, ,$(w))))))
 from_env = $(or $(filter environment,$(origin $(1))),$(filter $(1),$(env_makeflags_vars)))
@@ -194,17 +194,17 @@ bench: $(SETUP_STAMP)
 # It uses .venv where one exists, else $(PYTHON) (the machine's own torch), and installs what
 # else it needs from wheelhouse/ (make gpu-wheels, run where the registry is reachable) into
 # $(GPU_SITE) with pip --no-index. No GPU: one line and exit 3 before anything is installed.
-GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_PY := $(call quote,$(if $(wildcard $(PY)),$(PY),$(PYTHON)))
 GPU_SITE := build/gpu-site
 gpu_out_arg = $(if $(call cli_var,GPU_CHECK_OUT),--out $(call quote,$(call cli_var,GPU_CHECK_OUT)))
 
 gpu-wheels: $(SETUP_STAMP)
-	@$(PY) benchmarks/gpu_wheels.py collect
+	@$(py) benchmarks/gpu_wheels.py collect
 
 gpu-check:
 	@$(GPU_PY) benchmarks/gpu_check.py preflight
 	@$(GPU_PY) benchmarks/gpu_wheels.py install --target $(GPU_SITE)
-	@PYTHONPATH=$(CURDIR)/$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} exec $(GPU_PY) \
+	@PYTHONPATH=$(call quote,$(CURDIR)/$(GPU_SITE))$${PYTHONPATH:+:$$PYTHONPATH} exec $(GPU_PY) \
 		benchmarks/gpu_check.py run $(gpu_out_arg)
 
 docs: $(SETUP_STAMP)
