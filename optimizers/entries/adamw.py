@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec
-from optimizers.entries.common import adam_report_fields, amsgrad_label, fragment, read_adam
+from optimizers.entries.common import (
+    adam_report_fields,
+    amsgrad_label,
+    build_adam_family,
+    fragment,
+    read_adam,
+)
 
 
 def read(r) -> OptimizerSpec:
@@ -14,16 +20,7 @@ def read(r) -> OptimizerSpec:
 def build(ctx: BuildContext):
     from optimizers.masked import MaskedAdamW
 
-    opt = ctx.spec
-    return MaskedAdamW(
-        ctx.groups(opt.weight_decay, opt.decay_all_parameters),
-        lr=opt.lr,
-        betas=(opt.beta1, opt.beta2),
-        eps=opt.eps,
-        amsgrad=opt.amsgrad,
-        pruner=ctx.pruner,
-        **ctx.fast_path(),
-    )
+    return build_adam_family(ctx, MaskedAdamW, amsgrad=ctx.spec.amsgrad)
 
 
 ENTRY = OptimizerEntry(

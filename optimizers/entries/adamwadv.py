@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec, TrainSpec
-from optimizers.entries.common import adam_report_fields, fragment, read_adam
+from optimizers.entries.common import adam_report_fields, build_adam_family, fragment, read_adam
 
 
 def read(r) -> OptimizerSpec:
@@ -24,16 +24,7 @@ def train_for(r, _opt: OptimizerSpec, train: TrainSpec) -> TrainSpec:
 def build(ctx: BuildContext):
     from optimizers.masked import MaskedAdamW
 
-    opt = ctx.spec
-    return MaskedAdamW(
-        ctx.groups(opt.weight_decay, opt.decay_all_parameters),
-        lr=opt.lr,
-        betas=(opt.beta1, opt.beta2),
-        eps=opt.eps,
-        amsgrad=True,
-        pruner=ctx.pruner,
-        **ctx.fast_path(),
-    )
+    return build_adam_family(ctx, MaskedAdamW, amsgrad=True)
 
 
 ENTRY = OptimizerEntry(

@@ -58,3 +58,18 @@ def amsgrad_label(opt: OptimizerSpec, label: str) -> str:
 
 def adam_report_fields(_opt: dict[str, Any]) -> list[str]:
     return ["name", *COMMON_REPORT_FIELDS, *ADAM_REPORT_FIELDS]
+
+
+def build_adam_family(ctx: Any, masked_class: type, *, amsgrad: bool) -> Any:
+    """A torch Adam / AdamW (with the run's pruning in `masked_class`) on its fast path, from
+    the run's OptimizerSpec: what the adam, adamw and adamwadv entries build."""
+    opt = ctx.spec
+    return masked_class(
+        ctx.groups(opt.weight_decay, opt.decay_all_parameters),
+        lr=opt.lr,
+        betas=(opt.beta1, opt.beta2),
+        eps=opt.eps,
+        amsgrad=amsgrad,
+        pruner=ctx.pruner,
+        **ctx.fast_path(),
+    )
