@@ -376,6 +376,22 @@ def _with_run_dirs(specs: list[RunSpec], matrix_dir: Path) -> list[RunSpec]:
 # ---------------------------------------------------------------------------------------------
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what a container, `taskset` or a
+    Slurm allocation gives it), not the machine's count; os.cpu_count() where the platform has
+    no affinity call."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def child_threads(processes: int) -> int:
+    """Threads each of `processes` CPU processes training side by side gets: the usable CPUs
+    split evenly, at least one."""
+    return max(1, usable_cpus() // processes)
+
+
 def _slots(jobs: int, gpus: list[str] | None, gpus_per_run: int = 1) -> list[str | None]:
     """Where runs go: None (the default device) or a CUDA_VISIBLE_DEVICES value, one per run
     training at a time. With several GPUs per run a slot is a group of that many GPUs."""
@@ -639,7 +655,7 @@ class _Runner:
         elif self.slot_count * ranks > 1 and "OMP_NUM_THREADS" not in env:
             # Parallel CPU runs (or ranks): without this every process starts one thread per
             # core and they all slow each other down.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (self.slot_count * ranks)))
+            env["OMP_NUM_THREADS"] = str(child_threads(self.slot_count * ranks))
         log_path = run.run_dir / LOG_FILE
         with os.fdopen(
             open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
