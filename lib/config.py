@@ -532,7 +532,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     r = _Reader(kconf, path)
     dataset = r.choice("DATASET", ("imagenet", "cifar100", "cifar10", "mnist5k", "synthetic"))
     model = ModelSpec(
-        name=r.choice("MODEL", ("resnet50", "resnet18")),
+        name=r.choice("MODEL", ("resnet50", "resnet18", "resnet20")),
         stem=r.choice("MODEL_STEM", ("imagenet", "cifar")),
         keep_ends_dense=r.bool("MODEL_KEEP_ENDS_DENSE"),
     )

@@ -1,4 +1,5 @@
-"""ResNet-50 / ResNet-18 from torchvision's architectures, with an ImageNet or a CIFAR stem."""
+"""ResNet-50 / ResNet-18 from torchvision's architectures, and the small CIFAR-style ResNet-20
+(models/resnet_cifar.py), each with an ImageNet or a CIFAR stem."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torchvision
 from torch import nn
 
 from lib.spec import MODELS, STEMS, ModelSpec
+from models.resnet_cifar import ResNet20
 
 _ARCHITECTURES = {
     "resnet50": torchvision.models.resnet50,
@@ -22,7 +24,7 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     torchvision's own initialisation (Kaiming normal, fan_out) is applied to the new conv so
     both stems start from the same distribution.
     """
-    if spec.name not in _ARCHITECTURES:
+    if spec.name not in (*_ARCHITECTURES, "resnet20"):
         raise ValueError(
             f"model name {spec.name!r} is not supported; accepted: {', '.join(MODELS)}"
         )
@@ -30,6 +32,8 @@ def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
         raise ValueError(f"model stem {spec.stem!r} is not supported; accepted: {', '.join(STEMS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if spec.name == "resnet20":
+        return ResNet20(num_classes, spec.stem)
     model = _ARCHITECTURES[spec.name](weights=None, num_classes=num_classes)
     if spec.stem == "cifar":
         stem_conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
