@@ -1176,10 +1176,14 @@ def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
 
 
 # Images per second one CPU core sustains on a 500x375 ImageNet-sized JPEG to a 224 px training
-# crop: benchmarks/bench_input.py on the 2-core Xeon, quiet, 2026-11-25 (docs/benchmarks.md,
-# "Input pipeline per CPU core"). "bytes" is the file read alone (from the page cache), all
-# that is left to the CPU when the uint8 path decodes on the GPU.
+# crop: benchmarks/bench_input.py on a 2-core Intel Xeon (no GPU), quiet, 2026-11-25
+# (docs/benchmarks.md, "Input pipeline per CPU core"). Re-measured 2026-12-04 on the same kind
+# of machine, shared with four other jobs (load average 6): pil 184-223, uint8 309-333 img/s
+# per core, lower as loaded figures are, in the same 1.5-1.7x ratio; the quiet figures stay,
+# since the cores of a GPU node's loader are not shared. "bytes" is the file read alone (from
+# the page cache), all that is left to the CPU when the uint8 path decodes on the GPU.
 IMAGES_PER_CORE = {"pil": 264.0, "uint8": 436.0, "bytes": 11_500.0}
+RATES_SOURCE = "bench_input.py on a quiet 2-core Intel Xeon, 2026-11-25: docs/benchmarks.md"
 
 
 def input_cores_line(data: DataSpec, device: str) -> str | None:
@@ -1206,7 +1210,7 @@ def input_cores_line(data: DataSpec, device: str) -> str | None:
         need = f"{cores('bytes')} reading files when decoding on the GPU"
         if device == "auto":
             need += f", {cores('uint8')} if no GPU is found"
-    return f"{head} {need}; rates from docs/benchmarks.md"
+    return f"{head} {need}; rates per core from {RATES_SOURCE}"
 
 
 def format_plan(specs: list[RunSpec], results_root: Path) -> str:
