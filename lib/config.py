@@ -624,7 +624,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
     dataset = r.choice(
         "DATASET", ("imagenet", "imagefolder", "cifar100", "cifar10", "mnist5k", "synthetic")
     )
-    model_choice = r.choice("MODEL", ("resnet50", "resnet18", "torchvision"))
+    model_choice = r.choice("MODEL", ("resnet50", "resnet18", "resnet20", "torchvision"))
     model = ModelSpec(
         name=r.str("MODEL_TORCHVISION_NAME").strip()
         if model_choice == "torchvision"

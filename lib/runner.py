@@ -377,6 +377,22 @@ def _with_run_dirs(specs: list[RunSpec], matrix_dir: Path) -> list[RunSpec]:
 # ---------------------------------------------------------------------------------------------
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what a container, `taskset` or a
+    Slurm allocation gives it), not the machine's count; os.cpu_count() where the platform has
+    no affinity call."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def child_threads(processes: int) -> int:
+    """Threads each of `processes` CPU processes training side by side gets: the usable CPUs
+    split evenly, at least one."""
+    return max(1, usable_cpus() // processes)
+
+
 def _slots(jobs: int, gpus: list[str] | None, gpus_per_run: int = 1) -> list[str | None]:
     """Where runs go: None (the default device) or a CUDA_VISIBLE_DEVICES value, one per run
     training at a time. With several GPUs per run a slot is a group of that many GPUs."""
@@ -640,7 +656,7 @@ class _Runner:
         elif self.slot_count * ranks > 1 and "OMP_NUM_THREADS" not in env:
             # Parallel CPU runs (or ranks): without this every process starts one thread per
             # core and they all slow each other down.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (self.slot_count * ranks)))
+            env["OMP_NUM_THREADS"] = str(child_threads(self.slot_count * ranks))
         log_path = run.run_dir / LOG_FILE
         with os.fdopen(
             open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
@@ -1161,10 +1177,14 @@ def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
 
 
 # Images per second one CPU core sustains on a 500x375 ImageNet-sized JPEG to a 224 px training
-# crop: benchmarks/bench_input.py on the 2-core Xeon, quiet, 2026-11-25 (docs/benchmarks.md,
-# "Input pipeline per CPU core"). "bytes" is the file read alone (from the page cache), all
-# that is left to the CPU when the uint8 path decodes on the GPU.
+# crop: benchmarks/bench_input.py on a 2-core Intel Xeon (no GPU), quiet, 2026-11-25
+# (docs/benchmarks.md, "Input pipeline per CPU core"). Re-measured 2026-12-04 on the same kind
+# of machine, shared with four other jobs (load average 6): pil 184-223, uint8 309-333 img/s
+# per core, lower as loaded figures are, in the same 1.5-1.7x ratio; the quiet figures stay,
+# since the cores of a GPU node's loader are not shared. "bytes" is the file read alone (from
+# the page cache), all that is left to the CPU when the uint8 path decodes on the GPU.
 IMAGES_PER_CORE = {"pil": 264.0, "uint8": 436.0, "bytes": 11_500.0}
+RATES_SOURCE = "bench_input.py on a quiet 2-core Intel Xeon, 2026-11-25: docs/benchmarks.md"
 
 
 def input_cores_line(data: DataSpec, device: str) -> str | None:
@@ -1186,7 +1206,7 @@ def input_cores_line(data: DataSpec, device: str) -> str | None:
         need = f"{cores('bytes')} reading files when decoding on the GPU"
         if device == "auto":
             need += f", {cores('uint8')} if no GPU is found"
-    return f"{head} {need}; rates from docs/benchmarks.md"
+    return f"{head} {need}; rates per core from {RATES_SOURCE}"
 
 
 def format_plan(specs: list[RunSpec], results_root: Path) -> str:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("resnet50", "resnet18")
+MODELS = ("resnet50", "resnet18", "resnet20")
 STEMS = ("imagenet", "cifar")
 DATASETS = ("imagenet", "imagefolder", "cifar100", "cifar10", "mnist5k", "synthetic")
 DECODES = ("pil", "uint8")  # DataSpec.decode: how ImageNet / ImageFolder images become batches

@@ -1,5 +1,6 @@
-"""ResNet-50 / ResNet-18, or any torchvision classification model by name, with an ImageNet
-or (for torchvision's ResNet family) a CIFAR stem."""
+"""ResNet-50 / ResNet-18 from torchvision, the small CIFAR-style ResNet-20
+(models/resnet_cifar.py), or any torchvision classification model by name, with an ImageNet or
+(for the ResNet family) a CIFAR stem."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torchvision
 from torch import nn
 
 from lib.spec import STEMS, ModelSpec
+from models.resnet_cifar import ResNet20
 from models.zoo import build_torchvision, has_cifar_stem
 
 _ARCHITECTURES = {
@@ -18,7 +20,7 @@ _ARCHITECTURES = {
 def build_model(spec: ModelSpec, num_classes: int, image_size: int = 224) -> nn.Module:
     """Build a randomly initialised torchvision model (`weights=None`).
 
-    `spec.name` is ResNet-50 / ResNet-18 (the menu's named choices) or any name of
+    `spec.name` is ResNet-50 / ResNet-18 / ResNet-20 (the menu's named choices) or any name of
     `models.zoo.classification_models()`; `image_size` reaches the builders that need it (ViT).
     The `cifar` stem swaps the 7x7/2 convolution and the max-pool for a 3x3/1 convolution, the
     usual adaptation for 32x32 inputs (He et al. 2016, section 4.2): on small images the
@@ -30,6 +32,8 @@ def build_model(spec: ModelSpec, num_classes: int, image_size: int = 224) -> nn.
         raise ValueError(f"model stem {spec.stem!r} is not supported; accepted: {', '.join(STEMS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if spec.name == "resnet20":
+        return ResNet20(num_classes, spec.stem)
     if spec.name in _ARCHITECTURES:
         model = _ARCHITECTURES[spec.name](weights=None, num_classes=num_classes)
     else:

@@ -17,7 +17,7 @@ from the reference code, none of which changes a single number:
 - moments are zeroed in place at a reset instead of being reallocated;
 - the whole step runs one bucket at a time (lib/buckets.py): a few MiB of temporaries per
   step instead of about 9 B/param, and each bucket's data stays in cache across the step's
-  dozen passes.
+  dozen passes (on CPU with one thread in buckets of `SPAM_CPU_BUCKET` elements, see there).
 """
 
 from __future__ import annotations
@@ -31,6 +31,23 @@ import torch
 from torch import Tensor
 
 from lib.buckets import bucket_elements, buckets
+
+# Elements per bucket of the SPAM step on CPU with one intra-op thread, at most
+# (lib.buckets.CPU_BUCKET when smaller). The step makes about 17 elementwise passes over a
+# bucket; with 2^16 elements (256 KiB per tensor) the bucket's weights, gradients, moments and
+# two temporaries fit a 2 MiB L2 cache, so only the first pass streams from memory. ResNet-18,
+# one thread, side by side (docs/benchmarks.md, issue 24): 4.6-4.9x fused AdamW's step instead
+# of 6.1x with 2^20 elements, bit-identical; 2^14 is slower again (Python cost per bucket).
+# With several threads lib.buckets' size stays: there each pass is split across the threads,
+# and small buckets were not measured reliably on the shared 2-core machine.
+SPAM_CPU_BUCKET = 1 << 16
+
+
+def _bucket_size(device: torch.device) -> int:
+    size = bucket_elements(device)
+    if device.type != "cpu" or torch.get_num_threads() > 1:
+        return size
+    return min(size, SPAM_CPU_BUCKET)
 
 
 def check_adam_arguments(lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
@@ -110,7 +127,7 @@ def clip_spikes_(grads: list[Tensor], exp_avg_sqs: list[Tensor], theta: float) -
         return
     device = grads[0].device
     screen = _can_screen(device)
-    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], bucket_elements(device)):
+    for bucket_grads, bucket_sqs in buckets([grads, exp_avg_sqs], _bucket_size(device)):
         _clip_bucket(bucket_grads, bucket_sqs, theta, screen)
 
 
@@ -242,7 +259,7 @@ def spam_step(
             torch._foreach_zero_(exp_avg_sqs)
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         decay = -lr * group["weight_decay"]
-        size = bucket_elements(params[0].device)
+        size = _bucket_size(params[0].device)
         screen = clip and _can_screen(params[0].device)
         for k, indices in by_step.items():
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)

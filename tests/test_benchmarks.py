@@ -40,6 +40,13 @@ def test_bench_optimizers_quick_prints_every_method_and_the_clipping_table():
     table = out.split("SPAM spike clipping on CPU")[1].splitlines()
     rates = [line.split() for line in table if re.match(r"\s+\d\.\d\de[+-]\d\d\s", line)]
     assert len(rates) == 4 and all(len(row) == 4 for row in rates)
+    # issue 24: AdamWSPAM's step side by side with fused AdamW's, one thread, with a verdict
+    assert re.search(
+        rf"fused AdamW {NUMBER} s, AdamWSPAM {NUMBER} s: ratio {NUMBER} \(IQR {NUMBER}-{NUMBER}\), "
+        r"goal <= 2\.0: (met|NOT MET)",
+        out,
+    )
+    assert re.search(rf"whole training step .*: {NUMBER}x fused AdamW's", out)
 
 
 @pytest.mark.slow

@@ -40,8 +40,8 @@ def _config(tmp_path, *lines: str):
 
 def test_one_gpu_per_run_is_the_default(tmp_path):
     train = _config(tmp_path).train
-    assert (train.gpus_per_run, train.batch_rule, train.global_batch_size) == (1, "global", 128)
-    assert train.rank_batch_size == train.batch_size == 128
+    assert (train.gpus_per_run, train.batch_rule, train.global_batch_size) == (1, "global", 64)
+    assert train.rank_batch_size == train.batch_size == 64
 
 
 def test_global_batch_is_split_across_the_gpus_by_default(tmp_path):

@@ -242,11 +242,24 @@ def test_spam_step_temporaries_are_bounded_by_the_bucket(monkeypatch):
     for p in params:
         p.grad = torch.randn_like(p)
     monkeypatch.setattr(lib.buckets, "CPU_BUCKET", 1 << 30)
+    monkeypatch.setattr(spam_module, "SPAM_CPU_BUCKET", 1 << 30)
     whole = peak_transient_bytes(optimizer.step)
     monkeypatch.setattr(lib.buckets, "CPU_BUCKET", 1 << 16)
     bucketed = peak_transient_bytes(optimizer.step)
     assert whole >= 8 * 2_000_000
     assert bucketed <= 16 * (1 << 16)
+    # With the library's default buckets (2^20) and one thread, SPAM's own cap on CPU (2^16:
+    # a bucket fits L2); with more threads the library's size
+    monkeypatch.setattr(lib.buckets, "CPU_BUCKET", 1 << 20)
+    monkeypatch.setattr(spam_module, "SPAM_CPU_BUCKET", 1 << 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert peak_transient_bytes(optimizer.step) <= 16 * (1 << 16)
+        torch.set_num_threads(2)
+        assert peak_transient_bytes(optimizer.step) >= 8 * (1 << 20)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reference_clip(grad, exp_avg_sq, theta):

@@ -136,7 +136,7 @@ def test_check_config_reports_the_plan(tmp_path):
     make("defconfig-demo", config_path=config, check=True)
     res = make("check-config", config_path=config)
     assert res.returncode == 0, res.stderr
-    assert "8 runs planned for matrix 'demo'" in res.stdout
+    assert "24 runs planned for matrix 'demo'" in res.stdout
 
 
 def test_kconfig_reference_is_not_stale():

@@ -134,3 +134,39 @@ def test_model_problem_names_the_setting_at_fault(name, stem, size, setting, wor
     assert model_problem("vit_b_16", "imagenet", 32) is None
     fault, accepted = model_problem(name, stem, size)
     assert fault == setting and words in accepted and "\n" not in accepted
+
+
+def test_resnet20_is_the_papers_cifar_network():
+    """He et al. 2016, section 4.2: 3 stages x 3 basic blocks (16/32/64 channels), parameter-free
+    (option A) shortcuts: 0.27 M parameters with 10 classes, 19 convolutions + 1 linear."""
+    model = build_model(ModelSpec(name="resnet20", stem="cifar"), 10)
+    assert count_parameters(model) == 269_722
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 and all(c.kernel_size == (3, 3) for c in convs)
+    assert [model.layer1[0].conv1.out_channels, model.layer3[0].conv1.out_channels] == [16, 64]
+    seen = _record_layer1_shape(model)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert model(x).shape == (2, 10)
+    assert seen["shape"][-3:] == (16, 16, 16)  # the cifar stem keeps the resolution
+    # layer3 sees a quarter of the side; the shortcut pads the new channels with zeros
+    block = model.layer2[0]
+    inputs = torch.randn(1, 16, 8, 8)
+    shortcut = block.shortcut(inputs)
+    assert shortcut.shape == (1, 32, 4, 4)
+    assert torch.equal(shortcut[:, :16], inputs[:, :, ::2, ::2])
+    assert not shortcut[:, 16:].any()
+
+
+def test_resnet20_imagenet_stem_downsamples_by_four_and_seeds_reproduce():
+    model = build_model(ModelSpec(name="resnet20", stem="imagenet"), 7)
+    seen = _record_layer1_shape(model)
+    model.eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert seen["shape"][-2:] == (8, 8)
+    torch.manual_seed(5)
+    a = build_model(ModelSpec(name="resnet20", stem="cifar"), 10)
+    torch.manual_seed(5)
+    b = build_model(ModelSpec(name="resnet20", stem="cifar"), 10)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name

@@ -40,8 +40,10 @@ from lib.runner import (
     EXIT_REFUSED,
     RunnerRefused,
     check_gpu_sharing,
+    child_threads,
     format_plan,
     run_matrix,
+    usable_cpus,
 )
 from lib.spec import DataSpec, ModelSpec, OptimizerSpec, PruningSpec, RunSpec, TrainSpec
 
@@ -694,3 +696,17 @@ if __name__ == "__main__":
     if sys.argv[1] == "--runner":
         sys.exit(_runner_driver(*sys.argv[2:5]))
     sys.exit(_fake_trainer(sys.argv[1]))
+
+
+def test_threads_follow_the_cpu_affinity_not_the_machine(monkeypatch):
+    """A container or a Slurm allocation gives the process fewer CPUs than the machine has:
+    parallel CPU runs split those, not os.cpu_count()."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7}, raising=False)
+    assert usable_cpus() == 4
+    assert child_threads(2) == 2
+    assert child_threads(3) == 1
+    assert child_threads(8) == 1  # never 0
+    monkeypatch.delattr(os, "sched_getaffinity")  # platforms without it (macOS)
+    assert usable_cpus() == 64
+    assert child_threads(2) == 32

@@ -457,7 +457,7 @@ def newest_matrix(results_dir: str | Path) -> Path:
     return newest
 
 
-MODEL_DISPLAY = {"resnet50": "ResNet-50", "resnet18": "ResNet-18"}
+MODEL_DISPLAY = {"resnet50": "ResNet-50", "resnet18": "ResNet-18", "resnet20": "ResNet-20"}
 DATASET_DISPLAY = {
     "imagenet": "ImageNet",
     "imagefolder": "ImageFolder",
