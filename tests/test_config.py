@@ -499,6 +499,7 @@ def test_counts_of_one_are_singular(tmp_path, capsys, monkeypatch):
         "# CONFIG_PRUNING_MAGNITUDE is not set",
         "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set",
         "CONFIG_TRAIN_EPOCHS=1",
+        "CONFIG_MATRIX_SEED_COUNT=1",
         f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"',
     )
     monkeypatch.setenv("KCONFIG_CONFIG", str(path))

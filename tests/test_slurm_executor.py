@@ -396,6 +396,7 @@ def test_dry_run_of_one_run_shows_the_plain_job_that_is_submitted(tmp_path, monk
         f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"',
         "# CONFIG_PRUNING_MAGNITUDE is not set",
         "# CONFIG_OPTIMIZER_ADAMWPRUNE is not set",
+        "CONFIG_MATRIX_SEED_COUNT=1",
     )
     monkeypatch.setenv("KCONFIG_CONFIG", str(path))
     config = cfg.load(path)
