@@ -12,6 +12,7 @@ pruner was made.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,3 +273,27 @@ def test_the_seed_as_run_defconfig_chooses_upstream_semantics_for_its_baseline_o
     assert seed[("adamwprune", "state")] == (False, False, False)
     fair = semantics("resnet50-adamwprune")
     assert set(fair.values()) == {(False, False, False)}
+
+
+def test_a_tiny_run_with_the_upstream_options_trains_and_records_their_bytes(tiny_spec, tmp_path):
+    from lib.train import train
+
+    spec = tiny_spec(
+        tmp_path,
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+        pruning={
+            "method": "movement",
+            "sparsity": 0.5,
+            "upstream_score": True,
+            "rebuild_masks": True,
+            "mask_weights_only": True,
+        },
+    )
+    doc = train(spec)
+    assert doc["summary"]["status"] == "completed", doc["summary"]["error"]
+    assert doc["epochs"][0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    prunable = doc["model_info"]["prunable_parameters"]
+    # w0 in fp32 and a bool mask: what the report shows as 5.00 B/prunable param.
+    assert doc["state_memory"]["pruning_state_bytes"] == 5 * prunable
+    saved = torch.load(Path(spec.out_dir) / "checkpoint_last.pt", weights_only=True)
+    assert {"masks", "initial_weights"} <= set(saved["optimizer"]["pruning"])
