@@ -199,3 +199,20 @@ def test_base_optimizer_impact_appears_with_several_bases(tmp_path: Path) -> Non
     assert row[adamw].startswith(f"{cand_best:.2f} ± ")
     assert row[spam].startswith(f"{base_best:.2f} ± ")
     assert row["Lead"].startswith(f"{adamw}: +1.30 points (significant")
+
+
+def test_comparison_with_previous_results_names_the_matrices_and_the_command(
+    tmp_path: Path,
+) -> None:
+    alone = render(write_matrix(tmp_path / "a", "current", parity_runs()))
+    assert "No other matrix under" in section(alone, "## Comparison with Previous Results")
+
+    write_matrix(tmp_path / "b", "previous", parity_runs())
+    write_matrix(tmp_path / "b", "unrelated", [FakeRun("sgd", "magnitude", 0.5, 0, [50.0, 51.0])])
+    full = render(write_matrix(tmp_path / "b", "current", parity_runs()))
+    text = section(full, "## Comparison with Previous Results")
+    row = row_dict(full, "## Comparison with Previous Results", "`previous`")
+    assert row["Runs"] == "4"
+    assert row["Methods in common"] == f"{CAND}, {BASE}"
+    assert row["Command"] == '`make report COMPARE="previous current"`'
+    assert "`unrelated`" not in text

@@ -991,9 +991,7 @@ def section_base_impact(results: MatrixResults) -> str:
     ]
     for keys in groups:
         grid = [
-            (s, {k: build_cell(results, k, s) for k in keys})
-            for s in results.sparsities()
-            if s > 0
+            (s, {k: build_cell(results, k, s) for k in keys}) for s in results.sparsities() if s > 0
         ]
         grid = [(s, cells) for s, cells in grid if _distinct_scored(list(cells.values()), "best")]
         rows = []
@@ -1013,6 +1011,61 @@ def section_base_impact(results: MatrixResults) -> str:
             )
         header = ["Sparsity"] + [method_display_name(k) for k in keys] + ["Lead"]
         lines += ["", md_table(header, rows)]
+    return "\n".join(lines)
+
+
+def _previous_matrices(results: MatrixResults) -> list[tuple[str, int, list[str]]]:
+    """The other matrices beside this one (same results directory), newest plan first: name,
+    planned runs and the methods they share with this matrix. Unreadable plans are skipped
+    (`make report` on that matrix names what is wrong with it)."""
+    import json
+
+    from lib.metrics import MATRIX_FILE
+    from lib.spec import RunSpec
+
+    mine = set(results.method_keys())
+    found = []
+    for plan_path in results.path.parent.glob(f"*/{MATRIX_FILE}"):
+        if plan_path.parent == results.path:
+            continue
+        try:
+            entries = json.loads(plan_path.read_text(encoding="utf-8")).get("runs", [])
+            keys = {RunSpec.from_dict(e["spec"]).method_key for e in entries}
+            mtime = plan_path.stat().st_mtime
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        found.append((mtime, plan_path.parent.name, len(entries), sorted(keys & mine)))
+    return [(name, n, common) for _, name, n, common in sorted(found, reverse=True)]
+
+
+def section_previous(results: MatrixResults) -> str:
+    """The seed's *Comparison with previous results*: which earlier matrices this one can be
+    compared with, method for method, and the command that writes that comparison."""
+    lines = ["## Comparison with Previous Results", ""]
+    previous = [p for p in _previous_matrices(results) if p[2]]
+    if not previous:
+        lines.append(
+            f"No other matrix under `{results.path.parent.name}/` shares a method with this one. "
+            "To compare with a previous result, put its matrix directory there and run `make "
+            f'report COMPARE="<previous> {results.name}"`.'
+        )
+        return "\n".join(lines)
+    lines += [
+        "Other matrices beside this one that ran some of the same methods, newest first. "
+        'Side by side, with each difference judged: `make report COMPARE="<previous> '
+        f'{results.name}"`.',
+        "",
+    ]
+    rows = [
+        [
+            f"`{name}`",
+            str(n),
+            ", ".join(method_display_name(k) for k in common),
+            f'`make report COMPARE="{name} {results.name}"`',
+        ]
+        for name, n, common in previous
+    ]
+    lines.append(md_table(["Matrix", "Runs", "Methods in common", "Command"], rows))
     return "\n".join(lines)
 
 
@@ -1236,6 +1289,7 @@ def render_report(
         section_stability(results, comparison),
         section_base_impact(results),
         section_findings(results, grid, comparison),
+        section_previous(results),
         section_recommendations(grid),
         section_unfinished(results, comparison),
         section_excluded(results, comparison),
