@@ -213,6 +213,9 @@ class PruningEntry:
     variant: Callable[[OptimizerSpec], str] | None = None
     settings: type | None = None
     origin: Origin | None = None
+    # The score the upstream reference project ran under this method's name, where it differs
+    # (lib.pruning.SCORES); chosen by CONFIG_<symbol>_UPSTREAM_SCORE, for reproducing the seed.
+    upstream_score: str | None = None
 
     @property
     def symbol(self) -> str:

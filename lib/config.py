@@ -119,6 +119,8 @@ class Config:
     trains: tuple[TrainSpec, ...] = ()
     # A plug-in pruning method's recorded fields (settings, distribution), by method name.
     pruning_fields: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    # The methods whose upstream score is chosen (CONFIG_PRUNING_<NAME>_UPSTREAM_SCORE).
+    upstream_scores: tuple[str, ...] = ()
 
     def train_for(self, opt: OptimizerSpec) -> TrainSpec:
         """The training settings of a run with `opt` (see `trains`)."""
@@ -130,6 +132,12 @@ class Config:
         """The pruning of a run with `method` at `sparsity`: the menu's schedule template with
         the method's own recorded fields (a plug-in's settings and distribution)."""
         fields = dict(dict(self.pruning_fields).get(method, ()))
+        # The seed's upstream semantics reach only the generic methods that take them; a dense
+        # run and a method an optimizer implements itself keep their run.json unchanged.
+        generic = method != "none" and catalogue.pruning_method(method).owner is None
+        fields["upstream_score"] = method in self.upstream_scores
+        if not generic:
+            fields.update(rebuild_masks=False, mask_weights_only=False)
         return replace(self.pruning, method=method, sparsity=sparsity, **fields)
 
     def symbol_dict(self) -> dict[str, str]:
@@ -711,6 +719,14 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         end_epoch=r.int("PRUNING_END_EPOCH"),
         interval=r.int("PRUNING_INTERVAL"),
         scope=r.choice("PRUNING_SCOPE", ("global", "layerwise")),
+        rebuild_masks=r.bool("PRUNING_REBUILD_MASKS"),
+        mask_weights_only=r.bool("PRUNING_MASK_WEIGHTS_ONLY"),
+    )
+    upstream_scores = tuple(
+        e.name
+        for e in chosen_methods
+        if e.upstream_score and f"{e.symbol}_UPSTREAM_SCORE" in r.kconf.syms
+        and r.bool(f"{e.symbol}_UPSTREAM_SCORE")
     )
     if set(methods) - {"none"} and pruning.end_epoch > train.epochs:
         raise r.fail(
@@ -778,6 +794,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         tracking=tracking,
         trains=trains,
         pruning_fields=pruning_fields,
+        upstream_scores=upstream_scores,
     )
 
 

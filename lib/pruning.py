@@ -34,7 +34,11 @@ SCOPES = ("global", "layerwise")
 # Scores a Pruner can compute. `magnitude` and `movement` work with any optimizer; the state
 # scores read Adam's first and second moments (AdamWPrune).
 STATE_SCORES = ("hybrid", "variance", "momentum", "magnitude")
-SCORES = ("magnitude", "movement", "hybrid", "variance", "momentum")
+SCORES = ("magnitude", "movement", "hybrid", "variance", "momentum", "displacement")
+# The upstream reference project's "movement" score, `w * (w - w0)` against the weights when the
+# pruner was made (the start of training): what the seed's baseline ran, not Sanh et al.'s
+# method (docs/reproducing.md). Only for reproducing the seed (an entry's `upstream_score`).
+DISPLACEMENT = "displacement"
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -271,7 +275,12 @@ def select_pruned(scores: Tensor, prune_count: int) -> Tensor:
 
 @torch.no_grad()
 def importance_score(
-    score: str, weight: Tensor, state: dict[str, Any], movement: Tensor | None, eps: float
+    score: str,
+    weight: Tensor,
+    state: dict[str, Any],
+    movement: Tensor | None,
+    eps: float,
+    initial: Tensor | None = None,
 ) -> Tensor:
     """A fresh fp32 tensor of scores for one parameter (higher = more important).
 
@@ -283,6 +292,10 @@ def importance_score(
         if movement is None:
             raise ValueError("score='movement' needs its accumulated score buffer")
         return movement.detach().clone()
+    if score == DISPLACEMENT:  # upstream's w * (w - w0)
+        if initial is None:
+            raise ValueError("score='displacement' needs the initial weights")
+        return (w - initial).mul_(w).float()
     if score == "magnitude" or "exp_avg" not in state:
         return w.abs()
     m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -321,6 +334,8 @@ class Pruner:
         score: str | Callable[[Tensor, dict[str, Any]], Tensor] = "magnitude",
         scope: str = "global",
         eps: float = 1e-8,
+        rebuild: bool = False,
+        weights_only: bool = False,
     ) -> None:
         self.params = list(params)
         if not self.params:
@@ -341,15 +356,33 @@ class Pruner:
             if score == "movement"
             else None
         )
+        # Upstream's semantics, for reproducing the seed only (docs/reproducing.md):
+        # `rebuild`: masks rebuilt from scratch at every `interval`-th step (step % interval,
+        # counted from step 0) while the target is above 0, until the end of training, so a
+        # pruned weight may come back; the count pruned is upstream's floor(s_t * N).
+        # `weights_only`: the mask multiplies the weights after every step and nothing else;
+        # gradients and optimizer state of pruned weights are left as they are.
+        # Either needs the mask itself (1 B per weight): the zeros no longer are the mask.
+        self.rebuild = bool(rebuild)
+        self.weights_only = bool(weights_only)
+        self.masks = (
+            [torch.ones_like(p, dtype=torch.bool) for p in self.params]
+            if self.rebuild or self.weights_only
+            else None
+        )
+        # The displacement score's w0: +4 B per weight, as upstream's copy of the weights.
+        self.initial_weights = (
+            [p.detach().clone() for p in self.params] if score == DISPLACEMENT else None
+        )
 
     @property
     def numel(self) -> int:
         return sum(p.numel() for p in self.params)
 
     def state_bytes(self) -> int:
-        if self.movement_scores is None:
-            return 0
-        return sum(s.numel() * s.element_size() for s in self.movement_scores)
+        """Bytes the pruning holds beyond the optimizer: movement scores, w0, masks."""
+        held = [*(self.movement_scores or ()), *(self.initial_weights or ()), *(self.masks or ())]
+        return sum(s.numel() * s.element_size() for s in held)
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -362,6 +395,12 @@ class Pruner:
                 [self.params[i] for i in with_grad],
                 value=-1.0,
             )
+        if self.sparsity > 0.0 and with_grad and self.weights_only:
+            return  # upstream: the gradients of pruned weights reach the optimizer
+        if self.sparsity > 0.0 and with_grad and self.masks is not None:
+            for i in with_grad:
+                self.params[i].grad.mul_(self.masks[i])
+            return
         if self.sparsity > 0.0 and with_grad:
             # g <- g * |sign(w)|: exact (a product with 1 or 0), and float-only, so it stays on
             # vectorised kernels (about twice as fast as g.mul_(w != 0) with its bool operand).
@@ -379,8 +418,68 @@ class Pruner:
     @torch.no_grad()
     def after_step(self, optimizer_state: dict[Tensor, dict[str, Any]]) -> None:
         self.step += 1
-        if self.schedule.is_update_step(self.step):
+        if self.rebuild:
+            if self.step % self.schedule.interval == 0:
+                target = self.schedule.sparsity_at(self.step)
+                if target > 0.0:
+                    self.rebuild_masks(optimizer_state, target)
+        elif self.schedule.is_update_step(self.step):
             self.update_masks(optimizer_state, self.schedule.sparsity_at(self.step))
+        if self.masks is not None and self.sparsity > 0.0:
+            # Upstream applied its masks to the weights after every step.
+            weights = [p.detach() for p in self.params]
+            torch._foreach_mul_(weights, self.masks)
+
+    def _state_tensors(self, index: int, optimizer_state: dict[Tensor, dict[str, Any]]):
+        p = self.params[index]
+        return [
+            value
+            for value in optimizer_state.get(p, {}).values()
+            if isinstance(value, Tensor) and value.shape == p.shape
+        ]
+
+    def _scores(self, optimizer_state: dict[Tensor, dict[str, Any]]) -> list[Tensor]:
+        scores = []
+        for i, p in enumerate(self.params):
+            if callable(self.score):
+                s = self.score(p.detach(), optimizer_state.get(p, {})).detach().float().clone()
+            else:
+                movement = None if self.movement_scores is None else self.movement_scores[i]
+                initial = None if self.initial_weights is None else self.initial_weights[i]
+                s = importance_score(
+                    self.score, p, optimizer_state.get(p, {}), movement, self.eps, initial
+                )
+            scores.append(s)
+        return scores
+
+    @torch.no_grad()
+    def rebuild_masks(self, optimizer_state: dict[Tensor, dict[str, Any]], sparsity: float) -> None:
+        """Upstream's mask update: every weight ranked afresh (pruned ones too, so they may
+        regrow), the lowest `floor(sparsity * N)` pruned (globally, or per layer), ties by
+        position. Without `weights_only`, the state of every pruned coordinate is zeroed."""
+        assert self.masks is not None
+        scores = [s.reshape(-1) for s in self._scores(optimizer_state)]
+        if self.scope == "global":
+            flat = torch.cat(scores)
+            chosen = select_lowest(flat, int(sparsity * flat.numel()), 0)
+            del flat
+            cuts = torch.tensor([s.numel() for s in scores]).cumsum(0)
+            starts = [0] + cuts[:-1].tolist()
+            split = torch.searchsorted(chosen, cuts[:-1].to(chosen.device)).tolist()
+            positions = [
+                part - start for part, start in zip(chosen.tensor_split(split), starts, strict=True)
+            ]
+        else:
+            positions = [select_lowest(s, int(sparsity * s.numel()), 0) for s in scores]
+        del scores
+        for i, local in enumerate(positions):
+            mask = self.masks[i]
+            mask.fill_(True)
+            _zero_at(mask, local)
+            if not self.weights_only:
+                for t in self._state_tensors(i, optimizer_state):
+                    t.mul_(mask)
+        self.sparsity = sparsity
 
     @torch.no_grad()
     def update_masks(self, optimizer_state: dict[Tensor, dict[str, Any]], sparsity: float) -> None:
@@ -392,16 +491,11 @@ class Pruner:
         makes it cheap: only kept weights are ranked (`select_lowest`), and only the newly
         pruned coordinates are written (a small sparsity increment touches a few thousand).
         """
-        scores, zero_counts = [], []
+        scores, zero_counts = self._scores(optimizer_state), []
         for i, p in enumerate(self.params):
-            movement = None if self.movement_scores is None else self.movement_scores[i]
-            if callable(self.score):
-                s = self.score(p.detach(), optimizer_state.get(p, {})).detach().float().clone()
-            else:
-                s = importance_score(self.score, p, optimizer_state.get(p, {}), movement, self.eps)
-            zero = p == 0
+            zero = p == 0 if self.masks is None else ~self.masks[i]
             zero_counts.append(torch.count_nonzero(zero))
-            scores.append(s.masked_fill_(zero, -math.inf))
+            scores[i].masked_fill_(zero, -math.inf)
             del zero
         zeros = torch.stack(zero_counts).tolist()
         sizes = [p.numel() for p in self.params]
@@ -433,8 +527,12 @@ class Pruner:
         # Coordinates pruned earlier already hold 0 in the weight and every state tensor; a
         # zero that appeared since the last update (a kept weight reaching exactly 0, a
         # checkpoint just loaded) may not: then every zero is cleared, as a full mask would.
-        clear_all_zeros = self._zeros_after_update != sum(zeros)
+        clear_all_zeros = self._zeros_after_update != sum(zeros) and self.masks is None
         for i, (p, local) in enumerate(zip(self.params, positions, strict=True)):
+            if self.masks is not None:
+                _zero_at(self.masks[i], local)
+                if self.weights_only:  # upstream: the weights only (after_step applies it)
+                    continue
             targets = [p.detach()] + [
                 value
                 for value in optimizer_state.get(p, {}).values()
@@ -459,6 +557,8 @@ class Pruner:
             "step": self.step,
             "sparsity": self.sparsity,
             "movement_scores": None if self.movement_scores is None else list(self.movement_scores),
+            **({} if self.masks is None else {"masks": list(self.masks)}),
+            **({} if self.initial_weights is None else {"initial_weights": self.initial_weights}),
         }
 
     @torch.no_grad()
@@ -476,6 +576,15 @@ class Pruner:
                     f"{len(self.movement_scores)}"
                 )
             for buffer, value in zip(self.movement_scores, saved, strict=True):
+                buffer.copy_(value)
+        for name in ("masks", "initial_weights"):
+            mine, theirs = getattr(self, name), state.get(name)
+            if (mine is None) != (theirs is None) or (mine and len(mine) != len(theirs)):
+                raise ValueError(
+                    f"pruning state: {name} present in only one of the checkpoint and the "
+                    "optimizer, or of another length; it was saved with other pruning options"
+                )
+            for buffer, value in zip(mine or (), theirs or (), strict=True):
                 buffer.copy_(value)
         self.step = int(state["step"])
         self.sparsity = float(state["sparsity"])

@@ -195,6 +195,12 @@ class PruningSpec:
     end_epoch: int = 80  # masks frozen at the end of this epoch; the runner turns it into steps
     interval: int = 50  # update masks every `interval` steps between start and end
     scope: str = "global"
+    # The seed's upstream semantics (lib/Kconfig.pruning, docs/reproducing.md), off by default:
+    # the method's upstream score (its catalogue entry's `upstream_score`), masks rebuilt at
+    # every update with regrowth, and masks applied to the weights only.
+    upstream_score: bool = added_field(False)
+    rebuild_masks: bool = added_field(False)
+    mask_weights_only: bool = added_field(False)
     # A plug-in pruning method (docs/plugins.md): as OptimizerSpec's fields of the same names.
     settings: tuple[tuple[str, Any], ...] = added_field(())
     distribution: str = added_field("")

@@ -127,10 +127,20 @@ def build_optimizer(
     if pruning.enabled and entry.takes_pruning:
         method = catalogue.pruning_method(pruning.method)
         score = method.score
+        if pruning.upstream_score and method.upstream_score:
+            score = method.upstream_score
         if method.settings is not None:  # a plug-in's score sees its typed settings
             settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
             score = functools.partial(method.score, settings=settings)
-        pruner = Pruner(prunable, schedule, score=score, scope=pruning.scope, eps=opt.eps)
+        pruner = Pruner(
+            prunable,
+            schedule,
+            score=score,
+            scope=pruning.scope,
+            eps=opt.eps,
+            rebuild=pruning.rebuild_masks,
+            weights_only=pruning.mask_weights_only,
+        )
     ctx = catalogue.BuildContext(
         model=model,
         spec=opt,

@@ -42,10 +42,13 @@ class FakeRun:
     planned_epochs: int | None = None
     write_metrics: bool = True
     extra: dict = field(default_factory=dict)
+    prune_base: str = "adamw"  # AdamWPrune's base optimizer
 
     def spec(self, matrix: str) -> RunSpec:
         pruning = PruningSpec(method=self.pruning, sparsity=self.target)
-        optimizer = OptimizerSpec(name=self.optimizer, prune_score="hybrid")
+        optimizer = OptimizerSpec(
+            name=self.optimizer, prune_score="hybrid", prune_base=self.prune_base
+        )
         epochs = self.planned_epochs or len(self.top1)
         return RunSpec(
             matrix=matrix,

@@ -157,3 +157,62 @@ def test_findings_are_generated_from_the_numbers(tmp_path: Path) -> None:
         run.top1 = BASE_SEEDS[seed] if run.optimizer == "adamwprune" else CAND_SEEDS[seed]
     other = section(render(write_matrix(tmp_path, "swapped", swapped)), "## Key Findings")
     assert f"{BASE}** leads at 50%" in other
+
+
+def test_recommendations_follow_only_from_significant_differences(tmp_path: Path) -> None:
+    text = render(write_matrix(tmp_path, "recommend", parity_runs()))
+    recommendations = section(text, "## Recommendations")
+    cand_best = statistics.mean(max(c[2:]) for c in CAND_SEEDS)
+    base_best = statistics.mean(max(b[2:]) for b in BASE_SEEDS)
+    assert f"At 50% sparsity, use **{CAND}**" in recommendations
+    assert f"({cand_best:.2f}%) leads {BASE} ({base_best:.2f}%)" in recommendations
+
+    # One seed each: no noise estimate, so no recommendation, and the section says why.
+    one_seed = [run for run in parity_runs() if run.seed == 0]
+    single = section(render(write_matrix(tmp_path, "one-seed", one_seed)), "## Recommendations")
+    assert "No recommendation" in single and "no noise estimate" in single
+    assert "use **" not in single
+
+    # Two seeds whose leads are within the noise: no recommendation either.
+    close = parity_runs()
+    for run in close:
+        if run.optimizer == "adamwprune":
+            run.top1 = BASE_SEEDS[1 - run.seed]
+    tied = section(render(write_matrix(tmp_path, "close", close)), "## Recommendations")
+    assert "No recommendation" in tied and "use **" not in tied
+
+
+def test_base_optimizer_impact_appears_with_several_bases(tmp_path: Path) -> None:
+    assert "## Base Optimizer Impact" not in render(write_matrix(tmp_path, "one", parity_runs()))
+    runs = [
+        FakeRun("adamwprune", "state", 0.5, seed, c, prune_base="adamw")
+        for seed, c in enumerate(CAND_SEEDS)
+    ] + [
+        FakeRun("adamwprune", "state", 0.5, seed, b, prune_base="adamwspam")
+        for seed, b in enumerate(BASE_SEEDS)
+    ]
+    text = render(write_matrix(tmp_path, "bases", runs))
+    adamw, spam = "AdamWPrune (AdamW base) state/hybrid", "AdamWPrune (AdamWSPAM base) state/hybrid"
+    row = row_dict(text, "## Base Optimizer Impact", "50%")
+    cand_best = statistics.mean(max(c) for c in CAND_SEEDS)
+    base_best = statistics.mean(max(b) for b in BASE_SEEDS)
+    assert row[adamw].startswith(f"{cand_best:.2f} ± ")
+    assert row[spam].startswith(f"{base_best:.2f} ± ")
+    assert row["Lead"].startswith(f"{adamw}: +1.30 points (significant")
+
+
+def test_comparison_with_previous_results_names_the_matrices_and_the_command(
+    tmp_path: Path,
+) -> None:
+    alone = render(write_matrix(tmp_path / "a", "current", parity_runs()))
+    assert "No other matrix under" in section(alone, "## Comparison with Previous Results")
+
+    write_matrix(tmp_path / "b", "previous", parity_runs())
+    write_matrix(tmp_path / "b", "unrelated", [FakeRun("sgd", "magnitude", 0.5, 0, [50.0, 51.0])])
+    full = render(write_matrix(tmp_path / "b", "current", parity_runs()))
+    text = section(full, "## Comparison with Previous Results")
+    row = row_dict(full, "## Comparison with Previous Results", "`previous`")
+    assert row["Runs"] == "4"
+    assert row["Methods in common"] == f"{CAND}, {BASE}"
+    assert row["Command"] == '`make report COMPARE="previous current"`'
+    assert "`unrelated`" not in text

@@ -10,4 +10,5 @@ ENTRY = PruningEntry(
     display="movement",
     kconfig=Path(__file__).resolve().with_name("Kconfig.movement"),
     score="movement",
+    upstream_score="displacement",
 )

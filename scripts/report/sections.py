@@ -961,6 +961,158 @@ def section_findings(
     return "\n".join(lines)
 
 
+def _base_groups(results: MatrixResults) -> list[list[str]]:
+    """Method keys that differ only in their base optimizer (`<family>-<base>_<pruning>`,
+    the base a catalogue optimizer): one group per family and pruning, two bases or more."""
+    optimizers = catalogue.catalogue().optimizers
+    groups: dict[tuple[str, str], list[str]] = {}
+    for key in results.method_keys():
+        label, _, pruning = key.partition("_")
+        family, _, base = label.partition("-")
+        if base in optimizers:
+            groups.setdefault((family, pruning), []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def section_base_impact(results: MatrixResults) -> str:
+    """The seed's *Base optimizer impact*: the same pruning on different base optimizers, per
+    sparsity, best top-1 per base; the lead of the best base over the next one judged as
+    every lead of this report (Welch, Holm over the levels). Empty with one base."""
+    groups = _base_groups(results)
+    if not groups:
+        return ""
+    lines = [
+        "## Base Optimizer Impact",
+        "",
+        "The same pruning method on each base optimizer it ran with: best top-1 at the target "
+        "sparsity (mean ± std over seeds). *Lead* is the best base minus the next one, with "
+        "its verdict (Welch, Holm-adjusted over the sparsity levels); a lead without a noise "
+        "estimate (one seed) is a difference, not a finding.",
+    ]
+    for keys in groups:
+        grid = [
+            (s, {k: build_cell(results, k, s) for k in keys}) for s in results.sparsities() if s > 0
+        ]
+        grid = [(s, cells) for s, cells in grid if _distinct_scored(list(cells.values()), "best")]
+        rows = []
+        for (sparsity, cells), (_, top, second, verdict) in zip(grid, _leads(grid), strict=True):
+            lead = "—"
+            if second is not None and verdict is not None:
+                gap = fmt_printed_difference(top.best.mean, second.best.mean)
+                if verdict.significant is None:
+                    words = "no noise estimate"
+                else:
+                    words = fmt_verdict(verdict, interval=False)
+                lead = f"{method_display_name(top.key)}: {gap.rstrip('%')} points ({words})"
+            rows.append(
+                [fmt_sparsity(sparsity)]
+                + [fmt_estimate(cells[k].best, cells[k]) for k in keys]
+                + [lead]
+            )
+        header = ["Sparsity"] + [method_display_name(k) for k in keys] + ["Lead"]
+        lines += ["", md_table(header, rows)]
+    return "\n".join(lines)
+
+
+def _previous_matrices(results: MatrixResults) -> list[tuple[str, int, list[str]]]:
+    """The other matrices beside this one (same results directory), newest plan first: name,
+    planned runs and the methods they share with this matrix. Unreadable plans are skipped
+    (`make report` on that matrix names what is wrong with it)."""
+    import json
+
+    from lib.metrics import MATRIX_FILE
+    from lib.spec import RunSpec
+
+    mine = set(results.method_keys())
+    found = []
+    for plan_path in results.path.parent.glob(f"*/{MATRIX_FILE}"):
+        if plan_path.parent == results.path:
+            continue
+        try:
+            entries = json.loads(plan_path.read_text(encoding="utf-8")).get("runs", [])
+            keys = {RunSpec.from_dict(e["spec"]).method_key for e in entries}
+            mtime = plan_path.stat().st_mtime
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        found.append((mtime, plan_path.parent.name, len(entries), sorted(keys & mine)))
+    return [(name, n, common) for _, name, n, common in sorted(found, reverse=True)]
+
+
+def section_previous(results: MatrixResults) -> str:
+    """The seed's *Comparison with previous results*: which earlier matrices this one can be
+    compared with, method for method, and the command that writes that comparison."""
+    lines = ["## Comparison with Previous Results", ""]
+    previous = [p for p in _previous_matrices(results) if p[2]]
+    if not previous:
+        lines.append(
+            f"No other matrix under `{results.path.parent.name}/` shares a method with this one. "
+            "To compare with a previous result, put its matrix directory there and run `make "
+            f'report COMPARE="<previous> {results.name}"`.'
+        )
+        return "\n".join(lines)
+    lines += [
+        "Other matrices beside this one that ran some of the same methods, newest first. "
+        'Side by side, with each difference judged: `make report COMPARE="<previous> '
+        f'{results.name}"`.',
+        "",
+    ]
+    rows = [
+        [
+            f"`{name}`",
+            str(n),
+            ", ".join(method_display_name(k) for k in common),
+            f'`make report COMPARE="{name} {results.name}"`',
+        ]
+        for name, n, common in previous
+    ]
+    lines.append(md_table(["Matrix", "Runs", "Methods in common", "Command"], rows))
+    return "\n".join(lines)
+
+
+def section_recommendations(grid: list[tuple[float, dict[str, Cell]]]) -> str:
+    """The seed's *Recommendations*, drawn only from significant differences: per sparsity,
+    the method whose best top-1 leads the runner-up by a margin the seeds can tell from noise
+    (the leads of the Key Findings, Holm over the levels). None when nothing is significant,
+    and the section says so and why."""
+    lines = ["## Recommendations", ""]
+    leads = [(w, t, s, v) for w, t, s, v in _leads(grid) if s is not None and v is not None]
+    chosen = [(w, t, s, v) for w, t, s, v in leads if v.significant]
+    for where, top, second, verdict in chosen:
+        gap = fmt_printed_difference(top.best.mean, second.best.mean)
+        lines.append(
+            f"- At {where}, use **{method_display_name(top.key)}**: its best top-1 "
+            f"({top.best.mean:.2f}%) leads {method_display_name(second.key)} "
+            f"({second.best.mean:.2f}%) by {gap.rstrip('%')} points, "
+            f"{fmt_verdict(verdict, interval=False)}."
+        )
+    if chosen:
+        rest = [w for w, _, _, v in leads if not v.significant]
+        if rest:
+            lines.append(
+                f"- At {', '.join(rest)}: no recommendation; the lead there is not significant."
+            )
+        lines += [
+            "",
+            "Only accuracy differences that are significant are recommended on; memory and "
+            "speed are in their sections above.",
+        ]
+        return "\n".join(lines)
+    if not leads:
+        lines.append("No recommendation: no sparsity level has two methods with results yet.")
+    elif all(v.significant is None for _, _, _, v in leads):
+        lines.append(
+            "No recommendation: with one seed per method there is no noise estimate, so no "
+            "difference can be called significant. Run three or more seeds "
+            "(`CONFIG_MATRIX_SEED_COUNT`) before choosing a method."
+        )
+    else:
+        lines.append(
+            "No recommendation: no difference between the leading method and the runner-up is "
+            "significant at any sparsity level, so these seeds cannot tell the methods apart."
+        )
+    return "\n".join(lines)
+
+
 def section_unfinished(results: MatrixResults, comparison: Comparison) -> str:
     runs = [r for r in _ordered_runs(results, comparison) if not r.completed]
     lines = ["## Unfinished and failed runs", ""]
@@ -1135,7 +1287,10 @@ def render_report(
         section_accuracy(grid, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),
+        section_base_impact(results),
         section_findings(results, grid, comparison),
+        section_previous(results),
+        section_recommendations(grid),
         section_unfinished(results, comparison),
         section_excluded(results, comparison),
         section_tracking(results),
