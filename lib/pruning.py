@@ -534,3 +534,68 @@ def state_memory(
         "pruning_state_bytes": pruning_bytes,
         "extra_bytes_per_prunable_param": extra,
     }
+
+
+# -- what pruning buys: parameters and multiply-accumulates --------------------------------------
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, image_size: int, channels: int = 3) -> dict[str, int]:
+    """Multiply-accumulates of one forward pass of one `channels` x `image_size`^2 image, per
+    weight (named as in `model.named_parameters()`): every Conv2d and Linear, and the
+    projections of every MultiheadAttention.
+
+    A weight's MACs are its number of elements times the positions it is applied at (a
+    convolution's output pixels, a Linear's tokens), measured with forward hooks on one
+    image in eval mode (the model's mode and its batch-norm statistics are left as they were).
+    Attention's own products (Q K^T, A V) have no weight, cannot be pruned and are not counted.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    macs: dict[str, int] = {}
+
+    def positions_of(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
+        if isinstance(module, nn.Conv2d):
+            return output.numel() // output.shape[1]  # batch 1: output pixels
+        if isinstance(module, nn.Linear):
+            return output.numel() // module.out_features  # tokens
+        return inputs[0].numel() // module.embed_dim  # MultiheadAttention: query tokens
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(module, nn.MultiheadAttention):
+            output = output[0]
+            weights = [w for w in _layer_weights(module)] + [module.out_proj.weight]
+        else:
+            weights = _layer_weights(module)
+        count = positions_of(module, inputs, output)
+        for w in weights:
+            name = names.get(id(w))
+            if name is not None:
+                macs[name] = macs.get(name, 0) + w.numel() * count
+
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention))
+    ]
+    training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+@torch.no_grad()
+def nonzero_cost(model: nn.Module, macs: dict[str, int]) -> dict[str, int]:
+    """`parameters_nonzero` (every parameter, not only the prunable ones) and `macs_nonzero`
+    (each weight's MACs from `layer_macs`, scaled by its measured density, rounded)."""
+    named = list(model.named_parameters())
+    counts = torch.stack([torch.count_nonzero(p) for _, p in named]).tolist() if named else []
+    nonzero = dict(zip((name for name, _ in named), counts, strict=True))
+    sizes = {name: p.numel() for name, p in named}
+    macs_nonzero = sum(m * nonzero[name] / sizes[name] for name, m in macs.items())
+    return {"parameters_nonzero": sum(counts), "macs_nonzero": round(macs_nonzero)}

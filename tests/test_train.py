@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import lib.train
 from lib.metrics import read_metrics
+from lib.pruning import layer_macs
 from lib.spec import TrainSpec
 from lib.train import (
     BEST_CHECKPOINT,
@@ -28,6 +30,7 @@ from lib.train import (
     main,
     train,
 )
+from models.resnet import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,8 @@ EPOCH_FIELDS = {
     "test_top5",
     "sparsity",
     "sparsity_per_layer",
+    "parameters_nonzero",
+    "macs_nonzero",
     "scheduled_sparsity",
     "lr",
     "epoch_seconds",
@@ -132,13 +137,33 @@ def test_every_optimizer_and_pruning_method_writes_valid_metrics(
     assert 0.0 <= epoch["test_top1"] <= epoch["test_top5"] <= 100.0
     assert doc["model_info"]["parameters"] == 11_173_962  # resnet18, cifar stem, 10 classes
     assert doc["model_info"]["prunable_parameters"] > 0
+    info, summary = doc["model_info"], doc["summary"]
+    assert info["parameters_total"] == 11_173_962
+    # Against torch's own count of the dense model at the run's image size (FLOPs = 2 MACs).
+    dense = build_model(spec.model, 10, spec.data.image_size).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        dense(torch.zeros(1, 3, spec.data.image_size, spec.data.image_size))
+    assert info["macs_dense"] == counter.get_total_flops() // 2
+    # macs_nonzero: each layer's MACs scaled by the density the epoch record measured.
+    macs = layer_macs(dense, spec.data.image_size)
+    density = {name: 1.0 - epoch["sparsity_per_layer"].get(name, 0.0) for name in macs}
+    expected = sum(m * density[name] for name, m in macs.items())
+    assert epoch["macs_nonzero"] == pytest.approx(expected, rel=1e-6)
+    assert epoch["parameters_nonzero"] <= info["parameters_total"]
+    assert summary["compression_ratio"] == info["parameters_total"] / epoch["parameters_nonzero"]
+    assert summary["theoretical_speedup"] == info["macs_dense"] / epoch["macs_nonzero"]
     assert doc["state_memory"]["optimizer_state_bytes"] > 0 or optimizer == "sgd"
     if pruned:
         # Pruning ends with the first epoch: the measured sparsity is the target.
         assert epoch["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        # Half the prunable weights gone: about 2x in parameters; fewer MACs too (how many
+        # depends on where a global threshold pruned: at 8 px the late layers cost little).
+        assert 1.9 < summary["compression_ratio"] < 2.0
+        assert summary["theoretical_speedup"] > 1.05
         assert doc["summary"]["best_top1"] is not None
     else:
         assert epoch["sparsity"] < 0.01
+        assert summary["compression_ratio"] < 1.01 and summary["theoretical_speedup"] < 1.01
     assert not (Path(spec.out_dir) / LAST_CHECKPOINT).exists()  # checkpoint disabled
 
 
