@@ -130,6 +130,9 @@ class Config:
         """The pruning of a run with `method` at `sparsity`: the menu's schedule template with
         the method's own recorded fields (a plug-in's settings and distribution)."""
         fields = dict(dict(self.pruning_fields).get(method, ()))
+        entry = catalogue.catalogue().pruning.get(method)
+        if entry is not None and entry.scope is not None:  # a method with its own scope
+            fields["scope"] = entry.scope
         return replace(self.pruning, method=method, sparsity=sparsity, **fields)
 
     def symbol_dict(self) -> dict[str, str]:

@@ -130,7 +130,8 @@ def build_optimizer(
         if method.settings is not None:  # a plug-in's score sees its typed settings
             settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
             score = functools.partial(method.score, settings=settings)
-        pruner = Pruner(prunable, schedule, score=score, scope=pruning.scope, eps=opt.eps)
+        scope = method.scope or pruning.scope  # a method with its own scope keeps it
+        pruner = Pruner(prunable, schedule, score=score, scope=scope, eps=opt.eps)
     ctx = catalogue.BuildContext(
         model=model,
         spec=opt,

@@ -99,3 +99,31 @@ def test_kconfig_dependencies_make_every_selected_method_plannable(tmp_path):
     path.write_text("CONFIG_OPTIMIZER_ADAMWPRUNE=y\nCONFIG_PRUNING_MAGNITUDE=y\n")
     with pytest.raises(ConfigError, match="CONFIG_PRUNING_MAGNITUDE=.*has no effect"):
         cfg.load(path)
+
+
+def test_random_and_layerwise_baselines_are_rows_beside_global_magnitude(tmp_path):
+    """ShrinkBench's controls in one matrix: random pruning and layer-wise magnitude pruning
+    beside global magnitude pruning, each its own method key (report row)."""
+    path = tmp_path / ".config"
+    path.write_text(
+        (cfg.DEFCONFIG_DIR / "demo").read_text()
+        + "CONFIG_PRUNING_RANDOM=y\nCONFIG_PRUNING_LAYERMAGNITUDE=y\n"
+    )
+    specs = plan(cfg.load(path))
+    adamw = [s for s in specs if s.optimizer.name == "adamw" and s.seed == 0]
+    assert [s.run_id for s in adamw] == [
+        "resnet20_adamw_dense_seed0",
+        "resnet20_adamw_magnitude_s70_seed0",
+        "resnet20_adamw_magnitude_s90_seed0",
+        "resnet20_adamw_random_s70_seed0",
+        "resnet20_adamw_random_s90_seed0",
+        "resnet20_adamw_layermagnitude_s70_seed0",
+        "resnet20_adamw_layermagnitude_s90_seed0",
+    ]
+    scopes = {s.pruning.method: s.pruning.scope for s in adamw}
+    assert scopes == {"none": "global", "magnitude": "global", "random": "global",
+                      "layermagnitude": "layerwise"}  # fmt: skip
+    # AdamWPrune prunes by itself: no baseline runs of it.
+    assert not any(s.optimizer.name == "adamwprune" and s.pruning.method in scopes
+                   and s.pruning.method not in ("none",) and s.pruning.method != "state"
+                   for s in specs)  # fmt: skip

@@ -524,3 +524,36 @@ def test_the_number_of_test_images_evaluated_is_recorded(tiny_spec, tmp_path, ca
     assert "caps evaluation too: 1 of 2 test batches" in capsys.readouterr().out
     whole = train(tiny_spec(tmp_path / "whole", train={"epochs": 1, "max_steps_per_epoch": 4}))
     assert whole["epochs"][0]["test_images"] == whole["model_info"]["test_images"] == 16
+
+
+# -- baselines: random and layer-wise magnitude pruning -------------------------------------------
+
+
+def test_random_and_layerwise_baselines_reach_their_targets(tiny_spec, tmp_path):
+    docs = {}
+    for method in ("random", "layermagnitude", "magnitude"):
+        spec = tiny_spec(
+            tmp_path / method,
+            train={"epochs": 1, "max_steps_per_epoch": 2},
+            optimizer={"name": "adamw"},
+            pruning={"method": method, "sparsity": 0.5, "start_step": 1},
+        )
+        docs[method] = train(spec)
+        assert docs[method]["summary"]["best_top1"] is not None  # the target was reached
+    # Layer-wise: every prunable layer at the target; global magnitude: not every layer.
+    layerwise = docs["layermagnitude"]["epochs"][-1]["sparsity_per_layer"]
+    assert all(abs(s - 0.5) < 0.01 for s in layerwise.values())
+    magnitude = docs["magnitude"]["epochs"][-1]["sparsity_per_layer"]
+    assert magnitude != layerwise  # one global threshold prunes layers unevenly
+    # Random: a global 50 % that ignores magnitude, so layers are pruned alike (about half
+    # each, large layers closest) and the kept weights are not the largest ones.
+    random_layers = docs["random"]["epochs"][-1]["sparsity_per_layer"]
+    assert docs["random"]["epochs"][-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    big = [name for name, s in random_layers.items() if "layer4" in name]
+    assert all(abs(random_layers[name] - 0.5) < 0.01 for name in big)
+    checkpoint = torch.load(
+        Path(docs["random"]["spec"]["out_dir"]) / LAST_CHECKPOINT, weights_only=True
+    )
+    weight = checkpoint["model"]["layer4.1.conv2.weight"]
+    kept = weight[weight != 0].abs()
+    assert kept.min() < weight.abs().max() / 100  # small weights kept: not by magnitude
