@@ -45,6 +45,7 @@ PLOTS = (
     "memory",
     "memory_vs_accuracy",
     "sparsity",
+    "operating_points",
 )
 EXECUTORS = ("local", "slurm")
 _SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]*$")
