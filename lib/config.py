@@ -456,6 +456,25 @@ def _sparsities(r: _Reader) -> tuple[float, ...]:
     return tuple(sorted(levels | custom))
 
 
+def _nm_pattern(r: _Reader, sparsities: tuple[float, ...]) -> dict:
+    """PruningSpec's nm_n / nm_m: N:M semi-structured sparsity, whose sparsity is (M-N)/M, so
+    every selected level must be that one. Unstructured ({}) unless CONFIG_PRUNING_NM."""
+    if not r.bool("PRUNING_NM"):
+        return {}
+    n, m = r.int("PRUNING_NM_N"), r.int("PRUNING_NM_M")
+    if not 1 <= n < m:
+        raise r.fail("PRUNING_NM_N", str(n), f"1..{m - 1} (fewer than CONFIG_PRUNING_NM_M={m})")
+    implied = (m - n) / m
+    wrong = [s for s in sparsities if abs(s - implied) > 1e-9]
+    if wrong:
+        raise r.fail(
+            "SPARSITY_*",
+            ",".join(f"{s:g}" for s in sparsities),
+            f"only {implied:g}: an {n}:{m} pattern prunes exactly {m - n} of every {m} weights",
+        )
+    return {"nm_n": n, "nm_m": m}
+
+
 def _distributed(r: _Reader) -> dict:
     """TrainSpec fields of a run on several GPUs; TrainSpec's defaults with one GPU (the
     DDP_* options are hidden then and mean nothing)."""
@@ -715,6 +734,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         end_epoch=r.int("PRUNING_END_EPOCH"),
         interval=r.int("PRUNING_INTERVAL"),
         scope=r.choice("PRUNING_SCOPE", ("global", "layerwise")),
+        **_nm_pattern(r, sparsities if set(methods) - {"none"} else ()),
     )
     if set(methods) - {"none"} and pruning.end_epoch > train.epochs:
         raise r.fail(

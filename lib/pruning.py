@@ -295,6 +295,53 @@ def importance_score(
     raise ValueError(f"score={score!r}: must be one of {', '.join(SCORES)}")
 
 
+def check_pattern(pattern: tuple[int, int] | None, sparsity: float) -> tuple[int, int] | None:
+    """An N:M pattern `(n, m)` keeps N of every M weights: it fixes the sparsity at (M-N)/M."""
+    if pattern is None:
+        return None
+    n, m = pattern
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
+        raise ValueError(f"pattern={n}:{m}: N:M needs whole numbers 1 <= N < M")
+    if abs(sparsity - (m - n) / m) > 1e-9:
+        raise ValueError(
+            f"pattern={n}:{m} with sparsity={sparsity!r}: an N:M pattern's sparsity is "
+            f"(M-N)/M = {(m - n) / m:g}"
+        )
+    return n, m
+
+
+def nm_eligible(weight: Tensor, m: int) -> bool:
+    """Whether a weight's input dimension (a Linear's in_features, a Conv2d's in_channels)
+    splits into groups of M; a layer that does not (an RGB stem: 3 channels) stays dense."""
+    return weight.dim() >= 2 and weight.shape[1] % m == 0
+
+
+def _nm_groups(t: Tensor, m: int) -> Tensor:
+    """`t` as rows of M consecutive elements along the input dimension (dim 1): a Conv2d
+    weight (out, in, kh, kw) is viewed as (out, kh, kw, in) first, as sparse kernels want."""
+    if t.dim() > 2:
+        t = t.movedim(1, -1)
+    return t.reshape(-1, m)
+
+
+def _nm_positions(scores: Tensor, sparsity: float, n: int, m: int) -> Tensor:
+    """Ascending positions (logical order) to prune now under an N:M pattern: in every group
+    of M the round(sparsity * M) lowest scores (at most M - N; ties by position), less those
+    pruned already (score -inf). At the target exactly N of every M stay."""
+    empty = torch.empty(0, dtype=torch.long, device=scores.device)
+    count = min(round(sparsity * m), m - n)
+    if count <= 0 or not nm_eligible(scores, m):
+        return empty
+    groups = _nm_groups(scores, m)
+    lowest = torch.argsort(groups, dim=1, stable=True)[:, :count]
+    pruned = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, lowest, True)
+    pruned.logical_and_(groups > -math.inf)
+    if scores.dim() > 2:  # back to the weight's own (out, in, kh, kw) order
+        shape = scores.movedim(1, -1).shape
+        pruned = pruned.reshape(shape).movedim(-1, 1)
+    return torch.nonzero(pruned.reshape(-1)).flatten()
+
+
 def _zero_at(t: Tensor, positions: Tensor) -> None:
     """t[positions] = 0 for ascending positions in `t`'s logical (row-major) order."""
     if t.is_contiguous():
@@ -321,6 +368,7 @@ class Pruner:
         score: str | Callable[[Tensor, dict[str, Any]], Tensor] = "magnitude",
         scope: str = "global",
         eps: float = 1e-8,
+        pattern: tuple[int, int] | None = None,
     ) -> None:
         self.params = list(params)
         if not self.params:
@@ -331,6 +379,8 @@ class Pruner:
         self.score = score if callable(score) else _check_choice("score", score, SCORES)
         self.scope = _check_choice("scope", scope, SCOPES)
         self.eps = eps
+        # N:M semi-structured sparsity: (N, M) or None for unstructured (see _nm_positions).
+        self.pattern = check_pattern(pattern, schedule.final_sparsity)
         self.step = 0  # optimizer steps taken (the schedule's t)
         self.sparsity = 0.0  # target of the last mask update: what the masks implement now
         # Zero weights right after the last mask update (None: no update in this process yet).
@@ -405,7 +455,12 @@ class Pruner:
             del zero
         zeros = torch.stack(zero_counts).tolist()
         sizes = [p.numel() for p in self.params]
-        if self.scope == "global":
+        if self.pattern is not None:
+            positions = []
+            for index, s in enumerate(scores):
+                positions.append(_nm_positions(s, sparsity, *self.pattern))
+                scores[index] = None  # type: ignore[call-overload]
+        elif self.scope == "global":
             total = sum(sizes)
             flat = torch.empty(total, dtype=scores[0].dtype, device=scores[0].device)
             offset = 0

@@ -131,7 +131,9 @@ def build_optimizer(
             settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
             score = functools.partial(method.score, settings=settings)
         scope = method.scope or pruning.scope  # a method with its own scope keeps it
-        pruner = Pruner(prunable, schedule, score=score, scope=scope, eps=opt.eps)
+        pruner = Pruner(
+            prunable, schedule, score=score, scope=scope, eps=opt.eps, pattern=pruning.pattern
+        )
     ctx = catalogue.BuildContext(
         model=model,
         spec=opt,

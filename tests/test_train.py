@@ -557,3 +557,19 @@ def test_random_and_layerwise_baselines_reach_their_targets(tiny_spec, tmp_path)
     weight = checkpoint["model"]["layer4.1.conv2.weight"]
     kept = weight[weight != 0].abs()
     assert kept.min() < weight.abs().max() / 100  # small weights kept: not by magnitude
+
+
+def test_nm_runs_keep_two_of_every_four_weights(tiny_spec, tmp_path):
+    from test_pruning import assert_nm
+
+    spec = tiny_spec(
+        tmp_path,
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+        optimizer={"name": "adamwprune", "prune_base": "adamw"},
+        pruning={"method": "state", "sparsity": 0.5, "start_step": 1, "nm_n": 2, "nm_m": 4},
+    )
+    doc = train(spec)
+    assert doc["summary"]["best_top1"] is not None  # measured 50 % (the 3-channel stem aside)
+    model = torch.load(Path(spec.out_dir) / LAST_CHECKPOINT, weights_only=True)["model"]
+    names = doc["epochs"][-1]["sparsity_per_layer"]
+    assert_nm([model[name] for name in names], 2, 4)
