@@ -323,7 +323,9 @@ def test_nan_loss_stops_the_run_as_failed(tiny_spec, tmp_path, monkeypatch):
 
         def poison(module, inputs, output):
             forward_calls["n"] += 1
-            if forward_calls["n"] == 7:  # epoch 2 (4 train + 2 test batches), step 1
+            # Epoch 2 step 1: after setup's one image that counts MACs (lib.pruning.layer_macs)
+            # and epoch 1's 4 train + 2 test batches.
+            if forward_calls["n"] == 8:
                 return output * float("nan")
             return None
 
