@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lib.errors import OneLineError
+from lib.spec import PRUNE_SCOPES
 
 if TYPE_CHECKING:
     import torch
@@ -216,6 +217,9 @@ class PruningEntry:
     # The score the upstream reference project ran under this method's name, where it differs
     # (lib.pruning.SCORES); chosen by CONFIG_<symbol>_UPSTREAM_SCORE, for reproducing the seed.
     upstream_score: str | None = None
+    # The threshold scope this method's runs always use (lib.pruning.SCOPES), whatever the
+    # menu's scope: layer-wise magnitude beside global magnitude in one matrix. None: the menu's.
+    scope: str | None = None
 
     @property
     def symbol(self) -> str:
@@ -363,6 +367,9 @@ def _load(ep, kind: type, origin: Origin, cat: Catalogue):
         raise PluginError(f"{where}: settings must be a dataclass")
     if isinstance(entry, PruningEntry) and entry.owner is None and entry.score is None:
         raise PluginError(f"{where}: a pruning entry needs a score (or an owner optimizer)")
+    if isinstance(entry, PruningEntry) and entry.scope not in (None, *PRUNE_SCOPES):
+        accepted = ", ".join(PRUNE_SCOPES)
+        raise PluginError(f"{where}: scope {entry.scope!r} is not accepted ({accepted})")
     _check_fragment(entry, where)
     return dataclasses.replace(entry, origin=origin)
 

@@ -45,6 +45,7 @@ PLOTS = (
     "memory",
     "memory_vs_accuracy",
     "sparsity",
+    "operating_points",
 )
 EXECUTORS = ("local", "slurm")
 _SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -138,6 +139,9 @@ class Config:
         fields["upstream_score"] = method in self.upstream_scores
         if not generic:
             fields.update(rebuild_masks=False, mask_weights_only=False)
+        entry = catalogue.catalogue().pruning.get(method)
+        if entry is not None and entry.scope is not None:  # a method with its own scope
+            fields["scope"] = entry.scope
         return replace(self.pruning, method=method, sparsity=sparsity, **fields)
 
     def symbol_dict(self) -> dict[str, str]:
@@ -460,6 +464,32 @@ def _sparsities(r: _Reader) -> tuple[float, ...]:
     return tuple(sorted(levels | custom))
 
 
+def _nm_pattern(r: _Reader, sparsities: tuple[float, ...]) -> dict:
+    """PruningSpec's nm_n / nm_m: N:M semi-structured sparsity, whose sparsity is (M-N)/M, so
+    every selected level must be that one. Unstructured ({}) unless CONFIG_PRUNING_NM."""
+    if not r.bool("PRUNING_NM"):
+        return {}
+    for upstream in ("PRUNING_REBUILD_MASKS", "PRUNING_MASK_WEIGHTS_ONLY"):
+        if r.bool(upstream):
+            raise r.fail(
+                "PRUNING_NM",
+                "y",
+                f"n with CONFIG_{upstream}=y: the seed's upstream masks are unstructured",
+            )
+    n, m = r.int("PRUNING_NM_N"), r.int("PRUNING_NM_M")
+    if not 1 <= n < m:
+        raise r.fail("PRUNING_NM_N", str(n), f"1..{m - 1} (fewer than CONFIG_PRUNING_NM_M={m})")
+    implied = (m - n) / m
+    wrong = [s for s in sparsities if abs(s - implied) > 1e-9]
+    if wrong:
+        raise r.fail(
+            "SPARSITY_*",
+            ",".join(f"{s:g}" for s in sparsities),
+            f"only {implied:g}: an {n}:{m} pattern prunes exactly {m - n} of every {m} weights",
+        )
+    return {"nm_n": n, "nm_m": m}
+
+
 def _distributed(r: _Reader) -> dict:
     """TrainSpec fields of a run on several GPUs; TrainSpec's defaults with one GPU (the
     DDP_* options are hidden then and mean nothing)."""
@@ -721,11 +751,13 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         scope=r.choice("PRUNING_SCOPE", ("global", "layerwise")),
         rebuild_masks=r.bool("PRUNING_REBUILD_MASKS"),
         mask_weights_only=r.bool("PRUNING_MASK_WEIGHTS_ONLY"),
+        **_nm_pattern(r, sparsities if set(methods) - {"none"} else ()),
     )
     upstream_scores = tuple(
         e.name
         for e in chosen_methods
-        if e.upstream_score and f"{e.symbol}_UPSTREAM_SCORE" in r.kconf.syms
+        if e.upstream_score
+        and f"{e.symbol}_UPSTREAM_SCORE" in r.kconf.syms
         and r.bool(f"{e.symbol}_UPSTREAM_SCORE")
     )
     if set(methods) - {"none"} and pruning.end_epoch > train.epochs:

@@ -84,8 +84,9 @@ def summarize(
     error: str | None = None,
     total_seconds: float | None = None,
     environment_failure: bool = False,
+    model_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Derive the run summary from its per-epoch records.
+    """Derive the run summary from its per-epoch records (and the run's `model_info`).
 
     - best_top1 / best_epoch: the best test top-1 among epochs at the target sparsity (every
       epoch counts for dense runs). A pruned run that never reached its target has no best
@@ -95,6 +96,9 @@ def summarize(
       min(10, n) epochs.
     - peak_to_final: best_top1 - final_top1 (percentage points), None without a best.
     - target_reached_epoch: first epoch whose measured sparsity reached the target.
+    - compression_ratio: model_info's parameters_total / the last epoch's parameters_nonzero;
+      theoretical_speedup: model_info's macs_dense / the last epoch's macs_nonzero (None when
+      either is missing: a run without epochs, a file written before they were recorded).
     - environment_failure: the run failed for its disk (full, quota, read-only), not for
       what it trains; the runner relaunches it without being asked (docs/runner.md).
     Accuracies are percentages (0-100); epochs are 1-based.
@@ -118,6 +122,9 @@ def summarize(
     if window:
         mean = sum(window) / len(window)
         std_last10 = math.sqrt(sum((a - mean) ** 2 for a in window) / len(window))
+    info = model_info or {}
+    compression = _ratio(info.get("parameters_total"), final, "parameters_nonzero")
+    speedup = _ratio(info.get("macs_dense"), final, "macs_nonzero")
     peaks = [rec.get("peak_memory_mb") for rec in epochs if rec.get("peak_memory_mb") is not None]
     return {
         "status": status,
@@ -134,7 +141,17 @@ def summarize(
         "target_reached_epoch": reached_epoch,
         "total_seconds": total_seconds,
         "peak_memory_mb": max(peaks) if peaks else None,
+        "compression_ratio": compression,
+        "theoretical_speedup": speedup,
     }
+
+
+def _ratio(dense: Any, final: dict[str, Any] | None, key: str) -> float | None:
+    """dense / final[key]: what pruning buys (None when a figure is missing or 0)."""
+    nonzero = final.get(key) if final else None
+    if not dense or not nonzero:
+        return None
+    return dense / nonzero
 
 
 def run_identity(spec: RunSpec) -> dict[str, Any]:
@@ -198,6 +215,7 @@ def build_document(
             error=error,
             total_seconds=total,
             environment_failure=environment_failure,
+            model_info=model_info,
         ),
     }
 

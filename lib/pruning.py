@@ -308,6 +308,53 @@ def importance_score(
     raise ValueError(f"score={score!r}: must be one of {', '.join(SCORES)}")
 
 
+def check_pattern(pattern: tuple[int, int] | None, sparsity: float) -> tuple[int, int] | None:
+    """An N:M pattern `(n, m)` keeps N of every M weights: it fixes the sparsity at (M-N)/M."""
+    if pattern is None:
+        return None
+    n, m = pattern
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
+        raise ValueError(f"pattern={n}:{m}: N:M needs whole numbers 1 <= N < M")
+    if abs(sparsity - (m - n) / m) > 1e-9:
+        raise ValueError(
+            f"pattern={n}:{m} with sparsity={sparsity!r}: an N:M pattern's sparsity is "
+            f"(M-N)/M = {(m - n) / m:g}"
+        )
+    return n, m
+
+
+def nm_eligible(weight: Tensor, m: int) -> bool:
+    """Whether a weight's input dimension (a Linear's in_features, a Conv2d's in_channels)
+    splits into groups of M; a layer that does not (an RGB stem: 3 channels) stays dense."""
+    return weight.dim() >= 2 and weight.shape[1] % m == 0
+
+
+def _nm_groups(t: Tensor, m: int) -> Tensor:
+    """`t` as rows of M consecutive elements along the input dimension (dim 1): a Conv2d
+    weight (out, in, kh, kw) is viewed as (out, kh, kw, in) first, as sparse kernels want."""
+    if t.dim() > 2:
+        t = t.movedim(1, -1)
+    return t.reshape(-1, m)
+
+
+def _nm_positions(scores: Tensor, sparsity: float, n: int, m: int) -> Tensor:
+    """Ascending positions (logical order) to prune now under an N:M pattern: in every group
+    of M the round(sparsity * M) lowest scores (at most M - N; ties by position), less those
+    pruned already (score -inf). At the target exactly N of every M stay."""
+    empty = torch.empty(0, dtype=torch.long, device=scores.device)
+    count = min(round(sparsity * m), m - n)
+    if count <= 0 or not nm_eligible(scores, m):
+        return empty
+    groups = _nm_groups(scores, m)
+    lowest = torch.argsort(groups, dim=1, stable=True)[:, :count]
+    pruned = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, lowest, True)
+    pruned.logical_and_(groups > -math.inf)
+    if scores.dim() > 2:  # back to the weight's own (out, in, kh, kw) order
+        shape = scores.movedim(1, -1).shape
+        pruned = pruned.reshape(shape).movedim(-1, 1)
+    return torch.nonzero(pruned.reshape(-1)).flatten()
+
+
 def _zero_at(t: Tensor, positions: Tensor) -> None:
     """t[positions] = 0 for ascending positions in `t`'s logical (row-major) order."""
     if t.is_contiguous():
@@ -336,6 +383,7 @@ class Pruner:
         eps: float = 1e-8,
         rebuild: bool = False,
         weights_only: bool = False,
+        pattern: tuple[int, int] | None = None,
     ) -> None:
         self.params = list(params)
         if not self.params:
@@ -346,6 +394,8 @@ class Pruner:
         self.score = score if callable(score) else _check_choice("score", score, SCORES)
         self.scope = _check_choice("scope", scope, SCOPES)
         self.eps = eps
+        # N:M semi-structured sparsity: (N, M) or None for unstructured (see _nm_positions).
+        self.pattern = check_pattern(pattern, schedule.final_sparsity)
         self.step = 0  # optimizer steps taken (the schedule's t)
         self.sparsity = 0.0  # target of the last mask update: what the masks implement now
         # Zero weights right after the last mask update (None: no update in this process yet).
@@ -365,6 +415,8 @@ class Pruner:
         # Either needs the mask itself (1 B per weight): the zeros no longer are the mask.
         self.rebuild = bool(rebuild)
         self.weights_only = bool(weights_only)
+        if self.pattern is not None and (self.rebuild or self.weights_only):
+            raise ValueError("pattern: N:M sparsity with upstream's rebuilt or weight-only masks")
         self.masks = (
             [torch.ones_like(p, dtype=torch.bool) for p in self.params]
             if self.rebuild or self.weights_only
@@ -499,7 +551,12 @@ class Pruner:
             del zero
         zeros = torch.stack(zero_counts).tolist()
         sizes = [p.numel() for p in self.params]
-        if self.scope == "global":
+        if self.pattern is not None:
+            positions = []
+            for index, s in enumerate(scores):
+                positions.append(_nm_positions(s, sparsity, *self.pattern))
+                scores[index] = None  # type: ignore[call-overload]
+        elif self.scope == "global":
             total = sum(sizes)
             flat = torch.empty(total, dtype=scores[0].dtype, device=scores[0].device)
             offset = 0
@@ -643,3 +700,68 @@ def state_memory(
         "pruning_state_bytes": pruning_bytes,
         "extra_bytes_per_prunable_param": extra,
     }
+
+
+# -- what pruning buys: parameters and multiply-accumulates --------------------------------------
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, image_size: int, channels: int = 3) -> dict[str, int]:
+    """Multiply-accumulates of one forward pass of one `channels` x `image_size`^2 image, per
+    weight (named as in `model.named_parameters()`): every Conv2d and Linear, and the
+    projections of every MultiheadAttention.
+
+    A weight's MACs are its number of elements times the positions it is applied at (a
+    convolution's output pixels, a Linear's tokens), measured with forward hooks on one
+    image in eval mode (the model's mode and its batch-norm statistics are left as they were).
+    Attention's own products (Q K^T, A V) have no weight, cannot be pruned and are not counted.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    macs: dict[str, int] = {}
+
+    def positions_of(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
+        if isinstance(module, nn.Conv2d):
+            return output.numel() // output.shape[1]  # batch 1: output pixels
+        if isinstance(module, nn.Linear):
+            return output.numel() // module.out_features  # tokens
+        return inputs[0].numel() // module.embed_dim  # MultiheadAttention: query tokens
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(module, nn.MultiheadAttention):
+            output = output[0]
+            weights = [w for w in _layer_weights(module)] + [module.out_proj.weight]
+        else:
+            weights = _layer_weights(module)
+        count = positions_of(module, inputs, output)
+        for w in weights:
+            name = names.get(id(w))
+            if name is not None:
+                macs[name] = macs.get(name, 0) + w.numel() * count
+
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention))
+    ]
+    training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+@torch.no_grad()
+def nonzero_cost(model: nn.Module, macs: dict[str, int]) -> dict[str, int]:
+    """`parameters_nonzero` (every parameter, not only the prunable ones) and `macs_nonzero`
+    (each weight's MACs from `layer_macs`, scaled by its measured density, rounded)."""
+    named = list(model.named_parameters())
+    counts = torch.stack([torch.count_nonzero(p) for _, p in named]).tolist() if named else []
+    nonzero = dict(zip((name for name, _ in named), counts, strict=True))
+    sizes = {name: p.numel() for name, p in named}
+    macs_nonzero = sum(m * nonzero[name] / sizes[name] for name, m in macs.items())
+    return {"parameters_nonzero": sum(counts), "macs_nonzero": round(macs_nonzero)}

@@ -996,6 +996,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
         error=reason,
         total_seconds=previous.get("total_seconds"),
         environment_failure=environment_failure,
+        model_info=doc.get("model_info"),
     )
     atomic_write_json(path, doc)
 

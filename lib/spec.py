@@ -205,6 +205,10 @@ class PruningSpec:
     settings: tuple[tuple[str, Any], ...] = added_field(())
     distribution: str = added_field("")
     distribution_version: str = added_field("")
+    # N:M semi-structured sparsity (0, 0: unstructured): in every group of nm_m consecutive
+    # weights along the input dimension nm_n stay nonzero (lib.pruning._nm_positions).
+    nm_n: int = added_field(0)
+    nm_m: int = added_field(0)
 
     def __post_init__(self) -> None:
         _freeze_settings(self)
@@ -212,6 +216,11 @@ class PruningSpec:
     @property
     def enabled(self) -> bool:
         return self.method != "none" and self.sparsity > 0.0
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M run, None for unstructured pruning."""
+        return (self.nm_n, self.nm_m) if self.nm_m else None
 
     @property
     def active_method(self) -> str:

@@ -76,7 +76,14 @@ from lib.metrics import (
     read_metrics,
     summarize,
 )
-from lib.pruning import measure_sparsity, prunable_parameters, scheduled_sparsity, state_memory
+from lib.pruning import (
+    layer_macs,
+    measure_sparsity,
+    nonzero_cost,
+    prunable_parameters,
+    scheduled_sparsity,
+    state_memory,
+)
 from lib.spec import LR_SCHEDULES, PRECISIONS, RunSpec, TrainSpec
 from lib.tracking import Tracker
 from models import build_model, count_parameters
@@ -429,6 +436,8 @@ class _Run:
         seed_everything(spec.seed)
         self.model = build_model(spec.model, num_classes, spec.data.image_size)
         parameters = count_parameters(self.model)
+        # What pruning buys is counted against this: each weight's MACs on one image.
+        self.macs = layer_macs(self.model, spec.data.image_size)
         print(
             f"run {spec.run_id}: {spec.model.name} ({spec.model.stem} stem, {num_classes} "
             f"classes), {parameters:,} parameters, {spec.data.name} {spec.data.image_size}px, "
@@ -484,6 +493,8 @@ class _Run:
             "train_images": self.train_loader.num_samples,
             "test_images": self.test_loader.num_samples,
             "num_classes": num_classes,
+            "parameters_total": sum(p.numel() for p in self.model.parameters()),
+            "macs_dense": sum(self.macs.values()),
         }
         if class_names is not None:
             self.model_info["class_names"] = class_names
@@ -576,6 +587,7 @@ class _Run:
                 **test_stats,
                 "sparsity": sparsity,
                 "sparsity_per_layer": per_layer,
+                **nonzero_cost(self.model, self.macs),
                 "scheduled_sparsity": scheduled_sparsity(self.optimizer),
                 "epoch_seconds": epoch_seconds,
                 "train_seconds": train_seconds,
@@ -585,7 +597,9 @@ class _Run:
             self.epochs.append(record)
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
             target = spec.pruning.target
-            summary = summarize(self.epochs, target, status=STATUS_RUNNING)
+            summary = summarize(
+                self.epochs, target, status=STATUS_RUNNING, model_info=self.model_info
+            )
             if spec.train.checkpoint and self.group.is_main:
                 try:
                     if summary["best_epoch"] == epoch:

@@ -57,6 +57,7 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
         sparsity: final fraction of prunable weights pruned, in [0, 1); 0 = dense base.
         schedule, start_step, end_step, interval: the pruning schedule (lib.pruning).
         scope: "global" (one threshold) or "layerwise".
+        pattern: (N, M) for N:M semi-structured sparsity (lib.pruning), None: unstructured.
         prunable: the weights to prune (default: every parameter with ndim > 1).
         spam_theta, spam_interval, spam_warmup_steps, spam_clip_delay: base="adamwspam" only.
         foreach, fused: passed to torch's adam() (adam / adamw / adamwadv bases).
@@ -79,6 +80,7 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
         end_step: int = 1000,
         interval: int = 50,
         scope: str = "global",
+        pattern: tuple[int, int] | None = None,
         prunable: Sequence[Tensor] | None = None,
         spam_theta: float = 5000.0,
         spam_interval: int = 500,
@@ -118,7 +120,9 @@ class AdamWPrune(PruningMixin, torch.optim.Optimizer):
         if sparsity > 0.0:
             if prunable is None:
                 prunable = [p for g in self.param_groups for p in g["params"] if p.ndim > 1]
-            pruner = Pruner(prunable, schedule_spec, score=score, scope=scope, eps=eps)
+            pruner = Pruner(
+                prunable, schedule_spec, score=score, scope=scope, eps=eps, pattern=pattern
+            )
         self._attach_pruner(pruner)
 
     def _dense_step(self) -> None:

@@ -132,14 +132,16 @@ def build_optimizer(
         if method.settings is not None:  # a plug-in's score sees its typed settings
             settings = catalogue.settings_from_pairs(method.settings, pruning.settings)
             score = functools.partial(method.score, settings=settings)
+        scope = method.scope or pruning.scope  # a method with its own scope keeps it
         pruner = Pruner(
             prunable,
             schedule,
             score=score,
-            scope=pruning.scope,
+            scope=scope,
             eps=opt.eps,
             rebuild=pruning.rebuild_masks,
             weights_only=pruning.mask_weights_only,
+            pattern=pruning.pattern,
         )
     ctx = catalogue.BuildContext(
         model=model,

@@ -15,6 +15,7 @@ BASELINE = "adamwspam_magnitude"
 CANDIDATE = "adamwprune-adamw_state-hybrid"
 PARAMETERS = 25_557_032
 PRUNABLE = 25_502_912
+MACS = 1_305_000_000  # hand-made: the prunable weights' MACs of one image
 
 
 # --------------------------------------------------------------------------- fixture builders
@@ -74,6 +75,8 @@ class FakeRun:
                     "test_top5": min(100.0, acc + 15.0),
                     "sparsity": sp,
                     "sparsity_per_layer": {"conv1.weight": sp},
+                    "parameters_nonzero": PARAMETERS - round(sp * PRUNABLE),
+                    "macs_nonzero": round(MACS * (1 - sp)),
                     "scheduled_sparsity": sp,
                     "lr": 0.001,
                     "epoch_seconds": 10.0,
@@ -132,14 +135,25 @@ def write_matrix(
                     if run.memory_kind == "cuda_allocated"
                     else "cpu",
                 },
-                "model_info": {"parameters": PARAMETERS, "prunable_parameters": PRUNABLE},
+                "model_info": {
+                    "parameters": PARAMETERS,
+                    "prunable_parameters": PRUNABLE,
+                    "parameters_total": PARAMETERS,
+                    "macs_dense": MACS,
+                },
                 "state_memory": {
                     "optimizer_state_bytes": run.optimizer_state_bytes,
                     "pruning_state_bytes": run.pruning_state_bytes,
                     "extra_bytes_per_prunable_param": run.pruning_state_bytes / PRUNABLE,
                 },
                 "epochs": epochs,
-                "summary": summarize(epochs, target, status=run.status, error=run.error),
+                "summary": summarize(
+                    epochs,
+                    target,
+                    status=run.status,
+                    error=run.error,
+                    model_info={"parameters_total": PARAMETERS, "macs_dense": MACS},
+                ),
             }
             metrics.update(run.extra)
             (run_dir / "metrics.json").write_text(json.dumps(metrics))

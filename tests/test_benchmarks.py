@@ -61,3 +61,26 @@ def test_bench_input_quick_prints_both_pipelines_per_core():
     for pipeline in ("pil", "uint8", "bytes"):
         assert re.search(rf"{pipeline}\s+{NUMBER} img/s per core", out), pipeline
     assert re.search(rf"uint8 / pil: {NUMBER}x", out)
+
+
+@pytest.mark.slow
+def test_bench_sparse_inference_quick_states_dense_speed_on_cpu_with_the_ratios():
+    out = run_quick("bench_sparse_inference.py")
+    for label in ("dense", "50% unstructured", "2:4"):
+        assert re.search(rf"\n  {re.escape(label)}\s+{NUMBER}\s+{NUMBER}x\s+{NUMBER}x", out), label
+    assert re.search(rf"run at dense speed: torch has no sparse kernel .*2:4 {NUMBER}x", out)
+
+
+@pytest.mark.gpu
+def test_bench_sparse_inference_measures_2_4_linears_on_cuda():
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("needs a CUDA GPU with compute capability 8.0 or newer")
+    out = run_quick("bench_sparse_inference.py")
+    # The MLP block's Linear layers are converted to 2:4 and timed; ResNet's convolutions are
+    # named as unsupported.
+    rows = re.findall(rf"\n  (\S+)\s+(\d+x\d+)\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})x", out)
+    assert rows, out
+    assert all(float(dense) > 0 and float(sparse) > 0 for _, _, dense, sparse, _ in rows)
+    assert re.search(r"\d+ Conv2d layers unsupported: no semi-structured convolution kernel", out)

@@ -99,3 +99,49 @@ def test_kconfig_dependencies_make_every_selected_method_plannable(tmp_path):
     path.write_text("CONFIG_OPTIMIZER_ADAMWPRUNE=y\nCONFIG_PRUNING_MAGNITUDE=y\n")
     with pytest.raises(ConfigError, match="CONFIG_PRUNING_MAGNITUDE=.*has no effect"):
         cfg.load(path)
+
+
+def test_random_and_layerwise_baselines_are_rows_beside_global_magnitude(tmp_path):
+    """ShrinkBench's controls in one matrix: random pruning and layer-wise magnitude pruning
+    beside global magnitude pruning, each its own method key (report row)."""
+    path = tmp_path / ".config"
+    path.write_text(
+        (cfg.DEFCONFIG_DIR / "demo").read_text()
+        + "CONFIG_PRUNING_RANDOM=y\nCONFIG_PRUNING_LAYERMAGNITUDE=y\n"
+    )
+    specs = plan(cfg.load(path))
+    adamw = [s for s in specs if s.optimizer.name == "adamw" and s.seed == 0]
+    assert [s.run_id for s in adamw] == [
+        "resnet20_adamw_dense_seed0",
+        "resnet20_adamw_magnitude_s70_seed0",
+        "resnet20_adamw_magnitude_s90_seed0",
+        "resnet20_adamw_random_s70_seed0",
+        "resnet20_adamw_random_s90_seed0",
+        "resnet20_adamw_layermagnitude_s70_seed0",
+        "resnet20_adamw_layermagnitude_s90_seed0",
+    ]
+    scopes = {s.pruning.method: s.pruning.scope for s in adamw}
+    assert scopes == {"none": "global", "magnitude": "global", "random": "global",
+                      "layermagnitude": "layerwise"}  # fmt: skip
+    # AdamWPrune prunes by itself: no baseline runs of it.
+    assert not any(s.optimizer.name == "adamwprune" and s.pruning.method in scopes
+                   and s.pruning.method not in ("none",) and s.pruning.method != "state"
+                   for s in specs)  # fmt: skip
+
+
+def test_nm_pattern_reaches_every_method_and_fixes_the_sparsity(tmp_path):
+    path = tmp_path / ".config"
+    base = (cfg.DEFCONFIG_DIR / "demo").read_text() + "CONFIG_PRUNING_NM=y\n"
+    path.write_text(base + "# CONFIG_SPARSITY_70 is not set\n# CONFIG_SPARSITY_90 is not set\n"
+                    'CONFIG_SPARSITY_CUSTOM="0.5"\n')  # fmt: skip
+    specs = [s for s in plan(cfg.load(path)) if s.pruning.enabled]
+    assert {s.pruning.method for s in specs} == {"magnitude", "state"}
+    assert {(s.pruning.nm_n, s.pruning.nm_m, s.pruning.sparsity) for s in specs} == {(2, 4, 0.5)}
+    assert all(RunSpec.from_json(s.to_json()) == s for s in specs)
+    # The demo's 70 and 90 % are not 2:4's 50 %: one line naming the options and the answer.
+    path.write_text(base)
+    with pytest.raises(ConfigError, match=r"CONFIG_SPARSITY_\*='0.7,0.9'.*only 0.5"):
+        cfg.load(path)
+    path.write_text(base + "CONFIG_PRUNING_NM_N=4\n")
+    with pytest.raises(ConfigError, match=r"CONFIG_PRUNING_NM_N='4'.*1\.\.3"):
+        cfg.load(path)

@@ -130,6 +130,22 @@ def test_measure_sparsity_from_the_weights():
     assert measure_sparsity(model, keep_ends_dense=True) == (0.0, {"3.weight": 0.0})
 
 
+def assert_nm(prunable, n: int, m: int) -> None:
+    """Exactly n nonzero in every group of m consecutive weights along the input dimension
+    (a conv's input channels at each kernel position); a layer whose input dimension is not
+    a multiple of m (the RGB stem) stays dense."""
+    grouped = 0
+    for p in prunable:
+        if p.shape[1] % m:
+            assert torch.count_nonzero(p) == p.numel()
+            continue
+        along_input = p.detach().permute(0, *range(2, p.dim()), 1)  # input dimension last
+        counts = (along_input.reshape(-1, m) != 0).sum(dim=1)
+        assert torch.all(counts == n), counts.unique()
+        grouped += 1
+    assert grouped > 0
+
+
 # -- magnitude and movement with every optimizer --------------------------------------------------
 
 MASKED = {
@@ -148,13 +164,17 @@ MASKED = {
 
 @pytest.mark.parametrize("optimizer_name", sorted(MASKED))
 @pytest.mark.parametrize("method", ["magnitude", "movement"])
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("scope", ["global", "layerwise", "1:4"])
 def test_methods_prune_exactly_and_keep_weights_and_state_zero(optimizer_name, method, scope):
-    """With weight decay and eps in play, a pruned weight, its gradient and its state stay 0."""
+    """With weight decay and eps in play, a pruned weight, its gradient and its state stay 0.
+    `1:4`: the N:M pattern (global scope otherwise), exactly 1 of every 4 kept."""
     model = tiny_model()
     prunable = [p for _, p in prunable_parameters(model)]
     schedule = PruningSchedule(0.75, start_step=2, end_step=9, interval=2)
-    pruner = Pruner(prunable, schedule, score=method, scope=scope)
+    pattern = (1, 4) if scope == "1:4" else None
+    pruner = Pruner(
+        prunable, schedule, score=method, scope="global" if pattern else scope, pattern=pattern
+    )
     optimizer = MASKED[optimizer_name](groups(model, 0.1), pruner)
 
     previous = []
@@ -173,7 +193,9 @@ def test_methods_prune_exactly_and_keep_weights_and_state_zero(optimizer_name, m
                 assert torch.all(pruner.movement_scores[i][z] == 0)
 
     train(model, optimizer, batches(14), after_step=check)
-    if scope == "global":
+    if pattern:
+        assert_nm(prunable, *pattern)
+    elif scope == "global":
         total = sum(p.numel() for p in prunable)
         assert sum(int((p == 0).sum()) for p in prunable) == total - round(0.25 * total)
     else:
@@ -437,3 +459,47 @@ def test_masking_invariants_hold_on_a_vit_and_a_convnext(
     assert sparsity == 1 - round(0.25 * total) / total
     for name, p in others.items():
         assert torch.all((p == 0) <= zeros_before[name]), name  # nothing newly zeroed
+
+
+# -- N:M semi-structured sparsity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", ["hybrid", "variance", "momentum", "magnitude"])
+def test_adamwprune_state_pruning_keeps_n_of_every_m(score):
+    """AdamWPrune's own state pruning under 2:4: exact pattern, pruned state stays 0."""
+    model = tiny_model()
+    prunable = [p for _, p in prunable_parameters(model)]
+    optimizer = AdamWPrune(
+        groups(model, 0.1), lr=1e-2, score=score, sparsity=0.5, start_step=2, end_step=9,
+        interval=2, pattern=(2, 4), prunable=prunable,
+    )  # fmt: skip
+    train(model, optimizer, batches(12))
+    assert_nm(prunable, 2, 4)
+    for p in prunable:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.all(optimizer.state[p][key][p == 0] == 0), key
+
+
+def test_nm_keeps_the_highest_scores_of_each_group_along_the_input_dimension():
+    weight = nn.Parameter(
+        torch.tensor([[4.0, -1.0, 3.0, 2.0, 0.5, 0.25, -8.0, 1.0], [1.0, 2.0, 3.0, 4.0] * 2])
+    )
+    pruner = Pruner([weight], PruningSchedule(0.5, 0, 0), pattern=(2, 4))
+    pruner.update_masks({}, 0.5)
+    kept = (weight != 0).int().tolist()
+    assert kept == [[1, 0, 1, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1]]
+    # A Conv2d groups its input channels at each kernel position, not its kernel window.
+    conv = nn.Conv2d(4, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1.0, 17.0).view(1, 4, 2, 2))  # channel c: 4c+1..4c+4
+    Pruner([conv.weight], PruningSchedule(0.75, 0, 0), pattern=(1, 4)).update_masks({}, 0.75)
+    assert torch.equal(conv.weight[0, :3], torch.zeros(3, 2, 2))  # the last channel is kept
+    assert torch.count_nonzero(conv.weight[0, 3]) == 4
+
+
+def test_nm_pattern_fixes_the_sparsity():
+    weight = nn.Parameter(torch.ones(4, 8))
+    with pytest.raises(ValueError, match=r"pattern=2:4 with sparsity=0.7.*\(M-N\)/M = 0.5"):
+        Pruner([weight], PruningSchedule(0.7, 0, 0), pattern=(2, 4))
+    with pytest.raises(ValueError, match="1 <= N < M"):
+        Pruner([weight], PruningSchedule(0.0, 0, 0), pattern=(4, 4))

@@ -305,6 +305,8 @@ def test_plots_are_written_embedded_and_non_empty(seed_matrix: Path) -> None:
         "memory.png",
         "memory_vs_accuracy.png",
         "sparsity.png",
+        "accuracy_vs_compression.png",
+        "accuracy_vs_speedup.png",
     }
     for png in pngs:
         data = png.read_bytes()

@@ -128,3 +128,54 @@ def test_accuracy_evolution_mean_band_and_method_view(results, tmp_path: Path) -
     mean_line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("AdamWPrune"))
     assert list(mean_line.get_ydata()) == pytest.approx([72.5, 73.5, 74.5])
     plt.close(fig)
+
+
+def test_operating_points_put_the_tables_accuracy_at_the_runs_compression_and_speedup(
+    results, tmp_path
+) -> None:
+    from report_helpers import MACS, PARAMETERS, PRUNABLE
+
+    compression = plots.operating_points(results, CAND, "compression_ratio")
+    speedup = plots.operating_points(results, CAND, "theoretical_speedup")
+    accuracy = {p.sparsity: p for p in plots.sparsity_points(results, CAND)}
+    for sparsity, o in zip((0.5, 0.7), compression, strict=True):  # ascending cost axis
+        assert o.point == accuracy[sparsity]
+        assert o.x == pytest.approx(PARAMETERS / (PARAMETERS - round(sparsity * PRUNABLE)))
+    assert [o.x for o in speedup] == pytest.approx([2.0, 1 / 0.3])
+    [dense] = plots.operating_points(results, "adamwspam_dense", "compression_ratio")
+    assert dense.x == 1.0
+    assert MACS / round(MACS * 0.5) == pytest.approx(2.0)
+
+    comparison = resolve_comparison(results)
+    files = plots.plot_operating_points(results, comparison.methods, tmp_path)
+    assert [f.path.name for f in files] == [
+        "accuracy_vs_compression.png",
+        "accuracy_vs_speedup.png",
+    ]
+    assert all(f.path.stat().st_size > 0 for f in files)
+
+
+def test_operating_points_leave_out_runs_written_before_the_counts(tmp_path) -> None:
+    run = FakeRun("adamwspam", "magnitude", 0.5, 0, [70.0, 71.0])
+    run.extra = {"model_info": {"parameters": 1}}  # an older file: no parameters_total
+    results = load_matrix(write_matrix(tmp_path, "old", [run]))
+    assert plots.sparsity_points(results, BASE)  # the accuracy is there
+    assert plots.operating_points(results, BASE, "compression_ratio") == []
+    assert plots.plot_operating_points(results, [BASE], tmp_path) == []
+
+
+def test_the_report_tables_what_pruning_buys(tmp_path) -> None:
+    from report_helpers import PARAMETERS, PRUNABLE, render, row_for, table_header, table_rows
+
+    text = render(write_matrix(tmp_path, "buys", cells_runs()))
+    heading = "### What pruning buys"
+    assert table_header(text, heading) == [
+        "Method", "Sparsity", "Seeds", "Compression", "Theoretical speedup", "Best top-1",
+    ]  # fmt: skip
+    rows = table_rows(text, heading)
+    base = [r for r in rows if r[0] == "AdamWSPAM + magnitude"]
+    assert [r[1] for r in base] == ["50%", "70%"]
+    ratio = PARAMETERS / (PARAMETERS - round(0.5 * PRUNABLE))
+    assert base[0][2:5] == ["3", f"{ratio:.2f}x", "2.00x"]
+    assert base[1][4] == f"{1 / 0.3:.2f}x"
+    assert row_for(rows, "AdamWSPAM (dense)")[3:5] == ["1.00x", "1.00x"]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import lib.train
 from lib.metrics import read_metrics
+from lib.pruning import layer_macs
 from lib.spec import TrainSpec
 from lib.train import (
     BEST_CHECKPOINT,
@@ -28,6 +30,7 @@ from lib.train import (
     main,
     train,
 )
+from models.resnet import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,8 @@ EPOCH_FIELDS = {
     "test_top5",
     "sparsity",
     "sparsity_per_layer",
+    "parameters_nonzero",
+    "macs_nonzero",
     "scheduled_sparsity",
     "lr",
     "epoch_seconds",
@@ -132,13 +137,33 @@ def test_every_optimizer_and_pruning_method_writes_valid_metrics(
     assert 0.0 <= epoch["test_top1"] <= epoch["test_top5"] <= 100.0
     assert doc["model_info"]["parameters"] == 11_173_962  # resnet18, cifar stem, 10 classes
     assert doc["model_info"]["prunable_parameters"] > 0
+    info, summary = doc["model_info"], doc["summary"]
+    assert info["parameters_total"] == 11_173_962
+    # Against torch's own count of the dense model at the run's image size (FLOPs = 2 MACs).
+    dense = build_model(spec.model, 10, spec.data.image_size).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        dense(torch.zeros(1, 3, spec.data.image_size, spec.data.image_size))
+    assert info["macs_dense"] == counter.get_total_flops() // 2
+    # macs_nonzero: each layer's MACs scaled by the density the epoch record measured.
+    macs = layer_macs(dense, spec.data.image_size)
+    density = {name: 1.0 - epoch["sparsity_per_layer"].get(name, 0.0) for name in macs}
+    expected = sum(m * density[name] for name, m in macs.items())
+    assert epoch["macs_nonzero"] == pytest.approx(expected, rel=1e-6)
+    assert epoch["parameters_nonzero"] <= info["parameters_total"]
+    assert summary["compression_ratio"] == info["parameters_total"] / epoch["parameters_nonzero"]
+    assert summary["theoretical_speedup"] == info["macs_dense"] / epoch["macs_nonzero"]
     assert doc["state_memory"]["optimizer_state_bytes"] > 0 or optimizer == "sgd"
     if pruned:
         # Pruning ends with the first epoch: the measured sparsity is the target.
         assert epoch["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        # Half the prunable weights gone: about 2x in parameters; fewer MACs too (how many
+        # depends on where a global threshold pruned: at 8 px the late layers cost little).
+        assert 1.9 < summary["compression_ratio"] < 2.0
+        assert summary["theoretical_speedup"] > 1.05
         assert doc["summary"]["best_top1"] is not None
     else:
         assert epoch["sparsity"] < 0.01
+        assert summary["compression_ratio"] < 1.01 and summary["theoretical_speedup"] < 1.01
     assert not (Path(spec.out_dir) / LAST_CHECKPOINT).exists()  # checkpoint disabled
 
 
@@ -298,7 +323,9 @@ def test_nan_loss_stops_the_run_as_failed(tiny_spec, tmp_path, monkeypatch):
 
         def poison(module, inputs, output):
             forward_calls["n"] += 1
-            if forward_calls["n"] == 7:  # epoch 2 (4 train + 2 test batches), step 1
+            # Epoch 2 step 1: after setup's one image that counts MACs (lib.pruning.layer_macs)
+            # and epoch 1's 4 train + 2 test batches.
+            if forward_calls["n"] == 8:
                 return output * float("nan")
             return None
 
@@ -499,3 +526,52 @@ def test_the_number_of_test_images_evaluated_is_recorded(tiny_spec, tmp_path, ca
     assert "caps evaluation too: 1 of 2 test batches" in capsys.readouterr().out
     whole = train(tiny_spec(tmp_path / "whole", train={"epochs": 1, "max_steps_per_epoch": 4}))
     assert whole["epochs"][0]["test_images"] == whole["model_info"]["test_images"] == 16
+
+
+# -- baselines: random and layer-wise magnitude pruning -------------------------------------------
+
+
+def test_random_and_layerwise_baselines_reach_their_targets(tiny_spec, tmp_path):
+    docs = {}
+    for method in ("random", "layermagnitude", "magnitude"):
+        spec = tiny_spec(
+            tmp_path / method,
+            train={"epochs": 1, "max_steps_per_epoch": 2},
+            optimizer={"name": "adamw"},
+            pruning={"method": method, "sparsity": 0.5, "start_step": 1},
+        )
+        docs[method] = train(spec)
+        assert docs[method]["summary"]["best_top1"] is not None  # the target was reached
+    # Layer-wise: every prunable layer at the target; global magnitude: not every layer.
+    layerwise = docs["layermagnitude"]["epochs"][-1]["sparsity_per_layer"]
+    assert all(abs(s - 0.5) < 0.01 for s in layerwise.values())
+    magnitude = docs["magnitude"]["epochs"][-1]["sparsity_per_layer"]
+    assert magnitude != layerwise  # one global threshold prunes layers unevenly
+    # Random: a global 50 % that ignores magnitude, so layers are pruned alike (about half
+    # each, large layers closest) and the kept weights are not the largest ones.
+    random_layers = docs["random"]["epochs"][-1]["sparsity_per_layer"]
+    assert docs["random"]["epochs"][-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    big = [name for name, s in random_layers.items() if "layer4" in name]
+    assert all(abs(random_layers[name] - 0.5) < 0.01 for name in big)
+    checkpoint = torch.load(
+        Path(docs["random"]["spec"]["out_dir"]) / LAST_CHECKPOINT, weights_only=True
+    )
+    weight = checkpoint["model"]["layer4.1.conv2.weight"]
+    kept = weight[weight != 0].abs()
+    assert kept.min() < weight.abs().max() / 100  # small weights kept: not by magnitude
+
+
+def test_nm_runs_keep_two_of_every_four_weights(tiny_spec, tmp_path):
+    from test_pruning import assert_nm
+
+    spec = tiny_spec(
+        tmp_path,
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+        optimizer={"name": "adamwprune", "prune_base": "adamw"},
+        pruning={"method": "state", "sparsity": 0.5, "start_step": 1, "nm_n": 2, "nm_m": 4},
+    )
+    doc = train(spec)
+    assert doc["summary"]["best_top1"] is not None  # measured 50 % (the 3-channel stem aside)
+    model = torch.load(Path(spec.out_dir) / LAST_CHECKPOINT, weights_only=True)["model"]
+    names = doc["epochs"][-1]["sparsity_per_layer"]
+    assert_nm([model[name] for name in names], 2, 4)

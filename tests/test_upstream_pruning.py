@@ -297,3 +297,33 @@ def test_a_tiny_run_with_the_upstream_options_trains_and_records_their_bytes(tin
     assert doc["state_memory"]["pruning_state_bytes"] == 5 * prunable
     saved = torch.load(Path(spec.out_dir) / "checkpoint_last.pt", weights_only=True)
     assert {"masks", "initial_weights"} <= set(saved["optimizer"]["pruning"])
+
+
+@pytest.mark.parametrize("upstream", ["PRUNING_REBUILD_MASKS", "PRUNING_MASK_WEIGHTS_ONLY"])
+def test_nm_sparsity_with_the_upstream_masks_is_refused_in_one_line(tmp_path, upstream):
+    """Upstream's rebuilt and weight-only masks are unstructured: N:M with either is refused
+    by the config loader in one line naming the option, and by the Pruner itself."""
+    from test_config import write_config
+
+    from lib import config as cfg
+    from lib.config import ConfigError
+
+    path = write_config(
+        tmp_path,
+        "demo",
+        "CONFIG_SPARSITY_50=y",
+        "# CONFIG_SPARSITY_70 is not set",
+        "# CONFIG_SPARSITY_90 is not set",
+        "CONFIG_PRUNING_NM=y",
+        f"CONFIG_{upstream}=y",
+    )
+    with pytest.raises(ConfigError) as err:
+        cfg.load(path)
+    message = str(err.value)
+    assert "\n" not in message and "CONFIG_PRUNING_NM='y'" in message and upstream in message
+    model = toy()
+    params = [p for _, p in prunable_parameters(model)]
+    schedule = PruningSchedule(final_sparsity=0.5, start_step=1, end_step=2, interval=1)
+    with pytest.raises(ValueError, match="N:M"):
+        Pruner(params, schedule, pattern=(2, 4), rebuild=upstream == "PRUNING_REBUILD_MASKS",
+               weights_only=upstream == "PRUNING_MASK_WEIGHTS_ONLY")  # fmt: skip

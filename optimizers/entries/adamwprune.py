@@ -79,6 +79,7 @@ def build(ctx: BuildContext):
         end_step=schedule.end_step,
         interval=schedule.interval,
         scope=pruning.scope,
+        pattern=pruning.pattern,
         prunable=ctx.prunable,
         **ctx.fast_path(),
         **{f"spam_{key}": value for key, value in spam_kwargs(opt).items()},

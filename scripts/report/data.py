@@ -382,6 +382,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
             status=STATUS_RUNNING if status == STATUS_PENDING else status,
             error=result.reason if status == STATUS_FAILED else None,
             total_seconds=(metrics.get("summary") or {}).get("total_seconds"),
+            model_info=metrics.get("model_info"),
         )
     except (KeyError, TypeError) as e:
         result.status = STATUS_UNREADABLE

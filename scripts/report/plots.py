@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from lib.atomic import atomic_file  # noqa: E402
 from lib.spec import sparsity_token  # noqa: E402
@@ -38,6 +38,7 @@ PLOT_KINDS = (
     "memory",
     "memory_vs_accuracy",
     "sparsity",
+    "operating_points",
 )
 DPI = 120
 FIGSIZE = (9, 5.5)
@@ -356,6 +357,87 @@ def plot_accuracy_vs_sparsity(
     return [PlotFile(path, f"Best top-1 accuracy vs target sparsity ({bars})")]
 
 
+# What pruning buys (docs/metrics.md): the summary's ratio, its axis label and file name.
+OPERATING_POINTS = {
+    "compression_ratio": ("Compression ratio (all / nonzero parameters, log scale)", "compression"),
+    "theoretical_speedup": ("Theoretical speedup (dense / nonzero MACs, log scale)", "speedup"),
+}
+OPERATING_TITLES = {"compression": "compression ratio", "speedup": "theoretical speedup"}
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One method at one target sparsity: where it lands on the cost axis (mean over the seeds
+    that count) and its best top-1 with the tables' 95% interval."""
+
+    x: float
+    point: SparsityPoint
+
+
+def operating_points(results: MatrixResults, key: str, metric: str) -> list[OperatingPoint]:
+    """A method's accuracy at each sparsity against `metric` (compression_ratio or
+    theoretical_speedup, from the runs' summaries): the same runs as the accuracy estimate.
+    A cell whose runs lack the metric (written before it was recorded) is left out."""
+    points = []
+    for p in sparsity_points(results, key):
+        runs = [r for r in results.counted(key, p.sparsity) if r.summary["best_top1"] is not None]
+        values = [r.summary.get(metric) for r in runs]
+        if not values or any(v is None for v in values):
+            continue
+        points.append(OperatingPoint(sum(values) / len(values), p))
+    return sorted(points, key=lambda o: o.x)
+
+
+def plot_operating_points(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    """Accuracy against compression ratio and against theoretical speedup (ShrinkBench's
+    operating-point curves): one line per method, a band for the 95% interval over seeds.
+    A dense method is one point at 1x: the reference each pruned line is read against."""
+    palette = colors(methods)
+    files = []
+    for metric, (label, name) in OPERATING_POINTS.items():
+        fig, ax = plt.subplots(figsize=FIGSIZE)
+        seeds = 0
+        for key in methods:
+            points = operating_points(results, key, metric)
+            if not points:
+                continue
+            seeds = max(seeds, *(o.point.n for o in points))
+            xs = [o.x for o in points]
+            ax.plot(
+                xs, [o.point.mean for o in points], color=palette[key], marker="o",
+                linewidth=1.6, label=method_display_name(key),
+            )  # fmt: skip
+            if len(points) == 1:  # a dense method: one point, its interval as a bar
+                o = points[0]
+                ax.errorbar(
+                    xs, [o.point.mean], yerr=[[o.point.mean - o.point.low],
+                    [o.point.high - o.point.mean]], color=palette[key], capsize=4,
+                    label="_bar",
+                )  # fmt: skip
+            elif any(o.point.high > o.point.low for o in points):
+                ax.fill_between(
+                    xs, [o.point.low for o in points], [o.point.high for o in points],
+                    color=palette[key], alpha=0.15, label="_band",
+                )  # fmt: skip
+        if not seeds:
+            plt.close(fig)
+            continue
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+        ax.set_xlabel(label)
+        band = "band: 95% CI of the mean" if seeds > 1 else "one seed: no band"
+        ax.set_ylabel(f"Best test top-1 accuracy (%)\n(mean over seeds, {band})")
+        ax.set_title(f"{_title_prefix(results)}: best top-1 accuracy vs {OPERATING_TITLES[name]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower left", fontsize="small")
+        path = out_dir / f"accuracy_vs_{name}.png"
+        _save(fig, path)
+        files.append(PlotFile(path, f"Best top-1 accuracy vs {label[0].lower()}{label[1:]}"))
+    return files
+
+
 def comparison_figure(a: MatrixResults, b: MatrixResults) -> tuple[plt.Figure, plt.Axes] | None:
     """Accuracy vs sparsity of two matrices in one plot: A solid, B dashed; each method has
     the colour it has in A's own report (B's extra methods follow)."""
@@ -575,7 +657,10 @@ PLOTTERS = {
     "memory": plot_memory,
     "memory_vs_accuracy": plot_memory_vs_accuracy,
     "sparsity": plot_sparsity,
+    "operating_points": plot_operating_points,
 }
+# Files a kind writes under other names than its own (removed with its stale plots).
+PLOT_FILES = {"operating_points": ("accuracy_vs_compression", "accuracy_vs_speedup")}
 
 
 def render_plots(
@@ -604,7 +689,8 @@ def render_plots(
     # Plots of an earlier render that this one does not draw (a sparsity level dropped, a plot
     # switched off) would otherwise sit next to the report as if they were current.
     for stale in out_dir.glob("*.png"):
-        if any(stale.name.startswith(kind) for kind in PLOT_KINDS):
+        names = [*PLOT_KINDS, *(n for kind in PLOT_KINDS for n in PLOT_FILES.get(kind, ()))]
+        if any(stale.name.startswith(name) for name in names):
             stale.unlink()
     files: list[PlotFile] = []
     for kind in kinds:
