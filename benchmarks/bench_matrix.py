@@ -3,7 +3,7 @@
 Generates a genuine plan of defconfigs/resnet50-all-optimizers with enough seeds for --runs
 runs in a temporary results directory, writes every run's run.json and a
 metrics.json of 100 epochs through the project's own writers (RunSpec.to_json,
-lib.metrics.build_document and atomic_write_json, per-layer sparsity measured on a real
+lib.metrics.build_document and write_metrics_document, per-layer sparsity measured on a real
 ResNet-50's prunable layers), lets `lib.cli test-matrix` write matrix.json (every run is
 finished, so it trains nothing), then times each command a user runs on such a matrix as its
 own process, the way make runs it:
@@ -117,7 +117,7 @@ def generate(folder: Path, runs: int, epochs: int) -> tuple[Path, Path, int]:
     """Write the tree; return (.config, matrix directory, number of runs)."""
     from lib import config as cfg
     from lib.matrix import plan
-    from lib.metrics import METRICS_FILE, STATUS_COMPLETED, atomic_write_json, build_document
+    from lib.metrics import METRICS_FILE, STATUS_COMPLETED, build_document, write_metrics_document
     from lib.runner import RUN_FILE
 
     per_seed = len(plan(cfg.load(write_config(folder, 1, epochs))))
@@ -133,7 +133,7 @@ def generate(folder: Path, runs: int, epochs: int) -> tuple[Path, Path, int]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_FILE).write_text(spec.to_json() + "\n", encoding="utf-8")
         document = build_document(spec, epoch_records(spec, names, rng), status=STATUS_COMPLETED)
-        atomic_write_json(run_dir / METRICS_FILE, document)
+        write_metrics_document(run_dir / METRICS_FILE, document)
     # The runner writes matrix.json; every run is finished, so it trains nothing.
     env = {**os.environ, "KCONFIG_CONFIG": str(config_path)}
     subprocess.run(

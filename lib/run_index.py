@@ -84,7 +84,7 @@ class RunIndex:
         if isinstance(entry, dict) and entry.get("stamp") == stamp:
             return entry["record"]
         try:
-            doc = read_metrics(path)
+            doc = read_metrics(path, per_layer=False)
         except MetricsError:
             self._forget(run_id)
             raise

@@ -60,6 +60,7 @@ from lib.metrics import (
     build_document,
     read_metrics,
     summarize,
+    write_metrics_document,
 )
 from lib.run_index import RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
@@ -987,7 +988,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     if doc is None:
         if path.exists():
             set_aside_corrupt(path)
-        atomic_write_json(
+        write_metrics_document(
             path,
             build_document(
                 spec,
@@ -1007,7 +1008,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
         total_seconds=previous.get("total_seconds"),
         environment_failure=environment_failure,
     )
-    atomic_write_json(path, doc)
+    write_metrics_document(path, doc)
 
 
 def open_matrix(

@@ -17,8 +17,8 @@ from lib.metrics import (
     STATUS_COMPLETED,
     STATUS_RUNNING,
     MetricsError,
-    atomic_write_json,
     build_document,
+    write_metrics_document,
 )
 from lib.run_index import INDEX_FILE, RunIndex, run_record
 
@@ -39,7 +39,7 @@ def epoch(n: int, top1: float) -> dict:
 def write_run(matrix_dir: Path, spec, epochs: list[dict], status: str, *, settled=True) -> Path:
     path = matrix_dir / spec.run_id / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, build_document(spec, epochs, status=status))
+    write_metrics_document(path, build_document(spec, epochs, status=status))
     if settled:  # written long enough ago for its modification time to be trusted
         past = time.time() - 60
         os.utime(path, (past, past))
@@ -148,3 +148,70 @@ def test_bench_matrix_quick_prints_the_table_and_the_goals():
     assert len(rows) == 2 and int(rows[0].replace(",", "")) > 1, result.stdout
     assert re.search(rf"largest metrics.json {number} KB", result.stdout)
     assert re.search(r"goals at .* runs: dry run .*: (met|NOT MET); status", result.stdout)
+
+
+# -- metrics.json schema 2: per-layer sparsity in a file of its own ----------------------------
+
+
+def test_per_layer_sparsity_is_written_beside_metrics_json_and_read_back(matrix):
+    from lib.metrics import LAYERS_FILE, SCHEMA_VERSION, read_metrics
+
+    matrix_dir, spec = matrix
+    epochs = [epoch(n, 50.0 + n) for n in (1, 2)]
+    epochs[1]["sparsity_per_layer"] = {"fc.weight": 0.5}
+    path = write_run(matrix_dir, spec, epochs, STATUS_COMPLETED)
+    on_disk = json.loads(path.read_text())
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 2
+    assert all("sparsity_per_layer" not in e for e in on_disk["epochs"])
+    assert (path.parent / LAYERS_FILE).is_file()
+    assert [e["sparsity_per_layer"] for e in read_metrics(path)["epochs"]] == [
+        {"fc.weight": 0.0},
+        {"fc.weight": 0.5},
+    ]
+    assert all("sparsity_per_layer" not in e for e in read_metrics(path, per_layer=False)["epochs"])
+
+
+def test_rewriting_a_document_read_without_per_layer_sparsity_keeps_it(matrix):
+    from lib.metrics import read_metrics
+
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(n, 50.0) for n in (1, 2, 3)], STATUS_RUNNING)
+    doc = read_metrics(path, per_layer=False)
+    doc["epochs"] = doc["epochs"][:2]  # an epoch replayed: dropped from both files
+    write_metrics_document(path, doc)
+    assert [e.get("sparsity_per_layer") for e in read_metrics(path)["epochs"]] == [
+        {"fc.weight": 0.0},
+        {"fc.weight": 0.0},
+    ]
+    layers = json.loads((path.parent / "sparsity_per_layer.json").read_text())
+    assert [row["epoch"] for row in layers["epochs"]] == [1, 2]
+
+
+def test_a_version_1_metrics_json_with_inline_per_layer_sparsity_is_still_read(matrix):
+    from lib.metrics import read_metrics
+
+    matrix_dir, spec = matrix
+    doc = build_document(spec, [epoch(1, 50.0)], status=STATUS_COMPLETED)
+    doc["schema_version"] = 1
+    path = matrix_dir / spec.run_id / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    assert read_metrics(path)["epochs"][0]["sparsity_per_layer"] == {"fc.weight": 0.0}
+    assert RunIndex(matrix_dir).record(spec.run_id)["epochs_completed"] == 1
+
+
+def test_a_100_epoch_resnet50_metrics_json_is_under_60_kb(tiny_spec, tmp_path):
+    """Issue 30: 80% of a ResNet-50 run's metrics.json was per-layer sparsity of every epoch."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import random
+
+    from bench_matrix import epoch_records, layer_names
+
+    from lib.metrics import LAYERS_FILE
+
+    spec = tiny_spec(tmp_path, matrix="m", train={"epochs": 100})
+    records = epoch_records(spec, layer_names(), random.Random(0))
+    path = tmp_path / "metrics.json"
+    write_metrics_document(path, build_document(spec, records, status=STATUS_COMPLETED))
+    assert path.stat().st_size < 60_000
+    assert (tmp_path / LAYERS_FILE).stat().st_size > path.stat().st_size  # nothing lost

@@ -294,7 +294,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
     unreadable_reason = None
     if metrics_path.exists():
         try:
-            metrics = read_metrics(metrics_path)
+            metrics = read_metrics(metrics_path, per_layer=False)
         except MetricsError as e:
             unreadable_reason = str(e)
 
