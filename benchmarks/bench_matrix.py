@@ -18,7 +18,8 @@ command reads every metrics.json and writes the run index (lib/run_index.py), th
 is what every later command costs. Unless --no-cold, the commands are timed once more on a
 copy of the tree (cp -a: times kept, so its index too) after asking the kernel to drop its
 page cache (needs root; without it the fresh copy is all there is, and the line says so).
-Peak memory is the process's maximum resident set (wait4).
+Peak memory is the process's maximum resident set (wait4); the tree is generated in a child
+process so that this one, which starts the commands, stays small.
 
     python benchmarks/bench_matrix.py                 # >= 2,000 runs of 100 epochs, warm + cold
     python benchmarks/bench_matrix.py --runs 200      # >= 200 runs (whole seeds)
@@ -224,7 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="one seed of 3 epochs, warm only")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache figure")
+    parser.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.generate:
+        config_path, matrix_dir, runs = generate(Path(args.generate), args.runs, args.epochs)
+        print(f"{config_path}\t{matrix_dir}\t{runs}")
+        return
     if args.quick:
         args.runs, args.epochs, args.no_cold = 1, 3, True
     print(f"== matrix commands on {DEFCONFIG}, {args.epochs} epochs per run")
@@ -233,7 +239,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        config_path, matrix_dir, runs = generate(folder, args.runs, args.epochs)
+        # In a child process: this one stays small (no torch), so the commands it starts do
+        # not inherit its peak RSS (Linux carries it over fork and exec into ru_maxrss).
+        made = subprocess.run(
+            [sys.executable, __file__, "--generate", str(folder), "--runs", str(args.runs),
+             "--epochs", str(args.epochs)],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        config_path, matrix_dir, runs = made.stdout.strip().splitlines()[-1].split("\t")
+        config_path, matrix_dir, runs = Path(config_path), Path(matrix_dir), int(runs)
         generated = time.perf_counter() - started
         first = measure(config_path, matrix_dir)
         print(row(f"{runs:,} (warm, first command builds the run index)", first))
