@@ -50,6 +50,7 @@ from lib.atomic import (
 )
 from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
+    LAYERS_FILE,
     MATRIX_FILE,
     METRICS_FILE,
     STATUS_COMPLETED,
@@ -62,7 +63,7 @@ from lib.metrics import (
     summarize,
     write_metrics_document,
 )
-from lib.run_index import RunIndex, run_record
+from lib.run_index import INDEX_FILE, RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
 from lib.text import count
 
@@ -333,6 +334,7 @@ RUN_FILES = (
     RUN_FILE,
     LOG_FILE,
     METRICS_FILE,
+    LAYERS_FILE,
     LAST_CHECKPOINT,
     BEST_CHECKPOINT,
     *tracking.RUN_PATHS,
@@ -343,7 +345,7 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
     """Refuse the matrix when a file the framework writes is a symbolic link: in a results
     directory others can write, a link planted there would make this runner truncate or append
     to the file it points to."""
-    paths = [matrix_dir / MATRIX_FILE]
+    paths = [matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
     for run in runs:
         paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
     for path in paths:
