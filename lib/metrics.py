@@ -18,9 +18,14 @@ from lib.atomic import atomic_file
 if TYPE_CHECKING:
     from lib.spec import RunSpec
 
-SCHEMA_VERSION = 1
+# 2: per-layer sparsity moved out of the epoch records into LAYERS_FILE (issue 30); version 1
+# files (inline) are still read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MATRIX_FILE = "matrix.json"  # the runner's manifest at results/<matrix>/
 METRICS_FILE = "metrics.json"  # each run's document at results/<matrix>/<run_id>/
+LAYERS_FILE = "sparsity_per_layer.json"  # beside it: each epoch's per-layer sparsity
+PER_LAYER = "sparsity_per_layer"
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
@@ -46,8 +51,54 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
         f.write(text)
 
 
-def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load and minimally validate a metrics.json; raise MetricsError naming the file."""
+def _read_layers(path: Path) -> dict[int, dict[str, float]]:
+    """Epoch -> per-layer sparsity from a sparsity_per_layer.json; {} when absent or damaged
+    (per-layer sparsity is a detail: the run's results stand without it)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {int(row["epoch"]): row[PER_LAYER] for row in data["epochs"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_metrics_document(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
+    """Write a run's metrics.json (schema SCHEMA_VERSION) atomically, its epochs' per-layer
+    sparsity going to sparsity_per_layer.json beside it (written first, compact).
+
+    Records without it (a document read with per_layer=False) keep what that file holds for
+    their epochs; epochs no longer in the document are dropped from it."""
+    path = Path(path)
+    epochs = doc.get("epochs") or []
+    rows = {e["epoch"]: e[PER_LAYER] for e in epochs if isinstance(e.get(PER_LAYER), dict)}
+    layers_path = path.with_name(LAYERS_FILE)
+    if len(rows) < len(epochs) and layers_path.exists():
+        numbers = {e.get("epoch") for e in epochs}
+        kept = {n: v for n, v in _read_layers(layers_path).items() if n in numbers}
+        rows = {**kept, **rows}
+    if rows or layers_path.exists():
+        text = json.dumps(
+            {
+                "schema_version": 1,
+                "run_id": doc.get("run_id"),
+                "epochs": [{"epoch": n, PER_LAYER: rows[n]} for n in sorted(rows)],
+            },
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+        with atomic_file(layers_path, "w") as f:
+            f.write(text + "\n")
+    stripped = {k: v for k, v in doc.items() if k != "epochs"}
+    stripped["schema_version"] = SCHEMA_VERSION
+    stripped["epochs"] = [{k: v for k, v in e.items() if k != PER_LAYER} for e in epochs]
+    atomic_write_json(path, stripped)
+
+
+def read_metrics(path: str | os.PathLike[str], *, per_layer: bool = True) -> dict[str, Any]:
+    """Load and minimally validate a metrics.json; raise MetricsError naming the file.
+
+    With `per_layer` the epochs get their per-layer sparsity back from sparsity_per_layer.json
+    (version 2), so the document is the one the trainer built; without, a reader that does not
+    use it (the report, the run index) skips that file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -58,15 +109,21 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MetricsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise MetricsError(
-            f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            f"{path}: schema_version {version!r} is not supported (expected one of "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     for key in ("run_id", "identity", "epochs", "summary"):
         if key not in data:
             raise MetricsError(f"{path}: missing key {key!r}")
     if not isinstance(data["epochs"], list):
         raise MetricsError(f"{path}: 'epochs' must be a list")
+    if per_layer and version >= 2:
+        layers = _read_layers(path.with_name(LAYERS_FILE))
+        for record in data["epochs"]:
+            if isinstance(record, dict) and record.get("epoch") in layers:
+                record.setdefault(PER_LAYER, layers[record["epoch"]])
     return data
 
 

@@ -50,6 +50,7 @@ from lib.atomic import (
 )
 from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
+    LAYERS_FILE,
     MATRIX_FILE,
     METRICS_FILE,
     STATUS_COMPLETED,
@@ -60,7 +61,9 @@ from lib.metrics import (
     build_document,
     read_metrics,
     summarize,
+    write_metrics_document,
 )
+from lib.run_index import INDEX_FILE, RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
 from lib.text import count
 
@@ -242,15 +245,11 @@ class Run:
             "spec": self.spec.to_dict(),
         }
 
-    def note_metrics(self, doc: dict[str, Any]) -> None:
-        epochs = doc.get("epochs") or []
-        self.epochs_done = len(epochs)
-        self.epoch_seconds = [
-            float(e["epoch_seconds"])
-            for e in epochs
-            if isinstance(e.get("epoch_seconds"), int | float)
-        ]
-        self.latest_top1 = epochs[-1].get("test_top1") if epochs else None
+    def note_metrics(self, record: dict[str, Any]) -> None:
+        """Take progress from the run's record (lib.run_index.run_record of its metrics.json)."""
+        self.epochs_done = record["epochs_completed"]
+        self.epoch_seconds = list(record["epoch_seconds"])
+        self.latest_top1 = record["latest_top1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +294,20 @@ def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         return None  # nothing, or nothing readable: nothing to mix with
 
 
+def _written_from(spec: RunSpec, run_dir: Path) -> bool:
+    """Whether run_dir's run.json is byte for byte what `spec` writes (the common case): the
+    same identity, known without parsing it (thousands of runs per command)."""
+    try:
+        return (run_dir / RUN_FILE).read_text(encoding="utf-8") == spec.to_json() + "\n"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_configurations(runs: list[Run]) -> None:
     conflicts = []
     for run in runs:
+        if _written_from(run.spec, run.run_dir):
+            continue
         recorded = _recorded_identity(run.run_dir)
         if recorded is None:
             continue
@@ -324,6 +334,7 @@ RUN_FILES = (
     RUN_FILE,
     LOG_FILE,
     METRICS_FILE,
+    LAYERS_FILE,
     LAST_CHECKPOINT,
     BEST_CHECKPOINT,
     *tracking.RUN_PATHS,
@@ -334,7 +345,7 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
     """Refuse the matrix when a file the framework writes is a symbolic link: in a results
     directory others can write, a link planted there would make this runner truncate or append
     to the file it points to."""
-    paths = [matrix_dir / MATRIX_FILE]
+    paths = [matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
     for run in runs:
         paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
     for path in paths:
@@ -602,12 +613,13 @@ class _Runner:
     def classify(self) -> list[Run]:
         """Set each run's status from its metrics.json; return the runs to launch, in order."""
         queue = []
+        index = RunIndex(self.matrix_dir)
         for run in self.runs:
             path = run.metrics_path
             doc = None
             if path.exists():
                 try:
-                    doc = read_metrics(path)
+                    doc = index.record(run.spec.run_id)
                 except MetricsError as e:
                     moved = set_aside_corrupt(path)
                     self.say(
@@ -635,6 +647,7 @@ class _Runner:
                 run.status = STATUS_PENDING
                 run.error = run.log_tail = None
                 queue.append(run)
+        index.save()
         return queue
 
     # -- launching ------------------------------------------------------------------------------
@@ -714,7 +727,7 @@ class _Runner:
         doc = None
         try:
             doc = read_metrics(run.metrics_path)
-            run.note_metrics(doc)
+            run.note_metrics(run_record(doc))
         except MetricsError:
             pass
         status = (doc or {}).get("summary", {}).get("status")
@@ -798,7 +811,7 @@ class _Runner:
             run.metrics_mtime = mtime
             before = run.epochs_done
             try:
-                run.note_metrics(read_metrics(run.metrics_path))
+                run.note_metrics(run_record(read_metrics(run.metrics_path)))
             except MetricsError:
                 continue  # being replaced right now; read it next time
             new_epoch |= run.epochs_done > before
@@ -977,7 +990,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     if doc is None:
         if path.exists():
             set_aside_corrupt(path)
-        atomic_write_json(
+        write_metrics_document(
             path,
             build_document(
                 spec,
@@ -998,7 +1011,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
         environment_failure=environment_failure,
         model_info=doc.get("model_info"),
     )
-    atomic_write_json(path, doc)
+    write_metrics_document(path, doc)
 
 
 def open_matrix(
@@ -1137,9 +1150,12 @@ def seconds_per_epoch(results_root: Path) -> tuple[dict[tuple, float], float | N
     """Mean seconds per epoch of the completed runs under `results_root`, per speed key and
     over all of them."""
     per_key: dict[tuple, list[float]] = {}
+    indexes: dict[Path, RunIndex] = {}
     for path in sorted(Path(results_root).glob(f"*/*/{METRICS_FILE}")):
+        matrix_dir = path.parent.parent
+        index = indexes.get(matrix_dir) or indexes.setdefault(matrix_dir, RunIndex(matrix_dir))
         try:
-            doc = read_metrics(path)
+            doc = index.record(path.parent.name)
             summary = doc["summary"]
             if summary.get("status") != STATUS_COMPLETED or not summary.get("epochs_completed"):
                 continue
@@ -1149,24 +1165,31 @@ def seconds_per_epoch(results_root: Path) -> tuple[dict[tuple, float], float | N
             continue
         if math.isfinite(per_epoch) and per_epoch > 0:
             per_key.setdefault(key, []).append(per_epoch)
+    for index in indexes.values():
+        index.save()
     means = {k: sum(v) / len(v) for k, v in per_key.items()}
     everything = [s for v in per_key.values() for s in v]
     return means, (sum(everything) / len(everything) if everything else None)
 
 
-def plan_state(spec: RunSpec, run_dir: Path) -> tuple[str, int]:
-    """(state, epochs already trained) of a planned run, from its directory."""
+def plan_state(spec: RunSpec, run_dir: Path, index: RunIndex | None = None) -> tuple[str, int]:
+    """(state, epochs already trained) of a planned run, from its directory (its metrics.json
+    through `index`, the run index of its matrix, when given)."""
+    if not _written_from(spec, run_dir):
+        try:
+            recorded = _recorded_identity(run_dir)
+        except RunnerRefused:
+            return STATE_CHANGED, 0
+        if recorded is not None and identity_differences(recorded[1], spec.identity()):
+            return STATE_CHANGED, 0
     try:
-        recorded = _recorded_identity(run_dir)
-    except RunnerRefused:
-        return STATE_CHANGED, 0
-    if recorded is not None and identity_differences(recorded[1], spec.identity()):
-        return STATE_CHANGED, 0
-    try:
-        doc = read_metrics(run_dir / METRICS_FILE)
+        if index is None:
+            doc = run_record(read_metrics(run_dir / METRICS_FILE))
+        else:
+            doc = index.record(run_dir.name)
     except MetricsError:
         doc = None
-    trained = len(doc["epochs"]) if doc else 0
+    trained = doc["epochs_completed"] if doc else 0
     status = doc["summary"].get("status") if doc else None
     if status == STATUS_COMPLETED:
         return STATE_DONE, trained
@@ -1218,8 +1241,12 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
     counts: dict[str, int] = {}
     remaining_seconds = 0.0
     without_comparable = 0  # runs estimated from the mean of unlike runs
+    indexes: dict[str, RunIndex] = {}
     for spec in specs:
-        state, trained = plan_state(spec, results_root / spec.matrix / spec.run_id)
+        index = indexes.get(spec.matrix) or indexes.setdefault(
+            spec.matrix, RunIndex(results_root / spec.matrix)
+        )
+        state, trained = plan_state(spec, results_root / spec.matrix / spec.run_id, index)
         counts[state] = counts.get(state, 0) + 1
         p = spec.pruning
         pruning = f"{p.method} {sparsity_token(p.sparsity)}" if p.enabled else "none"
@@ -1241,6 +1268,8 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
                 per_epoch = overall
                 without_comparable += 1
             remaining_seconds += per_epoch * max(0, spec.train.epochs - trained)
+    for index in indexes.values():
+        index.save()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -36,6 +36,7 @@ from typing import IO, Any
 from lib.config import SlurmSettings
 from lib.lock import LockRefused
 from lib.metrics import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json
+from lib.run_index import RunIndex
 from lib.runner import (
     EXIT_FAILED,
     EXIT_OK,
@@ -684,11 +685,13 @@ def format_submission(
     sbatch parameters. Submits nothing."""
     results_root = Path(results_root)
     matrix_dir = results_root / matrix_name
+    index = RunIndex(matrix_dir)
     queue = [
         spec
         for spec in specs
-        if plan_state(spec, matrix_dir / spec.run_id)[0] in (STATE_NEW, STATE_RESUMABLE)
+        if plan_state(spec, matrix_dir / spec.run_id, index)[0] in (STATE_NEW, STATE_RESUMABLE)
     ]
+    index.save()
     if not queue:
         return "Slurm: nothing to submit"
     require_submitit()

@@ -257,6 +257,15 @@ class TrackingSpec:
         return tuple(name for name in TRACKERS if getattr(self, name))
 
 
+def _copy_containers(value: Any) -> Any:
+    """A copy of nested dicts and lists; tuples and scalars (immutable) are shared."""
+    if isinstance(value, dict):
+        return {k: _copy_containers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_containers(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one training run needs. The trainer reads nothing else."""
@@ -295,6 +304,16 @@ class RunSpec:
         return entry.variant(self.optimizer) if entry and entry.variant else None
 
     def to_dict(self) -> dict[str, Any]:
+        """A new dict each call (callers change theirs). The spec is frozen, so it is built
+        once and copied after: a matrix of thousands of runs asks for it several times per
+        run (run.json, matrix.json, identities)."""
+        built = self.__dict__.get("_built_dict")
+        if built is None:
+            built = self._build_dict()
+            object.__setattr__(self, "_built_dict", built)
+        return _copy_containers(built)
+
+    def _build_dict(self) -> dict[str, Any]:
         d = _drop_added_defaults(self, dataclasses.asdict(self))
         if self.optimizer.distribution:
             # A plug-in optimizer reads only its own `settings`: the built-ins' fields, all at

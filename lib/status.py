@@ -25,8 +25,8 @@ from lib.metrics import (
     STATUS_FAILED,
     STATUS_RUNNING,
     MetricsError,
-    read_metrics,
 )
+from lib.run_index import RunIndex
 from lib.slurm import (
     ENDED_STATES,
     RUNNING_STATES,
@@ -55,11 +55,11 @@ class StatusError(Exception):
 def _run_line(
     doc: dict[str, Any] | None, epochs: int, being_trained: bool, unreadable: str | None
 ) -> tuple[str, str]:
-    """(state, text) of one run."""
+    """(state, text) of one run from its record in the run index (lib.run_index)."""
     if unreadable:
         return STOPPED, f"metrics.json unreadable ({unreadable}); make continue rebuilds it"
     summary = (doc or {}).get("summary") or {}
-    done = len((doc or {}).get("epochs") or [])
+    done = (doc or {}).get("epochs_completed") or 0
     status = summary.get("status")
     if status == STATUS_COMPLETED:
         top1 = summary.get("final_top1")
@@ -109,10 +109,11 @@ def status_lines(matrix_dir: Path) -> list[str]:
 
     rows = []
     counts: dict[str, int] = {}
+    index = RunIndex(matrix_dir)
     for run_id, epochs in runs:
         doc, unreadable = None, None
         try:
-            doc = read_metrics(matrix_dir / run_id / METRICS_FILE)
+            doc = index.record(run_id)
         except MetricsError as e:
             if (matrix_dir / run_id / METRICS_FILE).exists():
                 unreadable = str(e).split(": ", 1)[-1]
@@ -136,6 +137,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
         counts[state] = counts.get(state, 0) + 1
         rows.append((run_id, text, scheduler or ""))
 
+    index.save()
     header = f"matrix {matrix_dir.name} ({matrix_dir}): {count(len(runs), 'run')}: " + ", ".join(
         f"{counts[s]} {s}" for s in ORDER if counts.get(s)
     )

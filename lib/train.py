@@ -71,10 +71,10 @@ from lib.metrics import (
     STATUS_FAILED,
     STATUS_RUNNING,
     MetricsError,
-    atomic_write_json,
     build_document,
     read_metrics,
     summarize,
+    write_metrics_document,
 )
 from lib.pruning import (
     layer_macs,
@@ -327,7 +327,7 @@ class _Run:
     ) -> dict[str, Any]:
         doc = self.document(status, error, environment_failure=environment_failure)
         if self.group.is_main:
-            atomic_write_json(self.metrics_path, doc)
+            write_metrics_document(self.metrics_path, doc)
         return doc
 
     def fail_on_damaged_checkpoint(self, damaged: DamagedCheckpoint) -> dict[str, Any]:

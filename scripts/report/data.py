@@ -294,7 +294,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
     unreadable_reason = None
     if metrics_path.exists():
         try:
-            metrics = read_metrics(metrics_path)
+            metrics = read_metrics(metrics_path, per_layer=False)
         except MetricsError as e:
             unreadable_reason = str(e)
 
@@ -373,7 +373,12 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         detail = f"{metrics_path.name} {problem}"
         result.reason = detail if status != STATUS_FAILED else f"{result.reason} ({detail})"
         return result
-    result.epochs = sorted(metrics["epochs"], key=lambda e: e["epoch"])
+    # Per-layer sparsity is no part of the report (and most of a ResNet-50 run's records):
+    # not keeping it holds a 2,000-run matrix in a fraction of the memory.
+    result.epochs = sorted(
+        ({k: v for k, v in e.items() if k != "sparsity_per_layer"} for e in metrics["epochs"]),
+        key=lambda e: e["epoch"],
+    )
     try:
         result.summary = summarize(
             result.epochs,

@@ -127,13 +127,19 @@ def sparsity_points(results: MatrixResults, key: str) -> list[SparsityPoint]:
     return points
 
 
+# A cell's runs drawn one by one under their mean; a cell of more (many seeds, trials) shows
+# only the mean and its band, which is what can be read at that size.
+MAX_RUN_CURVES = 10
+
+
 def _epoch_means(runs: list[RunResult], first_epoch: int) -> tuple[list[int], list, list, list]:
     """Per epoch present in every run: mean test top-1 and its 95% interval over the runs."""
-    common = set.intersection(*({e["epoch"] for e in r.epochs} for r in runs))
+    by_epoch = [{e["epoch"]: e["test_top1"] for e in reversed(r.epochs)} for r in runs]
+    common = set.intersection(*(set(top1) for top1 in by_epoch))
     epochs = sorted(e for e in common if e >= first_epoch)
     means, lows, highs = [], [], []
     for epoch in epochs:
-        values = [next(e["test_top1"] for e in r.epochs if e["epoch"] == epoch) for r in runs]
+        values = [top1[epoch] for top1 in by_epoch]
         est = estimate(values)
         means.append(est.mean)
         lows.append(est.ci_low if est.ci_low is not None else est.mean)
@@ -144,8 +150,9 @@ def _epoch_means(runs: list[RunResult], first_epoch: int) -> tuple[list[int], li
 def _draw_mean_band(
     ax: plt.Axes, runs: list[RunResult], color: str, label: str, first_epoch: int, tag: str
 ) -> None:
-    """Mean over the runs, its 95% band (several runs), and each run thin underneath."""
-    for run in runs:
+    """Mean over the runs, its 95% band (several runs), and each run thin underneath while
+    there are few enough to tell apart (MAX_RUN_CURVES): past that, mean and band alone."""
+    for run in runs if len(runs) <= MAX_RUN_CURVES else []:
         records = [e for e in run.epochs if e["epoch"] >= first_epoch]
         ax.plot(
             [e["epoch"] for e in records], [e["test_top1"] for e in records], color=color,
@@ -574,10 +581,16 @@ def plot_memory_vs_accuracy(
     fig, axes = plt.subplots(len(points), 1, figsize=(FIGSIZE[0], FIGSIZE[1] * len(points)))
     axes = list(axes) if len(points) > 1 else [axes]
     for ax, (kind, entries) in zip(axes, sorted(points.items()), strict=True):
+        # One scatter call per method and sparsity (not per run): thousands of runs draw fast.
+        groups: dict[tuple[str, float], list[tuple[float, float]]] = {}
         for run, memory in entries:
+            groups.setdefault((run.method_key, run.target_sparsity), []).append(
+                (memory, run.summary["best_top1"])
+            )
+        for (key, sparsity), xy in groups.items():
             ax.scatter(
-                memory, run.summary["best_top1"], color=palette[run.method_key],
-                marker=markers[run.target_sparsity], s=70, edgecolors="black", linewidths=0.5,
+                [x for x, _ in xy], [y for _, y in xy], color=palette[key],
+                marker=markers[sparsity], s=70, edgecolors="black", linewidths=0.5,
             )  # fmt: skip
         present_methods = [k for k in methods if any(r.method_key == k for r, _ in entries)]
         present_sparsities = [

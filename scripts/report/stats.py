@@ -18,6 +18,7 @@ dependency only, so a report needs nothing beyond the standard library for its s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,12 @@ def student_t_two_sided_tail(t: float, df: float) -> float:
     return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
+@functools.lru_cache(maxsize=4096)
 def t_critical(df: float, confidence: float = CONFIDENCE) -> float:
-    """The t value with P(|T| <= t) = confidence (1.96 in the normal limit for 95%)."""
+    """The t value with P(|T| <= t) = confidence (1.96 in the normal limit for 95%).
+
+    Cached: a report of thousands of runs asks for the same few degrees of freedom thousands
+    of times, and each answer is a bisection of 40-odd incomplete beta functions."""
     if not df > 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
     if not 0.0 < confidence < 1.0:

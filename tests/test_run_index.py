@@ -1,0 +1,217 @@
+"""The run index (lib/run_index.py): derived from the runs' metrics.json, rebuilt when missing,
+damaged or stale, never the only copy of anything; and the matrix benchmark that needs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib.metrics import (
+    STATUS_COMPLETED,
+    STATUS_RUNNING,
+    MetricsError,
+    build_document,
+    write_metrics_document,
+)
+from lib.run_index import INDEX_FILE, RunIndex, run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def epoch(n: int, top1: float) -> dict:
+    return {
+        "epoch": n,
+        "test_top1": top1,
+        "test_top5": top1 + 10,
+        "sparsity": 0.0,
+        "sparsity_per_layer": {"fc.weight": 0.0},
+        "epoch_seconds": 2.0 + n,
+    }
+
+
+def write_run(matrix_dir: Path, spec, epochs: list[dict], status: str, *, settled=True) -> Path:
+    path = matrix_dir / spec.run_id / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_metrics_document(path, build_document(spec, epochs, status=status))
+    if settled:  # written long enough ago for its modification time to be trusted
+        past = time.time() - 60
+        os.utime(path, (past, past))
+    return path
+
+
+@pytest.fixture
+def matrix(tiny_spec, tmp_path):
+    spec = tiny_spec(tmp_path, matrix="m", train={"epochs": 3})
+    return tmp_path / "results" / "m", spec
+
+
+def test_a_record_comes_from_the_index_until_its_metrics_json_changes(matrix):
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(1, 50.0)], STATUS_RUNNING)
+    index = RunIndex(matrix_dir)
+    first = index.record(spec.run_id)
+    assert first["epochs_completed"] == 1 and first["epoch_seconds"] == [3.0]
+    assert first["latest_top1"] == 50.0 and first["summary"]["status"] == STATUS_RUNNING
+    index.save()
+    saved = json.loads((matrix_dir / INDEX_FILE).read_text())
+    assert saved["runs"][spec.run_id]["record"] == first
+
+    # From the index: a damaged metrics.json with the same time and size is not read again.
+    stat = path.stat()
+    path.write_bytes(b"x" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert RunIndex(matrix_dir).record(spec.run_id) == first
+
+    # Rewritten (new time): read again.
+    write_run(matrix_dir, spec, [epoch(1, 50.0), epoch(2, 61.0)], STATUS_COMPLETED)
+    again = RunIndex(matrix_dir).record(spec.run_id)
+    assert again["epochs_completed"] == 2 and again["latest_top1"] == 61.0
+    assert again["summary"]["status"] == STATUS_COMPLETED
+
+
+def test_a_file_written_just_now_is_read_but_not_kept(matrix):
+    matrix_dir, spec = matrix
+    write_run(matrix_dir, spec, [epoch(1, 50.0)], STATUS_RUNNING, settled=False)
+    index = RunIndex(matrix_dir)
+    assert index.record(spec.run_id)["epochs_completed"] == 1
+    assert spec.run_id not in index.entries  # its mtime could still hide a rewrite
+
+
+def test_deleting_or_damaging_the_index_loses_nothing(matrix):
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(1, 50.0), epoch(2, 55.0)], STATUS_COMPLETED)
+    expected = run_record(json.loads(path.read_text()))
+    index = RunIndex(matrix_dir)
+    assert index.record(spec.run_id) == expected
+    index.save()
+    (matrix_dir / INDEX_FILE).write_text("{not json")
+    rebuilt = RunIndex(matrix_dir)
+    assert rebuilt.record(spec.run_id) == expected
+    rebuilt.save()
+    assert json.loads((matrix_dir / INDEX_FILE).read_text())["runs"][spec.run_id]["record"] == (
+        expected
+    )
+    (matrix_dir / INDEX_FILE).unlink()
+    assert RunIndex(matrix_dir).record(spec.run_id) == expected
+
+
+def test_a_removed_or_unreadable_metrics_json_is_an_error_as_from_read_metrics(matrix):
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(1, 50.0)], STATUS_COMPLETED)
+    index = RunIndex(matrix_dir)
+    index.record(spec.run_id)
+    path.unlink()
+    with pytest.raises(MetricsError, match="no such file"):
+        index.record(spec.run_id)
+    assert spec.run_id not in index.entries
+    path.write_text("{torn")
+    with pytest.raises(MetricsError, match="not valid JSON"):
+        index.record(spec.run_id)
+
+
+def test_status_and_the_dry_run_state_read_through_the_index(matrix):
+    from lib.runner import STATE_DONE, plan_state
+
+    matrix_dir, spec = matrix
+    write_run(matrix_dir, spec, [epoch(n, 50.0 + n) for n in (1, 2, 3)], STATUS_COMPLETED)
+    index = RunIndex(matrix_dir)
+    assert plan_state(spec, matrix_dir / spec.run_id, index) == (STATE_DONE, 3)
+    assert plan_state(spec, matrix_dir / spec.run_id) == (STATE_DONE, 3)  # without one
+    index.save()
+    assert (matrix_dir / INDEX_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_bench_matrix_quick_prints_the_table_and_the_goals():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_matrix.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    number = r"[0-9][0-9,.]*"
+    rows = re.findall(
+        rf"^\| ({number}) \(warm, [^)]*\) \| {number} s \| {number} s \| {number} s \| "
+        rf"{number} s, {number} MB \|$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert len(rows) == 2 and int(rows[0].replace(",", "")) > 1, result.stdout
+    assert re.search(rf"largest metrics.json {number} KB", result.stdout)
+    assert re.search(r"goals at .* runs: dry run .*: (met|NOT MET); status", result.stdout)
+
+
+# -- metrics.json schema 2: per-layer sparsity in a file of its own ----------------------------
+
+
+def test_per_layer_sparsity_is_written_beside_metrics_json_and_read_back(matrix):
+    from lib.metrics import LAYERS_FILE, SCHEMA_VERSION, read_metrics
+
+    matrix_dir, spec = matrix
+    epochs = [epoch(n, 50.0 + n) for n in (1, 2)]
+    epochs[1]["sparsity_per_layer"] = {"fc.weight": 0.5}
+    path = write_run(matrix_dir, spec, epochs, STATUS_COMPLETED)
+    on_disk = json.loads(path.read_text())
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 2
+    assert all("sparsity_per_layer" not in e for e in on_disk["epochs"])
+    assert (path.parent / LAYERS_FILE).is_file()
+    assert [e["sparsity_per_layer"] for e in read_metrics(path)["epochs"]] == [
+        {"fc.weight": 0.0},
+        {"fc.weight": 0.5},
+    ]
+    assert all("sparsity_per_layer" not in e for e in read_metrics(path, per_layer=False)["epochs"])
+
+
+def test_rewriting_a_document_read_without_per_layer_sparsity_keeps_it(matrix):
+    from lib.metrics import read_metrics
+
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(n, 50.0) for n in (1, 2, 3)], STATUS_RUNNING)
+    doc = read_metrics(path, per_layer=False)
+    doc["epochs"] = doc["epochs"][:2]  # an epoch replayed: dropped from both files
+    write_metrics_document(path, doc)
+    assert [e.get("sparsity_per_layer") for e in read_metrics(path)["epochs"]] == [
+        {"fc.weight": 0.0},
+        {"fc.weight": 0.0},
+    ]
+    layers = json.loads((path.parent / "sparsity_per_layer.json").read_text())
+    assert [row["epoch"] for row in layers["epochs"]] == [1, 2]
+
+
+def test_a_version_1_metrics_json_with_inline_per_layer_sparsity_is_still_read(matrix):
+    from lib.metrics import read_metrics
+
+    matrix_dir, spec = matrix
+    doc = build_document(spec, [epoch(1, 50.0)], status=STATUS_COMPLETED)
+    doc["schema_version"] = 1
+    path = matrix_dir / spec.run_id / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    assert read_metrics(path)["epochs"][0]["sparsity_per_layer"] == {"fc.weight": 0.0}
+    assert RunIndex(matrix_dir).record(spec.run_id)["epochs_completed"] == 1
+
+
+def test_a_100_epoch_resnet50_metrics_json_is_under_60_kb(tiny_spec, tmp_path):
+    """Issue 30: 80% of a ResNet-50 run's metrics.json was per-layer sparsity of every epoch."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import random
+
+    from bench_matrix import epoch_records, layer_names
+
+    from lib.metrics import LAYERS_FILE
+
+    spec = tiny_spec(tmp_path, matrix="m", train={"epochs": 100})
+    records = epoch_records(spec, layer_names(), random.Random(0))
+    path = tmp_path / "metrics.json"
+    write_metrics_document(path, build_document(spec, records, status=STATUS_COMPLETED))
+    assert path.stat().st_size < 60_000
+    assert (tmp_path / LAYERS_FILE).stat().st_size > path.stat().st_size  # nothing lost
