@@ -126,6 +126,14 @@ class Setting:
         })
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may use (lib.runner.usable_cpus: its affinity, not the machine's
+    count), imported when needed: the preflight runs before the project is importable."""
+    from lib.runner import usable_cpus
+
+    return usable_cpus()
+
+
 def gpu_setting() -> Setting:
     return Setting(
         mode="gpu",
@@ -138,7 +146,7 @@ def gpu_setting() -> Setting:
         steps=40,
         train_images=CLASSES + 40 * 256,
         epochs=5,  # 200 steps
-        workers=max(1, min(8, (os.cpu_count() or 2) - 2)),
+        workers=max(1, min(8, _usable_cpus() - 2)),
         precision="bf16",
         compile_epochs=3,
         compile_steps=8,
@@ -258,7 +266,7 @@ def ensure_jpegs(setting: Setting) -> Path:
             (str(folder), items[k : k + chunk], setting.jpeg_width, setting.jpeg_height)
             for k in range(0, len(items), chunk)
         ]
-    with get_context("fork").Pool(os.cpu_count() or 1) as pool:
+    with get_context("fork").Pool(_usable_cpus()) as pool:
         written = sum(pool.map(_write_jpegs, jobs))
     marker.write_text(json.dumps(description))
     print(f"wrote {written:,} JPEGs under {data_dir}", flush=True)
@@ -429,6 +437,7 @@ def part_environment(setting: Setting, work: Path) -> dict[str, Any]:
             versions[name] = None
     figures["packages"] = versions
     figures["cpu_count"] = os.cpu_count()
+    figures["usable_cpus"] = _usable_cpus()
     import lib
 
     # The checkout's code, not the copy of the project installed from the wheelhouse.
