@@ -5,6 +5,7 @@ studies, reruns of the chosen setting, and the report's tuning section."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -259,3 +260,78 @@ def test_the_tiny_tuning_matrix_runs_its_trials_then_reruns_the_chosen_settings(
     again = cli("lib.cli", "test-matrix", config=config)
     assert again.returncode == 0 and "starting" not in again.stdout
     assert "tuning:" not in again.stdout
+
+
+def test_the_report_shows_each_studys_selection_the_median_and_the_reruns(tuned_matrix):
+    from lib.tuning import trial_of
+    from scripts.report.cells import resolve_comparison
+    from scripts.report.data import load_matrix
+    from scripts.report.sections import render_report
+
+    _, matrix_dir, _ = tuned_matrix
+    results = load_matrix(matrix_dir)
+    assert len(results.trials) == 8 and len(results.runs) == 4
+    text = render_report(results, resolve_comparison(results, None, None))
+    tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
+    assert "on the **test set**" in tuning and "**Warning**" in tuning
+    selections = select(trial_of(r.spec, r.summary) for r in results.trials)
+    rows = [line for line in tuning.splitlines() if line.startswith("| AdamW")]
+    assert len(rows) == 2
+    for selection in selections:
+        row = next(r for r in rows if "50%" in r and (
+            "state" in r) == ("state" in selection.cell[0]))  # fmt: skip
+        assert f"{selection.median:.2f}%" in row
+        for chosen in selection.selected:
+            assert f"trial {chosen.trial}: {chosen.score:.2f}%" in row
+        reruns = [r for r in results.runs if r.method_key == selection.cell[0]]
+        values = [r.summary["best_top1"] for r in reruns]
+        assert f"{sum(values) / len(values):.2f}%" in row and "(n=2)" in row
+
+
+def test_a_matrix_of_trials_only_reports_its_tuning_section(tuned_matrix, tmp_path):
+    from scripts.report.cells import resolve_comparison
+    from scripts.report.data import load_matrix
+    from scripts.report.sections import render_report
+
+    _, matrix_dir, _ = tuned_matrix
+    manifest = json.loads((matrix_dir / "matrix.json").read_text())
+    manifest["runs"] = [r for r in manifest["runs"] if "_tuned" not in r["run_id"]]
+    copy = tmp_path / "tuning-tiny"
+    copy.mkdir()
+    (copy / "matrix.json").write_text(json.dumps(manifest))
+    for entry in manifest["runs"]:
+        (copy / entry["run_id"]).symlink_to(matrix_dir / entry["run_id"])
+    results = load_matrix(copy)
+    assert results.runs == [] and len(results.trials) == 8
+    text = render_report(results, resolve_comparison(results, None, None))
+    assert "## Tuning" in text and "| AdamW + magnitude | 50% |" in text
+    assert math.isfinite(max(t.summary["best_top1"] for t in results.trials))
+
+
+def test_with_held_out_validation_the_report_selects_on_it_and_does_not_warn(
+    tuned_matrix, tmp_path
+):
+    """The trainer's `selection_top1` / `selected_by` (a validation split) decide, not test."""
+    import shutil
+
+    from scripts.report.cells import resolve_comparison
+    from scripts.report.data import load_matrix
+    from scripts.report.sections import render_report
+
+    _, matrix_dir, _ = tuned_matrix
+    copy = tmp_path / "tuning-tiny"
+    shutil.copytree(matrix_dir, copy)
+    for path in copy.glob("*_study*_trial*/metrics.json"):
+        doc = json.loads(path.read_text())
+        # validation prefers trial 1 of every study, whatever test said
+        trial = int(path.parent.name.rsplit("_trial", 1)[1])
+        doc["summary"].update(selection_top1=50.0 + 10 * trial, selected_by="validation")
+        path.write_text(json.dumps(doc))
+    results = load_matrix(copy)
+    text = render_report(results, resolve_comparison(results, None, None))
+    tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
+    assert "on the **validation set**" in tuning and "**Warning**" not in tuning
+    rows = [line for line in tuning.splitlines() if line.startswith("| AdamW")]
+    assert len(rows) == 2
+    for row in rows:
+        assert row.count("trial 1: 60.00%") == 2 and "| 60.00% |" in row

@@ -46,6 +46,7 @@ from scripts.report.markdown import (
 )
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
 from scripts.report.tracking import section_tracking
+from scripts.report.tuning import section_tuning
 
 
 def _config_summary(results: MatrixResults) -> dict[str, Any]:
@@ -1327,12 +1328,16 @@ def render_report(
 ) -> str:
     """The markdown report of one matrix. `plots`: (relative path, caption) pairs."""
     now = now or dt.datetime.now(dt.timezone.utc)
+    if not results.runs:  # only tuning trials so far: their section is the whole report
+        return "\n\n".join(s for s in (section_header(results, comparison, now),
+                                          section_tuning(results)) if s) + "\n"  # fmt: skip
     grid = _cells_by_sparsity(results, comparison)
     sections = [
         section_header(results, comparison, now),
         section_executive_summary(results, grid, comparison),
         section_configuration(results, comparison),
         section_accuracy(grid, comparison),
+        section_tuning(results),
         section_operating_points(results, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),
