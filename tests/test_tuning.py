@@ -335,3 +335,58 @@ def test_with_held_out_validation_the_report_selects_on_it_and_does_not_warn(
     assert len(rows) == 2
     for row in rows:
         assert row.count("trial 1: 60.00%") == 2 and "| 60.00% |" in row
+
+
+# --------------------------------------------------------------------------------------------
+# a plug-in's search space (docs/plugins.md)
+
+
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch):
+    """A site directory on sys.path for tests.test_plugins.install (as its `site` fixture)."""
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    catalogue.reset()
+    yield path
+    for module in [m for m in sys.modules if m.endswith("_pkg")]:
+        del sys.modules[module]
+    catalogue.reset()
+
+
+def plugin_with_search_space(site: Path, dimension: str) -> None:
+    from tests.test_plugins import OPTIMIZER_FRAGMENT, OPTIMIZER_MODULE, install
+
+    fragment = OPTIMIZER_FRAGMENT.replace(
+        "endmenu",
+        'config {NAME}_TUNE_LR\n\tstring "Tuning: lr range"\n\tdepends on TUNING\n'
+        '\tdefault "1e-3,1e-1"\n\nendmenu',
+    )
+    module = OPTIMIZER_MODULE.replace(
+        "from lib.catalogue import OptimizerEntry, setting",
+        "from lib.catalogue import OptimizerEntry, SearchDimension, setting",
+    ).replace(
+        "    build=build,\n)",
+        f'    build=build,\n    search_space=(SearchDimension("{dimension}", "log"),),\n)',
+    )
+    install(site, "fake-opt", "fakeopt", module=module, fragment=fragment)
+
+
+def test_a_plugin_searches_its_own_settings(plugin_site, tmp_path):
+    plugin_with_search_space(plugin_site, "lr")
+    config = tiny_config(
+        tmp_path, "CONFIG_OPTIMIZER_FAKEOPT=y\n# CONFIG_OPTIMIZER_ADAMWPRUNE is not set\n"
+    )
+    trials = [s for s in plan(config) if s.optimizer.name == "fakeopt"]
+    assert len(trials) == 2 * 2  # the same trials as AdamW's
+    for spec in trials:
+        settings = dict(spec.optimizer.settings)
+        assert settings["lr"] == dict(spec.tuning.values)["lr"] and 1e-3 <= settings["lr"] <= 1e-1
+        assert settings["steps"] == 3  # not searched: the menu's value
+        assert spec.optimizer.lr == OptimizerSpec().lr  # a plug-in reads only its settings
+
+
+def test_a_plugin_search_dimension_that_is_none_of_its_settings_is_one_line(plugin_site):
+    plugin_with_search_space(plugin_site, "momentum")
+    reason = catalogue.catalogue().broken["fakeopt"]
+    assert "search dimension 'momentum' (log) is not accepted" in reason and "\n" not in reason
