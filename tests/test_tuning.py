@@ -390,3 +390,25 @@ def test_a_plugin_search_dimension_that_is_none_of_its_settings_is_one_line(plug
     plugin_with_search_space(plugin_site, "momentum")
     reason = catalogue.catalogue().broken["fakeopt"]
     assert "search dimension 'momentum' (log) is not accepted" in reason and "\n" not in reason
+
+
+def test_make_report_writes_one_tuning_csv_row_per_trial(tuned_matrix):
+    import csv
+
+    from scripts.report.output import TUNING_CSV_FILE, write_report
+
+    _, matrix_dir, _ = tuned_matrix
+    report = write_report(matrix_dir)
+    assert "## Tuning" in report.read_text()
+    with open(matrix_dir / TUNING_CSV_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {"lr", "weight_decay", "selection_score"} <= set(rows[0])
+    for key in ("adamw_magnitude", "adamwprune-adamw_state-hybrid"):
+        mine = [r for r in rows if r["method_key"] == key]
+        assert [r["selected"] for r in mine].count("true") == 2  # one per study
+        (chosen,) = [r for r in mine if r["chosen"] == "true"]
+        assert chosen["selected"] == "true"
+        rerun = RunSpec.from_json(
+            next(matrix_dir.glob(f"resnet20_{key}_s50_seed2_tuned/run.json")).read_text()
+        )
+        assert rerun.optimizer.lr == float(chosen["lr"])

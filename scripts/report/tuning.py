@@ -54,14 +54,43 @@ def _reruns(results: MatrixResults, selection: Selection) -> str:
     return f"{fmt_pct(best.mean)}{interval} (n={best.n})"
 
 
+def selections(results: MatrixResults) -> list[Selection]:
+    """lib.tuning.select over the matrix's trials."""
+    trials = [trial_of(run.spec or {}, run.summary) for run in results.trials]
+    return select(t for t in trials if t is not None)
+
+
+def trial_rows(results: MatrixResults) -> list[dict[str, Any]]:
+    """tuning.csv: one dict per trial, its hyperparameters as columns of their own."""
+    status = {run.run_id: run.status for run in results.trials}
+    rows = []
+    for selection in selections(results):
+        selected = {t.run_id for t in selection.selected if t is not None}
+        for t in selection.trials:
+            rows.append(
+                {
+                    "run_id": t.run_id,
+                    "method_key": selection.cell[0],
+                    "target_sparsity": selection.cell[1],
+                    "study": t.study,
+                    "trial": t.trial,
+                    "status": status.get(t.run_id),
+                    **dict(t.values),
+                    "selection_score": t.score,
+                    "selected": t.run_id in selected,
+                    "chosen": selection.chosen is not None and t.run_id == selection.chosen.run_id,
+                }
+            )
+    return rows
+
+
 def section_tuning(results: MatrixResults) -> str:
     """The tuning section; "" for a matrix without trials."""
     if not results.trials:
         return ""
-    trials = [trial_of(run.spec or {}, run.summary) for run in results.trials]
-    selections = select(t for t in trials if t is not None)
-    studies = max(len(s.selected) for s in selections)
-    per_study = max(sum(1 for t in s.trials if t.study == 0) for s in selections)
+    cells = selections(results)
+    studies = max(len(s.selected) for s in cells)
+    per_study = max(sum(1 for t in s.trials if t.study == 0) for s in cells)
     chooser = selected_by(results)
     confidence = f"{CONFIDENCE * 100:g}%"
     lines = [
@@ -91,7 +120,7 @@ def section_tuning(results: MatrixResults) -> str:
         f"Reruns: mean [{confidence} CI]",
     ]
     rows = []
-    for selection in selections:
+    for selection in cells:
         key, sparsity = selection.cell
         chosen = selection.chosen
         rows.append(
