@@ -412,3 +412,30 @@ def test_make_report_writes_one_tuning_csv_row_per_trial(tuned_matrix):
             next(matrix_dir.glob(f"resnet20_{key}_s50_seed2_tuned/run.json")).read_text()
         )
         assert rerun.optimizer.lr == float(chosen["lr"])
+
+
+def test_reruns_are_planned_from_finished_trials_alone(tuned_matrix, tmp_path):
+    """What a later make test-matrix / continue plans (the Slurm path: trials first): the
+    same reruns the first pass ran, and none for a cell with an unfinished trial."""
+    import shutil
+
+    from lib.tuning import reruns
+
+    config_path, matrix_dir, _ = tuned_matrix
+    manifest = json.loads((matrix_dir / "matrix.json").read_text())
+    ran = sorted(
+        (RunSpec.from_dict(r["spec"]) for r in manifest["runs"] if "_tuned" in r["run_id"]),
+        key=lambda s: s.run_id,
+    )
+    config = cfg.load(config_path)
+    trials = plan(config)
+    planned = sorted(reruns(config, trials, matrix_dir), key=lambda s: s.run_id)
+    assert [s.to_dict() for s in planned] == [s.to_dict() for s in ran]
+
+    copy = tmp_path / "results" / "tuning-tiny"
+    shutil.copytree(matrix_dir, copy)
+    unfinished = next(s for s in trials if s.optimizer.name == "adamw")
+    (copy / unfinished.run_id / "metrics.json").unlink()
+    moved = [replace(s, out_dir=str(copy / s.run_id)) for s in trials]
+    left = reruns(config, moved, copy)
+    assert {s.optimizer.name for s in left} == {"adamwprune"} and len(left) == 2
