@@ -274,6 +274,9 @@ def test_the_report_shows_each_studys_selection_the_median_and_the_reruns(tuned_
     text = render_report(results, resolve_comparison(results, None, None))
     tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
     assert "on the **test set**" in tuning and "**Warning**" in tuning
+    assert "they are the runs of the tables above and below" in tuning
+    assert "**Tuning trials**: 8 completed (of 8 planned)" in text
+    assert "**Runs**: 4 completed (of 4 planned)" in text
     selections = select(trial_of(r.spec, r.summary) for r in results.trials)
     rows = [line for line in tuning.splitlines() if line.startswith("| AdamW")]
     assert len(rows) == 2
@@ -305,6 +308,8 @@ def test_a_matrix_of_trials_only_reports_its_tuning_section(tuned_matrix, tmp_pa
     assert results.runs == [] and len(results.trials) == 8
     text = render_report(results, resolve_comparison(results, None, None))
     assert "## Tuning" in text and "| AdamW + magnitude | 50% |" in text
+    assert "**Tuning trials**: 8 completed (of 8 planned)" in text
+    assert "**Runs**: none yet" in text and "This matrix has no reruns" in text
     assert math.isfinite(max(t.summary["best_top1"] for t in results.trials))
 
 

@@ -68,12 +68,13 @@ def _config_summary(results: MatrixResults) -> dict[str, Any]:
     }
 
 
-def _status_counts(results: MatrixResults) -> str:
+def _status_counts(results: MatrixResults, runs: list[RunResult] | None = None) -> str:
+    runs = results.runs if runs is None else runs
     counts: dict[str, int] = {}
-    for run in results.runs:
+    for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
     parts = [f"{counts[s]} {s}" for s in sorted(counts, key=status_rank)]
-    return f"{', '.join(parts)} (of {len(results.runs)} planned)"
+    return f"{', '.join(parts)} (of {len(runs)} planned)"
 
 
 def section_header(results: MatrixResults, comparison: Comparison, now: dt.datetime) -> str:
@@ -89,7 +90,13 @@ def section_header(results: MatrixResults, comparison: Comparison, now: dt.datet
             + (f", last updated {updated}" if updated else "")
             + "  "
         )
-    lines.append(f"**Runs**: {_status_counts(results)}")
+    if results.runs or not results.trials:
+        lines.append(f"**Runs**: {_status_counts(results)}")
+    else:
+        lines.append("**Runs**: none yet (the reruns of the chosen settings follow the trials)")
+    if results.trials:
+        lines[-1] += "  "
+        lines.append(f"**Tuning trials**: {_status_counts(results, results.trials)}")
     if comparison.candidate and comparison.baseline:
         lines.append("")
         lines.append(

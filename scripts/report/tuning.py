@@ -9,7 +9,7 @@ from typing import Any
 
 from lib.tuning import Selection, Trial, select, trial_of
 from scripts.report.cells import build_cell
-from scripts.report.data import MatrixResults, method_display_name
+from scripts.report.data import MatrixResults, RunResult, method_display_name
 from scripts.report.markdown import fmt_interval, fmt_pct, fmt_sparsity, md_table
 from scripts.report.stats import CONFIDENCE
 
@@ -41,10 +41,14 @@ def selected_by(results: MatrixResults) -> str:
     return "test" if not sets or "test" in sets else sets.pop()
 
 
+def _is_rerun(run: RunResult) -> bool:
+    return ((run.spec or {}).get("tuning") or {}).get("role") == "rerun"
+
+
 def _reruns(results: MatrixResults, selection: Selection) -> str:
     key, sparsity = selection.cell
     cell = build_cell(results, key, sparsity)
-    reruns = [r for r in cell.runs if ((r.spec or {}).get("tuning") or {}).get("role") == "rerun"]
+    reruns = [r for r in cell.runs if _is_rerun(r)]
     if not reruns:
         return "—"
     best = cell.best
@@ -100,9 +104,15 @@ def section_tuning(results: MatrixResults) -> str:
         f"stud{'y' if studies == 1 else 'ies'} of {per_study} trials each, every trial an "
         "ordinary run with the hyperparameters the search drew. Each study selects its best "
         f"trial on the **{chooser} set**; the *median* over studies is the method's tuned "
-        "result, and the chosen setting is the median study's selection. The reruns train "
-        f"that setting again on fresh seeds (mean and {confidence} CI of the best test top-1). "
-        "See docs/protocol.md.",
+        "result, and the chosen setting is the median study's selection."
+        + (
+            f" The reruns train that setting again on fresh seeds (mean and {confidence} CI "
+            "of the best test top-1); they are the runs of the tables above and below."
+            if any(_is_rerun(run) for run in results.runs)
+            else " This matrix has no reruns of the chosen settings (they are planned once a "
+            "cell's trials have all finished, when CONFIG_TUNING_RERUN_SEEDS is above 0)."
+        )
+        + " See docs/protocol.md.",
     ]
     if chooser == "test":
         lines += [
