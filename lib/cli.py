@@ -188,15 +188,10 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
     print(f"matrix {config.matrix.name!r} -> {_matrix_dir(config)}")
     print(format_plan(specs, Path(config.matrix.results_dir)))
-    if config.tuning is not None and config.tuning.rerun_seeds:
-        tuning = config.tuning
-        cells = sum(1 for s in specs if s.tuning.role == "trial") // (
-            tuning.trials * tuning.studies
-        )
-        print(
-            f"tuning: {count(cells * tuning.rerun_seeds, 'rerun')} of the chosen settings in "
-            "all, each planned once its method and sparsity's trials have finished"
-        )
+    if config.tuning is not None:
+        from lib.tuning import describe
+
+        print(describe(config))
     if config.matrix.executor == "slurm":
         from lib.slurm import SlurmError, format_submission
 

@@ -101,6 +101,37 @@ def apply(opt: OptimizerSpec, values: Iterable[tuple[str, Any]]) -> OptimizerSpe
     return replace(opt, **changes)
 
 
+def describe_values(values: Iterable[tuple[str, Any]]) -> str:
+    """`lr=0.00123, weight_decay=0.0004`: a trial's hyperparameters, as the dry run and the
+    report show them."""
+    return ", ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+                     for name, value in values)  # fmt: skip
+
+
+def describe(config: Config) -> str:
+    """The dry run's account of the search: per optimizer, study and trial, the values drawn
+    (the same for every pruning method and sparsity of that optimizer)."""
+    assert config.tuning is not None
+    tuning = config.tuning
+    lines = [
+        f"tuning: {tuning.search} search, {tuning.studies} studies x {tuning.trials} trials "
+        "for every optimizer, pruning method and sparsity"
+    ]
+    for opt in config.optimizers:
+        space = config.search_space_for(opt)
+        for study in range(tuning.studies):
+            for trial, values in enumerate(points(tuning, space, study)):
+                lines.append(
+                    f"  {opt.label:<20} study {study} trial {trial}: {describe_values(values)}"
+                )
+    if tuning.rerun_seeds:
+        lines.append(
+            f"  then the chosen setting of each method and sparsity over {tuning.rerun_seeds} "
+            "fresh seeds, planned once its trials have finished"
+        )
+    return "\n".join(lines)
+
+
 def first_seed(config: Config) -> int:
     """Study s trains with this seed + s; the reruns follow the studies' seeds."""
     return config.matrix.seeds[0]

@@ -444,3 +444,20 @@ def test_reruns_are_planned_from_finished_trials_alone(tuned_matrix, tmp_path):
     moved = [replace(s, out_dir=str(copy / s.run_id)) for s in trials]
     left = reruns(config, moved, copy)
     assert {s.optimizer.name for s in left} == {"adamwprune"} and len(left) == 2
+
+
+def test_the_dry_run_shows_the_values_each_trial_will_train_with(tmp_path):
+    from lib.tuning import describe_values
+
+    config = tmp_path / ".config"
+    config.write_text(TINY.read_text() + f'CONFIG_RESULTS_DIR="{tmp_path / "results"}"\n')
+    res = cli("lib.cli", "dry-run", config=config)
+    assert res.returncode == 0, res.stderr
+    assert "tuning: halton search, 2 studies x 2 trials" in res.stdout
+    for spec in plan(cfg.load(config)):
+        line = (
+            f"{spec.optimizer.label:<20} study {spec.tuning.study} trial {spec.tuning.trial}: "
+            f"{describe_values(spec.tuning.values)}"
+        )
+        assert line in res.stdout
+    assert "over 2 fresh seeds" in res.stdout

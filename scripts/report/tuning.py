@@ -7,25 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from lib.tuning import Selection, Trial, select, trial_of
+from lib.tuning import Selection, Trial, describe_values, select, trial_of
 from scripts.report.cells import build_cell
 from scripts.report.data import MatrixResults, RunResult, method_display_name
 from scripts.report.markdown import fmt_interval, fmt_pct, fmt_sparsity, md_table
 from scripts.report.stats import CONFIDENCE
 
 
-def _value(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def fmt_setting(values: tuple[tuple[str, Any], ...]) -> str:
-    """`lr=0.00123, weight_decay=0.0004`: a trial's hyperparameters."""
-    return ", ".join(f"{name}={_value(value)}" for name, value in values)
-
-
 def _selected_cell(trial: Trial | None, members: tuple[Trial, ...], study: int) -> str:
     if trial is not None:
-        return f"trial {trial.trial}: {fmt_pct(trial.score)} ({fmt_setting(trial.values)})"
+        return f"trial {trial.trial}: {fmt_pct(trial.score)} ({describe_values(trial.values)})"
     pending = [t for t in members if t.study == study and not t.finished]
     return "*trials still running*" if pending else "*no trial completed*"
 
@@ -146,7 +137,7 @@ def section_tuning(results: MatrixResults) -> str:
                     for s in range(studies)
                 ),
                 fmt_pct(selection.median) if selection.median is not None else "—",
-                fmt_setting(chosen.values) if chosen is not None else "—",
+                describe_values(chosen.values) if chosen is not None else "—",
                 _reruns(results, selection),
             ]
         )
