@@ -461,3 +461,35 @@ def test_the_dry_run_shows_the_values_each_trial_will_train_with(tmp_path):
         )
         assert line in res.stdout
     assert "over 2 fresh seeds" in res.stdout
+
+
+def test_on_slurm_the_trials_are_one_array_and_the_reruns_the_next(tuned_matrix, tmp_path):
+    """The Slurm path: the first make test-matrix submits the trials; once they have finished,
+    the next one submits the reruns of the chosen settings (and nothing else)."""
+    import shutil
+
+    from lib.cli import _with_reruns
+    from lib.slurm import format_submission
+
+    _, matrix_dir, _ = tuned_matrix
+    results = tmp_path / "results"
+    config = tiny_config(
+        tmp_path, f'CONFIG_MATRIX_EXECUTOR_SLURM=y\nCONFIG_RESULTS_DIR="{results}"\n'
+    )
+    trials = plan(config)
+    fresh = format_submission(
+        _with_reruns(config, trials, results / "tuning-tiny"), results, config.matrix.slurm,
+        "tuning-tiny",
+    )  # fmt: skip
+    assert "one job array of 8 tasks" in fresh
+    shutil.copytree(
+        matrix_dir, results / "tuning-tiny", ignore=shutil.ignore_patterns("*_tuned", "*.json")
+    )
+    for spec in trials:  # the trials' own run.json and metrics.json, as the array left them
+        for name in ("run.json", "metrics.json"):
+            shutil.copy(matrix_dir / spec.run_id / name, results / "tuning-tiny" / spec.run_id)
+    specs = _with_reruns(config, trials, results / "tuning-tiny")
+    assert len(specs) == 12
+    assert "one job array of 4 tasks" in format_submission(
+        specs, results, config.matrix.slurm, "tuning-tiny"
+    )
