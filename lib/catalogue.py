@@ -120,6 +120,26 @@ def settings_from_pairs(cls: type, pairs: tuple[tuple[str, Any], ...]) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# search spaces (the tuning axis, lib/tuning.py)
+
+SEARCH_SCALES = ("log", "linear")
+
+
+@dataclass(frozen=True)
+class SearchDimension:
+    """One hyperparameter an optimizer's entry lets the tuning axis search: an OptimizerSpec
+    field (`lr`) or a plug-in's setting, on a log or linear scale. Its range is the Kconfig
+    string CONFIG_<NAME>_TUNE_<FIELD> (`low,high`; empty: not searched, the menu's value
+    stays), which the entry's fragment defines."""
+
+    field: str
+    scale: str = "log"
+
+    def symbol(self, method: str) -> str:
+        return settings_symbol(method, f"tune_{self.field}")
+
+
+# --------------------------------------------------------------------------------------------
 # building an optimizer
 
 
@@ -188,6 +208,8 @@ class OptimizerEntry:
     # The report's default candidate is the first method of such an optimizer.
     default_candidate: bool = False
     origin: Origin | None = None  # set by discovery for plug-ins
+    # What the tuning axis may search, in order (SearchDimension; its range in Kconfig).
+    search_space: tuple[SearchDimension, ...] = ()
 
     @property
     def symbol(self) -> str:
@@ -415,6 +437,20 @@ def _check_fragment(entry: OptimizerEntry | PruningEntry, where: str) -> None:
             raise PluginError(
                 f"{where}: Kconfig fragment {path} defines no {kind} option {name} "
                 f"for setting {f.name!r}"
+            )
+
+    for dim in getattr(entry, "search_space", ()):
+        names = [f.name for f in dataclasses.fields(entry.settings)] if entry.settings else []
+        got = kconf.syms.get(dim.symbol(entry.name))
+        if dim.field not in names or dim.scale not in SEARCH_SCALES:
+            raise PluginError(
+                f"{where}: search dimension {dim.field!r} ({dim.scale}) is not accepted (one of "
+                f"its settings {names}, on a scale in {SEARCH_SCALES})"
+            )
+        if got is None or got.orig_type != kconfiglib.STRING:
+            raise PluginError(
+                f"{where}: Kconfig fragment {path} defines no string option "
+                f"{dim.symbol(entry.name)} for the range of search dimension {dim.field!r}"
             )
 
 

@@ -183,11 +183,15 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     _note_broken_plugins()
     config = cfg.load(_need_config())
     _check_data(config, own_folders_only=True)
-    specs = _plan(config)
+    specs = _with_reruns(config, _plan(config), _matrix_dir(config))
     from lib.runner import format_plan
 
     print(f"matrix {config.matrix.name!r} -> {_matrix_dir(config)}")
     print(format_plan(specs, Path(config.matrix.results_dir)))
+    if config.tuning is not None:
+        from lib.tuning import describe
+
+        print(describe(config))
     if config.matrix.executor == "slurm":
         from lib.slurm import SlurmError, format_submission
 
@@ -235,10 +239,13 @@ def _execute(
     report_settings: dict,
     rerun_failed: bool,
 ) -> int:
-    """Hand the matrix to its executor: the local runner, or one Slurm job array."""
+    """Hand the matrix to its executor: the local runner, or one Slurm job array. With
+    tuning reruns (lib/tuning.py), the reruns whose trials have all finished join the plan,
+    before it starts and, on the local runner, once it has finished."""
     from lib import slurm
     from lib.runner import run_matrix
 
+    specs = _with_reruns(config, specs, matrix_dir)
     if config.matrix.executor == "slurm":
         return slurm.submit_matrix(
             specs,
@@ -253,16 +260,33 @@ def _execute(
     except slurm.SlurmError as e:
         print(f"error: {e}", flush=True)
         return EXIT_USAGE
-    return run_matrix(
-        specs,
-        matrix_dir,
-        config_snapshot=config_snapshot,
-        report_settings=report_settings,
-        jobs=config.matrix.jobs,
-        gpus=list(config.matrix.gpus) or None,
-        rerun_failed=rerun_failed,
-        fail_fast=not config.matrix.continue_on_failure,
-    )
+    from lib.runner import EXIT_FAILED, EXIT_OK
+
+    while True:  # the last pass covers every planned run: its exit code is the matrix's
+        code = run_matrix(
+            specs,
+            matrix_dir,
+            config_snapshot=config_snapshot,
+            report_settings=report_settings,
+            jobs=config.matrix.jobs,
+            gpus=list(config.matrix.gpus) or None,
+            rerun_failed=rerun_failed,
+            fail_fast=not config.matrix.continue_on_failure,
+        )
+        finished = code == EXIT_OK or (code == EXIT_FAILED and config.matrix.continue_on_failure)
+        grown = _with_reruns(config, specs, matrix_dir) if finished else specs
+        if len(grown) == len(specs):
+            return code
+        print(f"tuning: {count(len(grown) - len(specs), 'rerun')} of the chosen settings")
+        specs = grown
+
+
+def _with_reruns(config: cfg.Config, specs: list, matrix_dir: Path) -> list:
+    """`specs` and the tuning reruns that are ready and not planned yet (lib.tuning.reruns)."""
+    from lib.tuning import reruns
+
+    planned = {s.run_id for s in specs}
+    return [*specs, *(s for s in reruns(config, specs, matrix_dir) if s.run_id not in planned)]
 
 
 def cmd_test_matrix(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ blocked by an unmet dependency) is an error too: a configuration is never misrea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -91,6 +92,33 @@ class SlurmSettings:
     extra_args: tuple[str, ...] = ()  # long sbatch options, one argument each
 
 
+TUNING_SEARCHES = ("halton", "sobol", "grid")
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """One searched hyperparameter of one optimizer: its field, scale and range."""
+
+    field: str
+    scale: str  # log | linear (lib.catalogue.SEARCH_SCALES)
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    """The tuning menu (lib/Kconfig.tuning): how lib.matrix plans trials (lib/tuning.py)."""
+
+    search: str  # TUNING_SEARCHES
+    trials: int  # per study, equal for every optimizer (grid: grid_points ** dimensions)
+    studies: int
+    seed: int
+    rerun_seeds: int  # 0: no reruns of the chosen setting
+    grid_points: int = 0  # grid search only
+    # Each optimizer's searched hyperparameters, in Config.optimizers order.
+    spaces: tuple[tuple[SearchRange, ...], ...] = ()
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     baseline: str
@@ -122,6 +150,13 @@ class Config:
     pruning_fields: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     # The methods whose upstream score is chosen (CONFIG_PRUNING_<NAME>_UPSTREAM_SCORE).
     upstream_scores: tuple[str, ...] = ()
+    tuning: TuningSettings | None = None  # CONFIG_TUNING: the tuning axis
+
+    def search_space_for(self, opt: OptimizerSpec) -> tuple[SearchRange, ...]:
+        """The hyperparameters the tuning axis searches for `opt` (empty without tuning)."""
+        if self.tuning is None or opt not in self.optimizers:
+            return ()
+        return self.tuning.spaces[self.optimizers.index(opt)]
 
     def train_for(self, opt: OptimizerSpec) -> TrainSpec:
         """The training settings of a run with `opt` (see `trains`)."""
@@ -523,6 +558,92 @@ def _distributed(r: _Reader) -> dict:
     }
 
 
+def _search_range(r: _Reader, symbol: str, field: str, scale: str) -> SearchRange | None:
+    """A "low,high" range of the tuning axis; None when empty (not searched)."""
+    raw = r.str(symbol).strip()
+    if not raw:
+        return None
+    positive = "0 < low < high" if scale == "log" else "low < high"
+    accepted = f"two numbers low,high with {positive} ({scale} scale), or empty"
+    parts = [p.strip() for p in raw.split(",")]
+    try:
+        low, high = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        raise r.fail(symbol, raw, accepted) from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise r.fail(symbol, raw, accepted)
+    if scale == "log" and low <= 0:
+        raise r.fail(symbol, raw, accepted)
+    return SearchRange(field, scale, low, high)
+
+
+def _tuning(
+    r: _Reader,
+    entries: list[catalogue.OptimizerEntry],
+    optimizers: tuple[OptimizerSpec, ...],
+    seeds: tuple[int, ...],
+) -> TuningSettings | None:
+    """The tuning menu and each chosen optimizer's searched ranges; None with tuning off.
+    Every optimizer gets the same number of trials, so a grid needs as many searched
+    hyperparameters for each."""
+    if not r.bool("TUNING"):
+        return None
+    if len(seeds) != 1:
+        symbol = "MATRIX_SEEDS" if r.str("MATRIX_SEEDS").strip() else "MATRIX_SEED_COUNT"
+        raise r.fail(
+            symbol,
+            r.str(symbol),
+            "one seed with CONFIG_TUNING: study s trains with that seed + s, and "
+            "CONFIG_TUNING_RERUN_SEEDS sets how many seeds rerun the chosen setting",
+        )
+    spaces = []
+    for entry, opt in zip(entries, optimizers, strict=True):
+        names = {n for n, _ in opt.settings} | {f.name for f in dataclasses.fields(opt)}
+        ranges = []
+        for dim in entry.search_space:
+            if dim.field not in names or dim.field in ("name", "settings"):
+                raise ConfigError(
+                    f"{r.path}: optimizer {entry.name!r} declares search dimension "
+                    f"{dim.field!r}, which is none of its settings"
+                )
+            found = _search_range(r, dim.symbol(entry.name), dim.field, dim.scale)
+            if found is not None:
+                ranges.append(found)
+        if not ranges:
+            symbols = ", ".join(f"CONFIG_{d.symbol(entry.name)}" for d in entry.search_space)
+            raise ConfigError(
+                f"{r.path}: CONFIG_TUNING=y but {entry.display} searches no hyperparameter "
+                f"(set a range in {symbols or 'its menu: its entry declares no search space'})"
+            )
+        spaces.append(tuple(ranges))
+    search = r.choice("TUNING_SEARCH", TUNING_SEARCHES)
+    grid_points = r.int("TUNING_GRID_POINTS") if search == "grid" else 0
+    if search == "grid":
+        sizes = {len(space) for space in spaces}
+        if len(sizes) > 1:
+            counts = ", ".join(
+                f"{e.display} {len(space)}" for e, space in zip(entries, spaces, strict=True)
+            )
+            raise r.fail(
+                "TUNING_SEARCH_GRID",
+                "y",
+                "a quasi-random search, or ranges that give every optimizer as many searched "
+                f"hyperparameters (now {counts}): a grid must give each the same trials",
+            )
+        trials = grid_points ** sizes.pop()
+    else:
+        trials = r.int("TUNING_TRIALS")
+    return TuningSettings(
+        search=search,
+        trials=trials,
+        studies=r.int("TUNING_STUDIES"),
+        seed=r.int("TUNING_SEED"),
+        rerun_seeds=r.int("TUNING_RERUN_SEEDS"),
+        grid_points=grid_points,
+        spaces=tuple(spaces),
+    )
+
+
 def _tracking(r: _Reader) -> TrackingSpec:
     """The tracking menu; names are checked here so a typo is caught before any run starts,
     not by the tracker in the middle of the night."""
@@ -799,6 +920,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         executor=executor,
         slurm=_slurm(r) if executor == "slurm" else None,
     )
+    tuning = _tuning(r, chosen, optimizers, seeds)
     report = ReportSettings(
         baseline=r.str("REPORT_BASELINE"),
         candidate=r.str("REPORT_CANDIDATE"),
@@ -827,6 +949,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         trains=trains,
         pruning_fields=pruning_fields,
         upstream_scores=upstream_scores,
+        tuning=tuning,
     )
 
 

@@ -6,6 +6,10 @@ method catalogue (lib/catalogue.py):
 - a pruning method an optimizer implements itself (its `owner`) only with that optimizer;
 - the generic methods with every optimizer that takes pruning;
 - the unpruned baseline appears once per optimizer (and seed), not once per sparsity.
+
+With the tuning axis on (CONFIG_TUNING, lib/tuning.py), the seed axis becomes studies x
+trials: each (optimizer, method, sparsity) is planned as the same number of trials, each an
+ordinary run with the hyperparameters the search drew for it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from lib import catalogue
+from lib import catalogue, tuning
 from lib.config import Config, ConfigError
 from lib.spec import RunSpec
 
@@ -68,7 +72,8 @@ def plan(config: Config) -> list[RunSpec]:
                         seed=seed,
                         tracking=config.tracking,
                     )
-                    specs.append(replace(spec, out_dir=str(matrix_dir / spec.run_id)))
+                    runs = tuning.trial_specs(config, spec, opt) if config.tuning else [spec]
+                    specs += [replace(s, out_dir=str(matrix_dir / s.run_id)) for s in runs]
     if not specs:
         raise ConfigError(
             "the configuration plans no runs: the selected pruning methods "

@@ -133,6 +133,16 @@ def target_reached(sparsity: float | None, target: float) -> bool:
     return sparsity is not None and sparsity >= target - SPARSITY_TOLERANCE
 
 
+def selection_score(summary: dict[str, Any]) -> float | None:
+    """The accuracy that selects among runs (a tuning trial, docs/protocol.md): held-out
+    validation top-1 at the epoch validation chose (`selection_top1`, written when a
+    validation split is on), else the best test top-1 (`best_top1`; `selected_by` then says
+    "test")."""
+    if "selection_top1" in summary:  # validation on: never fall back to the test set
+        return summary["selection_top1"]
+    return summary.get("best_top1")
+
+
 def summarize(
     epochs: list[dict[str, Any]],
     target_sparsity: float,

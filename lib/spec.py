@@ -257,6 +257,28 @@ class TrackingSpec:
         return tuple(name for name in TRACKERS if getattr(self, name))
 
 
+TUNING_ROLES = ("trial", "rerun")
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """Where a run sits on the tuning axis (lib/tuning.py, docs/protocol.md): trial `trial` of
+    study `study`, whose hyperparameters the search drew; or a rerun of the setting chosen for
+    its (optimizer, method, sparsity) on a fresh seed (study and trial then say which trial was
+    chosen)."""
+
+    role: str = "trial"  # trial | rerun
+    study: int = 0
+    trial: int = 0
+    # The tuned hyperparameters as (field, value) pairs: what this run overrides.
+    values: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role not in TUNING_ROLES:
+            raise ValueError(f"tuning role {self.role!r} is not one of {TUNING_ROLES}")
+        object.__setattr__(self, "values", tuple((str(k), v) for k, v in self.values))
+
+
 def _copy_containers(value: Any) -> Any:
     """A copy of nested dicts and lists; tuples and scalars (immutable) are shared."""
     if isinstance(value, dict):
@@ -280,6 +302,8 @@ class RunSpec:
     out_dir: str = ""  # results/<matrix>/<run_id>; set by the planner
     run_id: str = field(default="")
     tracking: TrackingSpec = TrackingSpec()
+    # A run of the tuning axis (None: an ordinary run; run.json unchanged).
+    tuning: TuningSpec | None = added_field(None)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -340,6 +364,7 @@ class RunSpec:
             out_dir=d.get("out_dir", ""),
             run_id=d.get("run_id", ""),
             tracking=TrackingSpec(**d.get("tracking", {})),  # absent before tracking existed
+            tuning=TuningSpec(**d["tuning"]) if d.get("tuning") else None,
         )
 
     @classmethod
@@ -400,6 +425,15 @@ def derive_run_id(spec: RunSpec) -> str:
     Derived only from the axes of the matrix, so the same .config always plans the same ids.
     """
     p = spec.pruning
-    if not p.enabled:
-        return f"{spec.model.name}_{spec.method_key}_seed{spec.seed}"
-    return f"{spec.model.name}_{spec.method_key}_{sparsity_token(p.sparsity)}_seed{spec.seed}"
+    level = f"_{sparsity_token(p.sparsity)}" if p.enabled else ""
+    return f"{spec.model.name}_{spec.method_key}{level}_seed{spec.seed}{tuning_token(spec.tuning)}"
+
+
+def tuning_token(tuning: TuningSpec | None) -> str:
+    """The run id's suffix on the tuning axis: `_study1_trial3` for a trial, `_tuned` for a
+    rerun of the chosen setting (its seed tells the reruns apart), `` for an ordinary run."""
+    if tuning is None:
+        return ""
+    if tuning.role == "rerun":
+        return "_tuned"
+    return f"_study{tuning.study}_trial{tuning.trial}"

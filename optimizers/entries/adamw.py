@@ -5,6 +5,7 @@ from __future__ import annotations
 from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec
 from optimizers.entries.common import (
+    COMMON_SEARCH_SPACE,
     adam_report_fields,
     amsgrad_label,
     build_adam_family,
@@ -31,4 +32,5 @@ ENTRY = OptimizerEntry(
     build=build,
     label=lambda opt: amsgrad_label(opt, opt.name),
     report_fields=adam_report_fields,
+    search_space=COMMON_SEARCH_SPACE,
 )

@@ -7,7 +7,13 @@ from dataclasses import replace
 
 from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec, TrainSpec
-from optimizers.entries.common import adam_report_fields, build_adam_family, fragment, read_adam
+from optimizers.entries.common import (
+    COMMON_SEARCH_SPACE,
+    adam_report_fields,
+    build_adam_family,
+    fragment,
+    read_adam,
+)
 
 
 def read(r) -> OptimizerSpec:
@@ -35,4 +41,5 @@ ENTRY = OptimizerEntry(
     build=build,
     train_for=train_for,
     report_fields=adam_report_fields,
+    search_space=COMMON_SEARCH_SPACE,
 )

@@ -11,6 +11,7 @@ from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec, TrainSpec
 from optimizers.entries.common import (
     SPAM_REPORT_FIELDS,
+    SPAM_SEARCH_SPACE,
     adam_report_fields,
     amsgrad_label,
     fragment,
@@ -98,4 +99,5 @@ ENTRY = OptimizerEntry(
     train_for=train_for,
     report_fields=report_fields,
     default_candidate=True,
+    search_space=SPAM_SEARCH_SPACE,
 )

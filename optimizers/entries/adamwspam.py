@@ -8,6 +8,7 @@ from lib.catalogue import BuildContext, OptimizerEntry
 from lib.spec import OptimizerSpec
 from optimizers.entries.common import (
     SPAM_REPORT_FIELDS,
+    SPAM_SEARCH_SPACE,
     adam_report_fields,
     fragment,
     read_adam,
@@ -43,4 +44,5 @@ ENTRY = OptimizerEntry(
     read=read,
     build=build,
     report_fields=lambda opt: [*adam_report_fields(opt), *SPAM_REPORT_FIELDS],
+    search_space=SPAM_SEARCH_SPACE,
 )

@@ -6,12 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lib.catalogue import SearchDimension
 from lib.spec import OptimizerSpec
 
 HERE = Path(__file__).resolve().parent
 
 COMMON_REPORT_FIELDS = ["lr", "weight_decay"]
 ADAM_REPORT_FIELDS = ["beta1", "beta2", "eps", "amsgrad"]
+# What the tuning axis searches for every built-in optimizer (ranges: <NAME>_TUNE_* in Kconfig).
+COMMON_SEARCH_SPACE = (SearchDimension("lr", "log"), SearchDimension("weight_decay", "log"))
+SPAM_SEARCH_SPACE = (*COMMON_SEARCH_SPACE, SearchDimension("spam_theta", "log"))
 SPAM_REPORT_FIELDS = ["spam_theta", "spam_interval", "spam_warmup_steps", "spam_clip_delay"]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from lib.catalogue import BuildContext, OptimizerEntry
+from lib.catalogue import BuildContext, OptimizerEntry, SearchDimension
 from lib.spec import OptimizerSpec
-from optimizers.entries.common import COMMON_REPORT_FIELDS, fragment
+from optimizers.entries.common import COMMON_REPORT_FIELDS, COMMON_SEARCH_SPACE, fragment
+
+SEARCH_SPACE = (*COMMON_SEARCH_SPACE, SearchDimension("momentum", "linear"))
 
 
 def read(r) -> OptimizerSpec:
@@ -38,4 +40,5 @@ ENTRY = OptimizerEntry(
     read=read,
     build=build,
     report_fields=lambda _opt: ["name", *COMMON_REPORT_FIELDS, "momentum", "nesterov"],
+    search_space=SEARCH_SPACE,
 )

@@ -46,6 +46,10 @@ MEMORY_CPU_RSS_LIFETIME = "cpu_rss_lifetime"
 MEMORY_CPU_KINDS = (MEMORY_CPU_RSS, MEMORY_CPU_RSS_LIFETIME)
 
 
+# Summary fields the trainer writes with a held-out validation split (docs/protocol.md).
+SELECTION_KEYS = ("selection_top1", "selected_by")
+
+
 class ReportError(Exception):
     """A matrix that cannot be reported at all (missing, empty, unreadable plan)."""
 
@@ -180,6 +184,9 @@ class MatrixResults:
     runs: list[RunResult]  # the plan's runs, each (method, sparsity, seed) once
     duplicates: list[RunResult] = field(default_factory=list)  # later entries of one identity
     stray: list[str] = field(default_factory=list)  # run directories the plan does not list
+    # The tuning axis's trials (lib/tuning.py): the tuning section reads them; no table,
+    # average or plot counts them as replicates (the reruns of the chosen setting are `runs`).
+    trials: list[RunResult] = field(default_factory=list)
 
     def counted(self, key: str | None = None, sparsity: float | None = None) -> list[RunResult]:
         """The runs that enter the numbers (`RunResult.counts`), optionally of one method
@@ -215,7 +222,7 @@ class MatrixResults:
         return [r for r in self.runs if r.method_key == key and r.target_sparsity == sparsity]
 
     def first_spec(self) -> dict[str, Any]:
-        for run in self.runs:
+        for run in (*self.runs, *self.trials):
             if run.spec:
                 return run.spec
         return {}
@@ -394,6 +401,12 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         result.reason = f"{metrics_path}: epoch records do not follow the schema ({e!r})"
         result.epochs = []
         return result
+    # What held-out validation selected (the trainer's word; lib.metrics.selection_score):
+    # kept, so the report selects tuning trials as the runner did when it planned the reruns.
+    recorded = metrics.get("summary") or {}
+    for key in SELECTION_KEYS:
+        if key in recorded and key not in result.summary:
+            result.summary[key] = recorded[key]
     result.identity = identity or None
     result.state_memory = metrics.get("state_memory")
     result.model_info = metrics.get("model_info")
@@ -424,11 +437,17 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
     )
 
     runs: list[RunResult] = []
+    trials: list[RunResult] = []
     duplicates: list[RunResult] = []
     seen_ids: set[str] = set()
     by_identity: dict[tuple[str, float, int], str] = {}
     for entry in entries:
         run = load_run(matrix_dir / entry["run_id"], entry)
+        if is_trial(run.spec):
+            if run.run_id not in seen_ids:
+                trials.append(run)
+            seen_ids.add(run.run_id)
+            continue
         identity = (run.method_key, run.target_sparsity, run.seed)
         if run.run_id in seen_ids:
             run.duplicate_of = run.run_id  # the same entry listed twice
@@ -440,7 +459,7 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
             continue
         by_identity[identity] = run.run_id
         runs.append(run)
-    if not runs:
+    if not runs and not trials:
         raise ReportError(f"matrix {matrix_dir.name!r} is empty: {plan_path} lists no runs")
     return MatrixResults(
         name=plan.get("name") or matrix_dir.name,
@@ -449,7 +468,14 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
         runs=runs,
         duplicates=duplicates,
         stray=stray,
+        trials=trials,
     )
+
+
+def is_trial(spec: dict[str, Any] | None) -> bool:
+    """A planned run that is a tuning trial (its spec's `tuning.role`)."""
+    tuning = (spec or {}).get("tuning")
+    return isinstance(tuning, dict) and tuning.get("role") == "trial"
 
 
 def newest_matrix(results_dir: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """What `make report` writes next to matrix.json: report.md, plots/*.png, metrics.csv (one
-row per run) and metrics_epochs.csv (one row per epoch)."""
+row per run), metrics_epochs.csv (one row per epoch) and, for a tuned matrix, tuning.csv (one
+row per tuning trial)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from lib.atomic import atomic_file, atomic_write_text
 from scripts.report.cells import resolve_comparison
 from scripts.report.data import MatrixResults, RunResult, load_matrix, method_display_name
 from scripts.report.sections import render_report
+from scripts.report.tuning import trial_rows
 
 REPORT_FILE = "report.md"
 CSV_FILE = "metrics.csv"
@@ -50,6 +52,7 @@ CSV_RUN_FIELDS = (
 # blocks, named block.field (the report's re-derived summary, as its tables use it).
 CSV_RUN_BLOCKS = ("identity", "summary", "model_info", "state_memory")
 EPOCHS_CSV_FILE = "metrics_epochs.csv"
+TUNING_CSV_FILE = "tuning.csv"
 
 
 def csv_cell(value: Any) -> Any:
@@ -133,6 +136,20 @@ def write_epochs_csv(results: MatrixResults, path: Path) -> int:
     return rows
 
 
+def write_tuning_csv(results: MatrixResults, path: Path) -> int:
+    """One row per tuning trial (scripts.report.tuning.trial_rows): where it sits, what it
+    tried, its selection score, whether its study selected it and whether it is the chosen
+    setting; returns the number of rows."""
+    rows = trial_rows(results)
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_file(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([csv_cell(row.get(key)) for key in header])
+    return len(rows)
+
+
 def write_report(
     matrix_dir: Path, baseline: str | None = None, candidate: str | None = None
 ) -> Path:
@@ -147,6 +164,8 @@ def write_report(
     plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     write_metrics_csv(results, matrix_dir / CSV_FILE)
     write_epochs_csv(results, matrix_dir / EPOCHS_CSV_FILE)
+    if results.trials:
+        write_tuning_csv(results, matrix_dir / TUNING_CSV_FILE)
     report_path = matrix_dir / REPORT_FILE
     atomic_write_text(report_path, render_report(results, comparison, plot_links))
     return report_path

@@ -46,6 +46,7 @@ from scripts.report.markdown import (
 )
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
 from scripts.report.tracking import section_tracking
+from scripts.report.tuning import section_tuning
 
 
 def _config_summary(results: MatrixResults) -> dict[str, Any]:
@@ -67,12 +68,13 @@ def _config_summary(results: MatrixResults) -> dict[str, Any]:
     }
 
 
-def _status_counts(results: MatrixResults) -> str:
+def _status_counts(results: MatrixResults, runs: list[RunResult] | None = None) -> str:
+    runs = results.runs if runs is None else runs
     counts: dict[str, int] = {}
-    for run in results.runs:
+    for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
     parts = [f"{counts[s]} {s}" for s in sorted(counts, key=status_rank)]
-    return f"{', '.join(parts)} (of {len(results.runs)} planned)"
+    return f"{', '.join(parts)} (of {len(runs)} planned)"
 
 
 def section_header(results: MatrixResults, comparison: Comparison, now: dt.datetime) -> str:
@@ -88,7 +90,13 @@ def section_header(results: MatrixResults, comparison: Comparison, now: dt.datet
             + (f", last updated {updated}" if updated else "")
             + "  "
         )
-    lines.append(f"**Runs**: {_status_counts(results)}")
+    if results.runs or not results.trials:
+        lines.append(f"**Runs**: {_status_counts(results)}")
+    else:
+        lines.append("**Runs**: none yet (the reruns of the chosen settings follow the trials)")
+    if results.trials:
+        lines[-1] += "  "
+        lines.append(f"**Tuning trials**: {_status_counts(results, results.trials)}")
     if comparison.candidate and comparison.baseline:
         lines.append("")
         lines.append(
@@ -1327,12 +1335,16 @@ def render_report(
 ) -> str:
     """The markdown report of one matrix. `plots`: (relative path, caption) pairs."""
     now = now or dt.datetime.now(dt.timezone.utc)
+    if not results.runs:  # only tuning trials so far: their section is the whole report
+        return "\n\n".join(s for s in (section_header(results, comparison, now),
+                                          section_tuning(results)) if s) + "\n"  # fmt: skip
     grid = _cells_by_sparsity(results, comparison)
     sections = [
         section_header(results, comparison, now),
         section_executive_summary(results, grid, comparison),
         section_configuration(results, comparison),
         section_accuracy(grid, comparison),
+        section_tuning(results),
         section_operating_points(results, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),
