@@ -46,6 +46,7 @@ PLOTS = (
     "memory_vs_accuracy",
     "sparsity",
     "operating_points",
+    "time_to_target",
 )
 EXECUTORS = ("local", "slurm")
 _SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]*$")

@@ -3,12 +3,14 @@ time to target and the training-time budget."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from report_helpers import FakeRun, render, row_for, section, table_header, table_rows, write_matrix
 
 import lib.spec
 from lib import config as cfg
@@ -25,6 +27,7 @@ from lib.data import (
 from lib.metrics import STATUS_COMPLETED, TIME_BUDGET_STOP, read_metrics, summarize
 from lib.spec import DataSpec
 from lib.train import train
+from scripts.report.stats import kaplan_meier, median_time, performance_profile
 
 # -- the split -----------------------------------------------------------------------------------
 
@@ -281,3 +284,120 @@ def test_a_training_time_budget_finishes_the_run_early_and_is_not_a_failure(tiny
     again = train(spec)
     assert again["summary"]["stopped_by"] == "time_budget"
     assert [r["epoch"] for r in again["epochs"]] == [r["epoch"] for r in doc["epochs"]]
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def test_kaplan_meier_matches_a_hand_computed_case():
+    # Five runs: reached at 2, 3 and 5 s; never reached, censored at 3 and 8 s.
+    times = [2.0, 3.0, 3.0, 5.0, 8.0]
+    reached = [True, True, False, True, False]
+    # S(2) = 4/5; at 3 four are at risk, one reaches: 0.8 * 3/4 = 0.6; the censored run at 3
+    # leaves with it; at 5 two are at risk, one reaches: 0.6 * 1/2 = 0.3.
+    steps = kaplan_meier(times, reached)
+    assert [t for t, _ in steps] == [2.0, 3.0, 5.0]
+    assert [s for _, s in steps] == pytest.approx([0.8, 0.6, 0.3])
+    assert median_time(times, reached) == 5.0  # the first time S <= 0.5
+    assert median_time([4.0, 1.0, 3.0, 2.0], [True] * 4) == 2.5  # all reached: plain median
+    assert median_time([4.0, 6.0, 9.0], [True, False, False]) is None  # never half
+
+
+def test_performance_profile_counts_levels_within_tau_of_the_fastest():
+    times = {"a": [10.0, 30.0, None], "b": [20.0, 15.0, None], "c": [40.0, None, 50.0]}
+    profile = performance_profile(times, [1.0, 2.0, 4.0])
+    # Level 1: a fastest (b 2x, c 4x); level 2: b fastest (a 2x); level 3: only c.
+    assert profile["a"] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    assert profile["b"] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    assert profile["c"] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+
+
+class _TimedRun(FakeRun):
+    """A FakeRun with held-out validation top-1, training seconds per epoch and a target."""
+
+    def __init__(self, *args, val, seconds, target_top1=70.0, budget=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.val, self.seconds = val, seconds
+        self.target_top1, self.budget = target_top1, budget
+
+    def spec(self, matrix):
+        spec = super().spec(matrix)
+        data = replace(spec.data, val_size=5000, val_seed=0, val_target=self.target_top1)
+        return replace(spec, data=data, train=replace(spec.train, time_budget_seconds=self.budget))
+
+    def epochs(self):
+        records = super().epochs()
+        for record, val, seconds in zip(records, self.val, self.seconds, strict=True):
+            record.update(val_top1=val, train_seconds=seconds, train_steps=100)
+        if self.budget and sum(self.seconds) > self.budget:  # a step crossed it
+            records[-1][TIME_BUDGET_STOP] = True
+        return records
+
+
+def _timed_matrix(tmp_path, budget=0, spam_seconds=(15.0, 15.0, 15.0), planned=None):
+    runs = []
+    for seed in (0, 1):
+        # AdamWPrune reaches 70 % validation at epoch 2 (seed 0) or 3 (seed 1): 20 / 30 s.
+        runs.append(
+            _TimedRun("adamwprune", "state", 0.5, seed, top1=[60.0, 71.0, 74.0],
+                      val=[60.0, 70.0 + seed * -1, 75.0], seconds=[10.0] * 3, budget=budget,
+                      planned_epochs=planned)
+        )  # fmt: skip
+        # AdamWSPAM reaches it at epoch 3 with seed 0 (45 s) and never with seed 1.
+        runs.append(
+            _TimedRun("adamwspam", "magnitude", 0.5, seed, top1=[50.0, 60.0, 69.0],
+                      val=[50.0, 60.0, 71.0 - seed * 5], seconds=list(spam_seconds), budget=budget,
+                      planned_epochs=planned)
+        )  # fmt: skip
+    return write_matrix(tmp_path, "timed", runs)
+
+
+def test_report_says_which_set_chose_and_gives_time_to_target_with_kaplan_meier(tmp_path):
+    text = render(_timed_matrix(tmp_path))
+    configuration = section(text, "## Test Configuration")
+    assert "chosen on held-out validation (5,000 training images set aside" in configuration
+    assert "test top-1 at that epoch" in configuration
+    rows = table_rows(text, "## Time to Target")
+    row = row_for(rows, "50%")
+    header = table_header(text, "## Time to Target")
+    cand = row[header.index("AdamWPrune (AdamW base) state/hybrid")]
+    base = row[header.index("AdamWSPAM + magnitude")]
+    assert cand == "25.0 s (2/2 reached)"  # median of 20 and 30 s
+    # One seed at 45 s, one censored at 45 s: S(45) = 0, so the KM median is 45 s.
+    assert base == "KM 45.0 s (1/2 reached)"
+    assert "Performance profile over the 1 sparsity level(s)" in text
+    # Without the split the report says the test set chose.
+    plain = render(write_matrix(tmp_path, "plain", [FakeRun("adamw", "none", 0.0, 0, [50.0])]))
+    assert "no held-out validation split" in section(plain, "## Test Configuration")
+    assert "## Time to Target" not in plain and "## Equal Training Time" not in plain
+
+
+def test_report_compares_methods_at_equal_training_time_under_a_budget(tmp_path):
+    # AdamWSPAM's third epoch crosses the 30 s budget (by 2 s: the step that crossed it).
+    text = render(_timed_matrix(tmp_path, budget=30, spam_seconds=(12.0, 12.0, 8.0)))
+    assert "- **Training-time budget**: 30.0 s per run" in text
+    assert "2 of 4 runs stopped by it" in text
+    rows = table_rows(text, "## Equal Training Time")
+    header = table_header(text, "## Equal Training Time")
+    row = row_for(rows, "50%")
+    assert row[header.index("Equal time")] == "30.0 s"
+    # AdamWPrune: all three epochs by 30 s, chosen on validation: epoch 3 (74 %) both seeds.
+    assert row[header.index("AdamWPrune (AdamW base) state/hybrid")] == "74.00 ± 0.00% (n=2)"
+    # AdamWSPAM: its third epoch ends past the budget, which counts as at the budget.
+    assert row[header.index("AdamWSPAM + magnitude")] == "69.00 ± 0.00% (n=2)"
+    # A run stopped by its budget is a finished result, not a short run.
+    from scripts.report.data import load_matrix
+
+    results = load_matrix(_timed_matrix(tmp_path / "again", budget=20, planned=10))
+    assert sum(r.summary["stopped_by"] == "time_budget" for r in results.runs) == 4
+    assert all(r.counts for r in results.runs)
+
+
+def test_time_to_target_plot_is_drawn(tmp_path):
+    from scripts.report.data import load_matrix
+    from scripts.report.plots import plot_time_to_target
+
+    results = load_matrix(_timed_matrix(tmp_path))
+    files = plot_time_to_target(results, results.method_keys(), tmp_path)
+    assert [f.path.name for f in files] == ["time_to_target.png"]
+    assert files[0].path.stat().st_size > 1000

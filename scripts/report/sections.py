@@ -44,6 +44,11 @@ from scripts.report.markdown import (
     md_table,
     printed,
 )
+from scripts.report.protocol import (
+    section_equal_time,
+    section_time_to_target,
+    selection_lines,
+)
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
 from scripts.report.tracking import section_tracking
 
@@ -131,6 +136,7 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
             role = " — baseline for *Improvement*"
         lines.append(f"  - {method_display_name(key)} (`{key}`){role}")
     lines += [f"- {note}" for note in comparison.notes]
+    lines += selection_lines(results)
     partial = _partial_evaluation(results)
     if partial is not None:
         lines.append(partial)
@@ -1333,6 +1339,8 @@ def render_report(
         section_executive_summary(results, grid, comparison),
         section_configuration(results, comparison),
         section_accuracy(grid, comparison),
+        section_time_to_target(results, comparison),
+        section_equal_time(results, comparison),
         section_operating_points(results, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),
