@@ -401,3 +401,51 @@ def test_time_to_target_plot_is_drawn(tmp_path):
     files = plot_time_to_target(results, results.method_keys(), tmp_path)
     assert [f.path.name for f in files] == ["time_to_target.png"]
     assert files[0].path.stat().st_size > 1000
+
+
+def _fake_cifar10(root: Path, per_batch: int) -> np.ndarray:
+    """torchvision's CIFAR-10 layout with `per_batch` random images in each of the five
+    training batches (two classes alternating); returns the training images as N x 32 x 32 x 3."""
+    import pickle
+
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = []
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [k % 2 for k in range(per_batch)]
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+        if name != "test_batch":
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}))
+    return np.concatenate(images)
+
+
+def test_cifar_validation_is_held_out_of_training_and_read_without_augmentation(
+    tiny_spec, tmp_path, monkeypatch
+):
+    from torchvision.datasets import cifar
+
+    from lib.data import CIFAR_MEAN, CIFAR_STD
+
+    # The fake files have no published checksums.
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    train_images = _fake_cifar10(tmp_path, per_batch=4)
+    data = {"name": "cifar10", "data_dir": str(tmp_path), "image_size": 32, "val_size": 6}
+    spec = tiny_spec(tmp_path, data=data, train={"batch_size": 4})
+    loaders = build_split_loaders(spec, "cpu")
+    assert (loaders.train.num_samples, loaders.val.num_samples, loaders.test.num_samples) == (
+        14,
+        6,
+        4,
+    )
+    labels_all = np.array([k % 2 for k in range(4)] * 5)
+    _, val_idx = held_out_split(labels_all, spec.data)
+    images, labels = _all(loaders.val)
+    assert labels.tolist() == labels_all[val_idx].tolist() and labels.tolist().count(0) == 3
+    mean = torch.tensor(CIFAR_MEAN["cifar10"]).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD["cifar10"]).view(1, 3, 1, 1)
+    raw = torch.from_numpy(train_images[val_idx]).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(images, (raw - mean) / std, atol=1e-6)  # no crop, no flip
