@@ -449,3 +449,20 @@ def test_cifar_validation_is_held_out_of_training_and_read_without_augmentation(
     std = torch.tensor(CIFAR_STD["cifar10"]).view(1, 3, 1, 1)
     raw = torch.from_numpy(train_images[val_idx]).permute(0, 3, 1, 2).float() / 255
     assert torch.allclose(images, (raw - mean) / std, atol=1e-6)  # no crop, no flip
+
+
+def test_ranks_agree_on_the_step_a_budget_ends(monkeypatch):
+    import lib.distributed
+    from lib.distributed import RunGroup
+
+    cpu = torch.device("cpu")
+    assert RunGroup().any(True, cpu) is True and RunGroup().any(False, cpu) is False
+    calls = []
+
+    def peer_past_its_deadline(tensor, op):  # MAX with a rank whose clock says "spent"
+        calls.append(op)
+        tensor.fill_(1.0)
+
+    monkeypatch.setattr(lib.distributed.dist, "all_reduce", peer_past_its_deadline)
+    assert RunGroup(rank=0, world=2).any(False, cpu) is True
+    assert calls == [lib.distributed.dist.ReduceOp.MAX]
