@@ -466,3 +466,15 @@ def test_ranks_agree_on_the_step_a_budget_ends(monkeypatch):
     monkeypatch.setattr(lib.distributed.dist, "all_reduce", peer_past_its_deadline)
     assert RunGroup(rank=0, world=2).any(False, cpu) is True
     assert calls == [lib.distributed.dist.ReduceOp.MAX]
+
+
+def test_best_of_any_epoch_is_chosen_on_validation_too():
+    from scripts.report.data import RunResult
+    from scripts.report.sections import _best_of_any_epoch
+
+    epochs = _epochs(val=[60.0, 80.0, 70.0], test=[60.0, 70.0, 90.0], sparsity=[0.2, 0.3, 0.4])
+    run = RunResult("r", "adamw_magnitude", 0.5, 0, STATUS_COMPLETED, epochs=epochs)
+    assert _best_of_any_epoch(run) == "70.00% at 30.0% (epoch 2)"  # not the test's 90 %
+    for record in epochs:
+        del record["val_top1"]
+    assert _best_of_any_epoch(run) == "90.00% at 40.0% (epoch 3)"
