@@ -740,7 +740,8 @@ def _in_memory_loaders(
     """Train, held-out validation (None when off) and test loaders over (images, labels) that
     already live on the training device; the validation images come out of `train`."""
     batch = spec.train.global_batch_size
-    split = held_out_split(train[1].cpu().numpy(), spec.data)
+    # (the labels are copied to the host only when there is a split to draw)
+    split = held_out_split(train[1].cpu().numpy(), spec.data) if spec.data.val_size else None
 
     def make(images: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> InMemoryLoader:
         drop = shuffle and spec.train.compile

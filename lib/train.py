@@ -474,6 +474,12 @@ class _Run:
                 f"{self.eval_steps} of {len(self.test_loader)} test batches per epoch",
                 flush=True,
             )
+        if self.val_loader is not None and self.val_steps < len(self.val_loader):
+            print(
+                f"note: CONFIG_TRAIN_MAX_STEPS_PER_EPOCH={cap} caps validation too: "
+                f"{self.val_steps} of {len(self.val_loader)} validation batches per epoch",
+                flush=True,
+            )
 
         self.optimizer = build_optimizer(
             self.model,
