@@ -47,6 +47,7 @@ PLOTS = (
     "memory_vs_accuracy",
     "sparsity",
     "operating_points",
+    "time_to_target",
 )
 EXECUTORS = ("local", "slurm")
 _SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -761,6 +762,16 @@ def _image_folder(r: _Reader) -> dict[str, str]:
     return dirs
 
 
+def _held_out(r: _Reader) -> dict[str, int | float]:
+    """DataSpec fields of the held-out validation split (docs/protocol.md); none when off, so
+    the run.json of a matrix without the split stays what it was."""
+    size = r.int("DATA_VAL_SIZE")
+    if size == 0:
+        return {}
+    target = r.float("DATA_VAL_TARGET", low=0, high=100)
+    return {"val_size": size, "val_seed": r.int("DATA_VAL_SEED"), "val_target": target}
+
+
 def _check_torchvision_model(r: _Reader, model: ModelSpec, image_size: int) -> None:
     """A model chosen by name must exist in the installed torchvision, have the chosen stem and
     take the image size (checked on the meta device: no memory, no compute)."""
@@ -807,7 +818,15 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         synthetic_train_size=r.int("DATA_SYNTHETIC_TRAIN_SIZE") if synthetic else 0,
         synthetic_val_size=r.int("DATA_SYNTHETIC_VAL_SIZE") if synthetic else 0,
         **_image_folder(r) if dataset == "imagefolder" else {},
+        **_held_out(r),
     )
+    if data.known_train_images is not None and data.val_size >= data.known_train_images:
+        raise r.fail(
+            "DATA_VAL_SIZE",
+            str(data.val_size),
+            f"0 (off) or 1..{data.known_train_images - 1}: {dataset} has "
+            f"{data.known_train_images} training images and needs some left to train on",
+        )
     if model_choice == "torchvision":
         _check_torchvision_model(r, model, data.image_size)
     lr_schedule = r.choice("LR_SCHEDULE", ("cosine", "cosine_epoch", "step", "constant"))
@@ -830,6 +849,7 @@ def config_from_kconfig(kconf: kconfiglib.Kconfig, path: str = ".config") -> Con
         checkpoint=r.bool("TRAIN_CHECKPOINT"),
         deterministic=r.bool("TRAIN_DETERMINISTIC"),
         max_steps_per_epoch=r.int("TRAIN_MAX_STEPS_PER_EPOCH"),
+        time_budget_seconds=r.int("TRAIN_TIME_BUDGET_SECONDS"),
         **_distributed(r),
     )
     if train.warmup_epochs >= train.epochs:

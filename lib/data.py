@@ -1,7 +1,10 @@
 """Datasets and loaders for every run: imagenet, imagefolder (your own train and validation
 directories at any path), cifar100, cifar10, mnist5k, synthetic.
 
-`build_loaders(spec, device)` returns a train and a test loader. Every loader has
+`build_loaders(spec, device)` returns a train and a test loader; `build_split_loaders` adds the
+held-out validation loader when `spec.data.val_size` carves one from the training set
+(`held_out_split`: class-stratified, fixed by `val_seed`, evaluated like the test set, without
+augmentation; the test set is never touched). Every loader has
 `set_epoch(epoch)`: the order (and, for augmented datasets, every random crop and flip) of an
 epoch is a pure function of (run seed, epoch, sample index). A run resumed at epoch k therefore
 sees exactly the batches an uninterrupted run would have seen, whatever the number of loader
@@ -19,6 +22,7 @@ that names the path and what was expected.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import importlib.util
 import math
@@ -26,10 +30,11 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from lib.atomic import atomic_torch_save
 from lib.errors import OneLineError
@@ -723,34 +728,49 @@ def mnist5k_tensors(data_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     return tensors
 
 
-def _mnist5k_loaders(
-    spec: RunSpec, device: torch.device, rank: int, world: int
-) -> tuple[InMemoryLoader, InMemoryLoader]:
-    tensors = mnist5k_tensors(spec.data.data_dir)
-    size = spec.data.image_size
+def _in_memory_loaders(
+    spec: RunSpec,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    rank: int,
+    world: int,
+) -> Loaders:
+    """Train, held-out validation (None when off) and test loaders over (images, labels) that
+    already live on the training device; the validation images come out of `train`."""
     batch = spec.train.global_batch_size
+    # (the labels are copied to the host only when there is a split to draw)
+    split = held_out_split(train[1].cpu().numpy(), spec.data) if spec.data.val_size else None
 
-    def make(split: str, shuffle: bool) -> InMemoryLoader:
-        images = _resize_uint8(tensors[f"{split}_images"].unsqueeze(1), size)
+    def make(images: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> InMemoryLoader:
+        drop = shuffle and spec.train.compile
         return InMemoryLoader(
-            images.to(device),
-            tensors[f"{split}_labels"].to(device),
-            batch,
-            (MNIST_MEAN,),
-            (MNIST_STD,),
-            spec.seed,
-            shuffle,
-            rank,
-            world,
-            drop_last=shuffle and spec.train.compile,
+            images, labels, batch, mean, std, spec.seed, shuffle, rank, world, drop_last=drop
         )
 
-    return make("train", True), make("test", False)
+    val = None
+    if split is not None:
+        train_idx, val_idx = (torch.from_numpy(i).to(train[0].device) for i in split)
+        val = make(train[0][val_idx], train[1][val_idx], False)
+        train = (train[0][train_idx], train[1][train_idx])
+    return Loaders(make(*train, True), val, make(*test, False))
 
 
-def _synthetic_loaders(
-    spec: RunSpec, device: torch.device, rank: int, world: int
-) -> tuple[InMemoryLoader, InMemoryLoader]:
+def _mnist5k_loaders(spec: RunSpec, device: torch.device, rank: int, world: int) -> Loaders:
+    tensors = mnist5k_tensors(spec.data.data_dir)
+    size = spec.data.image_size
+
+    def part(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images = _resize_uint8(tensors[f"{split}_images"].unsqueeze(1), size)
+        return images.to(device), tensors[f"{split}_labels"].to(device)
+
+    return _in_memory_loaders(
+        spec, part("train"), part("test"), (MNIST_MEAN,), (MNIST_STD,), rank, world
+    )
+
+
+def _synthetic_loaders(spec: RunSpec, device: torch.device, rank: int, world: int) -> Loaders:
     """Random uint8 images and labels generated once on the device (throughput measurements).
 
     A fixed generator seed, independent of the run seed: every run measures the same data.
@@ -759,25 +779,71 @@ def _synthetic_loaders(
     size = data.image_size
     generator = torch.Generator(device=device).manual_seed(20_240_601)
 
-    def make(count: int, shuffle: bool) -> InMemoryLoader:
+    def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randint(
             0, 256, (count, 3, size, size), generator=generator, device=device, dtype=torch.uint8
         )
         labels = torch.randint(
             0, data.num_classes, (count,), generator=generator, device=device, dtype=torch.int64
         )
-        half = (0.5, 0.5, 0.5)
-        batch = spec.train.global_batch_size
-        drop = shuffle and spec.train.compile
-        return InMemoryLoader(
-            images, labels, batch, half, half, spec.seed, shuffle, rank, world, drop_last=drop
-        )
+        return images, labels
 
-    return make(data.synthetic_train_size, True), make(data.synthetic_val_size, False)
+    half = (0.5, 0.5, 0.5)
+    train = make(data.synthetic_train_size)
+    return _in_memory_loaders(spec, train, make(data.synthetic_val_size), half, half, rank, world)
+
+
+class Loaders(NamedTuple):
+    """A run's loaders: `val` is the held-out validation split, None when it is off."""
+
+    train: Any
+    val: Any
+    test: Any
+
+
+def held_out_split(labels: np.ndarray, data: DataSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train indices, validation indices) of the training set whose labels are `labels`, or
+    None when `data.val_size` is 0: exactly val_size images, class-stratified
+    (`stratified_split`), drawn with `data.val_seed` alone, so the split is the same for every
+    run seed and method. Both index lists are sorted and together cover the set once."""
+    if data.val_size <= 0:
+        return None
+    total = len(labels)
+    if data.val_size >= total:
+        raise DataError(
+            f"CONFIG_DATA_VAL_SIZE={data.val_size} is invalid (accepted: 0 (off) or "
+            f"1..{total - 1}): {data.name} has {total} training images and needs some left "
+            "to train on"
+        )
+    return stratified_split(np.asarray(labels), data.val_size, data.val_seed)
+
+
+def _held_out_datasets(
+    train_set: Dataset, test_set: Dataset, data: DataSpec
+) -> tuple[Dataset, Dataset | None]:
+    """The training set less its held-out part, and that part read as the test set is read
+    (the test set's transform: no augmentation); (train_set, None) when the split is off."""
+    split = held_out_split(np.asarray(train_set.targets), data)  # type: ignore[attr-defined]
+    if split is None:
+        return train_set, None
+    as_test = copy.copy(train_set)  # shares the file list / arrays; only the transform differs
+    as_test.transform = test_set.transform  # type: ignore[attr-defined]
+    train_idx, val_idx = split
+    return Subset(train_set, train_idx.tolist()), Subset(as_test, val_idx.tolist())
+
+
+def _sample_paths(dataset: Dataset) -> list[str]:
+    """The file of each sample of an ImageFolder, or of a Subset of one, in index order."""
+    if isinstance(dataset, Subset):
+        paths = _sample_paths(dataset.dataset)
+        return [paths[i] for i in dataset.indices]
+    return [path for path, _ in dataset.samples]  # type: ignore[attr-defined]
 
 
 def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, world: int = 1):
     """Train and test loaders for `spec.data`; both have `set_epoch`, `__len__`, `num_samples`.
+    With a held-out validation split the training loader serves the rest of the training set
+    (`build_split_loaders` gives the validation loader as well).
 
     Batches from file-backed datasets are on the host (move them with non_blocking=True);
     batches from in-memory datasets are already on `device`. With `world` ranks, each loader
@@ -785,6 +851,15 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
     batches and `num_samples` the whole dataset. With `spec.train.compile` the training
     loader drops its last partial batch (`global_batches`); the trainer pads the test loader's.
     """
+    loaders = build_split_loaders(spec, device, rank, world)
+    return loaders.train, loaders.test
+
+
+def build_split_loaders(
+    spec: RunSpec, device: torch.device | str, rank: int = 0, world: int = 1
+) -> Loaders:
+    """Train, held-out validation (None when `spec.data.val_size` is 0) and test loaders, as
+    `build_loaders` describes them; validation batches are read like test batches."""
     device = torch.device(device)
     data = spec.data
     if data.name not in DATASETS:
@@ -800,32 +875,38 @@ def build_loaders(spec: RunSpec, device: torch.device | str, rank: int = 0, worl
     batch = spec.train.global_batch_size
     if data.name in ("imagenet", "imagefolder"):
         train_set, test_set = _image_folder_datasets(data)
-        if data.decode == "uint8":
-            drop = spec.train.compile
-
-            def make(dataset, train: bool) -> DeviceDecodeLoader:
-                inner = EpochLoader(
-                    dataset,
-                    data,
-                    batch,
-                    spec.seed,
-                    train,
-                    rank,
-                    world,
-                    drop and train,
-                    wrap=EncodedSamples,
-                    collate_fn=collate_encoded,
-                )
-                paths = [path for path, _ in dataset.samples]
-                size = data.image_size
-                return DeviceDecodeLoader(
-                    inner, paths, device, train, size, IMAGENET_MEAN, IMAGENET_STD
-                )
-
-            return make(train_set, True), make(test_set, False)
     else:
         train_set, test_set = _cifar_datasets(data)
-    return (
+    train_set, val_set = _held_out_datasets(train_set, test_set, data)
+    if data.name in ("imagenet", "imagefolder") and data.decode == "uint8":
+        drop = spec.train.compile
+
+        def make(dataset, train: bool) -> DeviceDecodeLoader:
+            inner = EpochLoader(
+                dataset,
+                data,
+                batch,
+                spec.seed,
+                train,
+                rank,
+                world,
+                drop and train,
+                wrap=EncodedSamples,
+                collate_fn=collate_encoded,
+            )
+            size = data.image_size
+            return DeviceDecodeLoader(
+                inner, _sample_paths(dataset), device, train, size, IMAGENET_MEAN, IMAGENET_STD
+            )
+
+        val = make(val_set, False) if val_set is not None else None
+        return Loaders(make(train_set, True), val, make(test_set, False))
+
+    def evaluation(dataset: Dataset) -> EpochLoader:
+        return EpochLoader(dataset, data, batch, spec.seed, False, rank, world)
+
+    return Loaders(
         EpochLoader(train_set, data, batch, spec.seed, True, rank, world, spec.train.compile),
-        EpochLoader(test_set, data, batch, spec.seed, False, rank, world),
+        evaluation(val_set) if val_set is not None else None,
+        evaluation(test_set),
     )

@@ -215,6 +215,15 @@ class RunGroup:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when `flag` is True on any rank (one all-reduce of one number
+        with several GPUs), so that all ranks stop a training-time budget at the same step."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value` (picklable), in rank order."""
         if not self.distributed:

@@ -38,6 +38,16 @@ STATUSES = (STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED)
 SPARSITY_TOLERANCE = 5e-4
 STABILITY_WINDOW = 10
 
+# Which set chose a run's best epoch (summary `selected_by`): the held-out validation split
+# when the run has one (its epochs record val_top1), else the test set (docs/protocol.md).
+SELECTED_BY_VALIDATION = "validation"
+SELECTED_BY_TEST = "test"
+# Why a completed run stopped (summary `stopped_by`).
+STOPPED_BY_EPOCHS = "epochs"
+STOPPED_BY_TIME_BUDGET = "time_budget"
+# The epoch record of the epoch a training-time budget cut (lib.train).
+TIME_BUDGET_STOP = "time_budget_stop"
+
 
 class MetricsError(ValueError):
     """A metrics.json that cannot be read or does not follow the schema."""
@@ -152,12 +162,19 @@ def summarize(
     total_seconds: float | None = None,
     environment_failure: bool = False,
     model_info: dict[str, Any] | None = None,
+    val_target: float = 0.0,
 ) -> dict[str, Any]:
     """Derive the run summary from its per-epoch records (and the run's `model_info`).
 
-    - best_top1 / best_epoch: the best test top-1 among epochs at the target sparsity (every
-      epoch counts for dense runs). A pruned run that never reached its target has no best
-      accuracy (None), which the report shows instead of an accuracy of a denser model.
+    - best_epoch: the selected epoch, among epochs at the target sparsity (every epoch
+      counts for dense runs): the one of highest held-out validation top-1 when the epochs
+      record it (`selected_by` "validation"), else of highest test top-1 (`selected_by`
+      "test"); the first such epoch on ties.
+    - selection_top1: the selecting set's top-1 at best_epoch (validation or test).
+    - best_top1: the test top-1 at best_epoch, the accuracy reported. Without the split it is
+      the best test top-1 (= selection_top1), as before the split existed. A pruned run that
+      never reached its target has no best accuracy (None), which the report shows instead
+      of an accuracy of a denser model.
     - final_top1 / final_top5: the last epoch's test accuracy.
     - std_last10: population standard deviation (ddof=0) of test top-1 over the last
       min(10, n) epochs.
@@ -168,20 +185,33 @@ def summarize(
       either is missing: a run without epochs, a file written before they were recorded).
     - environment_failure: the run failed for its disk (full, quota, read-only), not for
       what it trains; the runner relaunches it without being asked (docs/runner.md).
+    - training_seconds: the recorded epochs' training time (evaluation and checkpointing
+      excluded); stopped_by: "time_budget" when a training-time budget ended a completed run
+      early, "epochs" when it trained all its epochs, None before it completes.
+    - time_to_target_*: with a validation target (`val_target` > 0, percent), the first epoch
+      at target sparsity whose validation top-1 reached it, and the training seconds and
+      optimizer steps up to that epoch's end; time_to_target_reached False when no epoch did
+      (censored at training_seconds), None without a target.
     Accuracies are percentages (0-100); epochs are 1-based.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    selected_by = (
+        SELECTED_BY_VALIDATION
+        if any(rec.get("val_top1") is not None for rec in epochs)
+        else SELECTED_BY_TEST
+    )
+    selecting = "val_top1" if selected_by == SELECTED_BY_VALIDATION else "test_top1"
     reached_epoch = None
-    best_top1 = best_epoch = None
+    best_top1 = best_epoch = selection_top1 = None
     for rec in epochs:
         if not target_reached(rec.get("sparsity"), target_sparsity):
             continue
         if reached_epoch is None:
             reached_epoch = rec["epoch"]
-        acc = rec["test_top1"]
-        if best_top1 is None or acc > best_top1:
-            best_top1, best_epoch = acc, rec["epoch"]
+        score = rec.get(selecting)
+        if score is not None and (selection_top1 is None or score > selection_top1):
+            selection_top1, best_top1, best_epoch = score, rec["test_top1"], rec["epoch"]
     final = epochs[-1] if epochs else None
     final_top1 = final["test_top1"] if final else None
     window = [rec["test_top1"] for rec in epochs[-STABILITY_WINDOW:]]
@@ -210,7 +240,59 @@ def summarize(
         "peak_memory_mb": max(peaks) if peaks else None,
         "compression_ratio": compression,
         "theoretical_speedup": speedup,
+        "selected_by": selected_by,
+        "selection_top1": selection_top1,
+        "stopped_by": _stopped_by(epochs, status),
+        **_time_to_target(epochs, target_sparsity, val_target, info),
     }
+
+
+def _stopped_by(epochs: list[dict[str, Any]], status: str) -> str | None:
+    if status != STATUS_COMPLETED:
+        return None
+    if any(rec.get(TIME_BUDGET_STOP) for rec in epochs):
+        return STOPPED_BY_TIME_BUDGET
+    return STOPPED_BY_EPOCHS
+
+
+def _time_to_target(
+    epochs: list[dict[str, Any]],
+    target_sparsity: float,
+    val_target: float,
+    model_info: dict[str, Any],
+) -> dict[str, Any]:
+    """training_seconds and the time_to_target_* fields of `summarize`."""
+    seconds = [rec.get("train_seconds") for rec in epochs]
+    known = all(s is not None for s in seconds)
+    fields: dict[str, Any] = {
+        "training_seconds": sum(seconds) if known else None,
+        "val_target": val_target if val_target > 0 else None,
+        "time_to_target_reached": None,
+        "time_to_target_epoch": None,
+        "time_to_target_seconds": None,
+        "time_to_target_steps": None,
+    }
+    if val_target <= 0:
+        return fields
+    fields["time_to_target_reached"] = False
+    per_epoch = model_info.get("steps_per_epoch")
+    elapsed, steps = 0.0, 0
+    for rec in epochs:
+        elapsed += rec.get("train_seconds") or 0.0
+        steps += rec.get("train_steps", per_epoch or 0)
+        val = rec.get("val_top1")
+        if val is None or val < val_target:
+            continue
+        if not target_reached(rec.get("sparsity"), target_sparsity):
+            continue
+        fields.update(
+            time_to_target_reached=True,
+            time_to_target_epoch=rec["epoch"],
+            time_to_target_seconds=elapsed if known else None,
+            time_to_target_steps=steps,
+        )
+        break
+    return fields
 
 
 def _ratio(dense: Any, final: dict[str, Any] | None, key: str) -> float | None:
@@ -283,6 +365,7 @@ def build_document(
             total_seconds=total,
             environment_failure=environment_failure,
             model_info=model_info,
+            val_target=spec.data.val_target,
         ),
     }
 

@@ -70,6 +70,9 @@ def is_plain_name(value: object) -> bool:
 # Number of classes each dataset has; `synthetic` takes its count from DataSpec.num_classes,
 # `imagefolder` from its class folders when a run starts (lib.data.folder_classes).
 DATASET_CLASSES = {"imagenet": 1000, "cifar100": 100, "cifar10": 10, "mnist5k": 10}
+# Training images of the datasets whose size is fixed (mnist5k: 5,000 less its 1,000 test
+# images), so a held-out split too large is refused with the config, before any run starts.
+DATASET_TRAIN_IMAGES = {"cifar100": 50_000, "cifar10": 50_000, "mnist5k": 4_000}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,21 @@ class DataSpec:
     # the identity (they name the data, unlike data_dir, which only says where ImageNet is).
     train_dir: str = added_field("")
     val_dir: str = added_field("")
+    # Held-out validation (docs/protocol.md): val_size images carved from the training set,
+    # class-stratified and fixed by val_seed (never by the run seed: every run of a matrix
+    # selects on the same images); 0 = off, every selection then uses the test set as before.
+    val_size: int = added_field(0)
+    val_seed: int = added_field(0)
+    # Validation top-1 (%) whose first reach is the run's time to target; 0 = none.
+    val_target: float = added_field(0.0)
+
+    @property
+    def known_train_images(self) -> int | None:
+        """Images of the full training set (before a held-out split) when the configuration
+        fixes it; None for image folders, counted when a run starts."""
+        if self.name == "synthetic":
+            return self.synthetic_train_size
+        return DATASET_TRAIN_IMAGES.get(self.name)
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +151,9 @@ class TrainSpec:
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch
     ddp_backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU (not part of the identity)
     ddp_mask_check: bool = True  # all-reduced mask checksums (not part of the identity)
+    # Training seconds (evaluation and checkpointing excluded) after which the run stops and
+    # is finished (summary stopped_by "time_budget"); 0 = no budget, the epochs decide.
+    time_budget_seconds: int = added_field(0)
 
     @property
     def global_batch_size(self) -> int:

@@ -61,6 +61,8 @@ EPOCH_SCALARS = (
     "images_per_second",
     "peak_memory_mb",
 )
+# The held-out validation split's, logged as `epoch/<name>` when the run has one.
+HELD_OUT_SCALARS = ("val_loss", "val_top1", "val_top5")
 # Per-step values at the progress cadence; logged as `train/<name>`.
 STEP_SCALARS = ("loss", "top1", "lr", "images_per_second")
 LAYER_PREFIX = "sparsity_layer/"  # one scalar per prunable layer, per epoch
@@ -467,7 +469,9 @@ class Tracker:
     def _epoch_values(self, record: dict[str, Any]):
         """(step, scalars, histograms) of one epoch record."""
         scalars = {
-            f"epoch/{k}": float(record[k]) for k in EPOCH_SCALARS if record.get(k) is not None
+            f"epoch/{k}": float(record[k])
+            for k in (*EPOCH_SCALARS, *HELD_OUT_SCALARS)
+            if record.get(k) is not None
         }
         per_layer = record.get("sparsity_per_layer") or {}
         scalars.update({layer_key(name): float(v) for name, v in per_layer.items()})

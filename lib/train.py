@@ -6,7 +6,8 @@ Output in `spec.out_dir`:
 - `metrics.json`: written atomically at the start, after every epoch and at the end.
 - `checkpoint_last.pt`: after every epoch (model, optimizer incl. pruning state, LR scheduler,
   GradScaler, RNG states, epoch records). If it exists at start, the run resumes from it.
-- `checkpoint_best.pt`: model weights of the best test top-1 among epochs at target sparsity.
+- `checkpoint_best.pt`: model weights of the selected epoch among epochs at target sparsity
+  (highest held-out validation top-1 with a validation split, else highest test top-1).
 
 Resuming is exact (on CPU): the data order and augmentation of an epoch depend only on the run
 seed and the epoch (lib.data), and every other RNG is restored from the checkpoint, so a killed
@@ -60,7 +61,7 @@ from lib.atomic import (
     set_aside_corrupt,
     storage_error,
 )
-from lib.data import DataError, build_loaders, folder_classes
+from lib.data import DataError, build_split_loaders, folder_classes
 from lib.distributed import DistributedError, RunGroup
 from lib.environment import capture_environment
 from lib.errors import OneLineError, one_line
@@ -70,6 +71,7 @@ from lib.metrics import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
+    TIME_BUDGET_STOP,
     MetricsError,
     build_document,
     read_metrics,
@@ -408,7 +410,11 @@ class _Run:
         best = summary["best_top1"]
         print(
             f"completed {self.spec.run_id}: final top-1 {summary['final_top1']:.2f}%, best "
-            + (f"{best:.2f}% (epoch {summary['best_epoch']})" if best is not None else "n/a")
+            + (
+                f"{best:.2f}% (epoch {summary['best_epoch']}, chosen on {summary['selected_by']})"
+                if best is not None
+                else "n/a"
+            )
             + f", total {format_duration(summary['total_seconds'])}",
             flush=True,
         )
@@ -450,19 +456,28 @@ class _Run:
         self.model.to(self.device, memory_format=self.memory_format)
 
         self.model = self.group.prepare(self.model, train)
-        self.train_loader, self.test_loader = build_loaders(
+        self.train_loader, self.val_loader, self.test_loader = build_split_loaders(
             spec, self.device, self.group.rank, self.group.world
         )
         full_steps = len(self.train_loader)
         cap = train.max_steps_per_epoch
         self.steps_per_epoch = min(full_steps, cap) if cap > 0 else full_steps
         self.eval_steps = min(len(self.test_loader), cap) if cap > 0 else len(self.test_loader)
+        if self.val_loader is not None:
+            full_val = len(self.val_loader)
+            self.val_steps = min(full_val, cap) if cap > 0 else full_val
         if self.steps_per_epoch < 1:
             raise RunError(f"{spec.data.name}: the training set is empty")
         if self.eval_steps < len(self.test_loader):
             print(
                 f"note: CONFIG_TRAIN_MAX_STEPS_PER_EPOCH={cap} caps evaluation too: "
                 f"{self.eval_steps} of {len(self.test_loader)} test batches per epoch",
+                flush=True,
+            )
+        if self.val_loader is not None and self.val_steps < len(self.val_loader):
+            print(
+                f"note: CONFIG_TRAIN_MAX_STEPS_PER_EPOCH={cap} caps validation too: "
+                f"{self.val_steps} of {len(self.val_loader)} validation batches per epoch",
                 flush=True,
             )
 
@@ -496,6 +511,8 @@ class _Run:
             "parameters_total": sum(p.numel() for p in self.model.parameters()),
             "macs_dense": sum(self.macs.values()),
         }
+        if self.val_loader is not None:  # the held-out part of the training set
+            self.model_info["val_images"] = self.val_loader.num_samples
         if class_names is not None:
             self.model_info["class_names"] = class_names
         if checkpoint is not None:
@@ -570,15 +587,23 @@ class _Run:
     def loop(self) -> None:
         spec = self.spec
         total_epochs = spec.train.epochs
+        budget = spec.train.time_budget_seconds
         launch_seconds: list[float] = []
+        if any(rec.get(TIME_BUDGET_STOP) for rec in self.epochs):
+            return  # resumed after the budget ran out: the run is finished
         for epoch in range(len(self.epochs) + 1, total_epochs + 1):
             self.stop.check()
             self.meter.reset()
             started = time.perf_counter()
-            train_stats = self.train_one_epoch(epoch)
+            # Training time left (the finished epochs' training seconds count against it).
+            trained = sum(rec["train_seconds"] for rec in self.epochs)
+            deadline = started + budget - trained if budget > 0 else None
+            train_stats = self.train_one_epoch(epoch, deadline)
             train_seconds = time.perf_counter() - started
             rank_images = train_stats.pop("rank_images")
-            test_stats = self.evaluate(epoch)
+            if self.val_loader is not None:
+                train_stats.update(self.evaluate(epoch, self.val_loader, self.val_steps, "val"))
+            test_stats = self.evaluate(epoch, self.test_loader, self.eval_steps, "test")
             epoch_seconds = time.perf_counter() - started
             sparsity, per_layer = measure_sparsity(self.model, spec.model.keep_ends_dense)
             record = {
@@ -617,13 +642,23 @@ class _Run:
             eta = remaining * sum(launch_seconds) / len(launch_seconds)
             print(
                 f"epoch {epoch}/{total_epochs} | train loss {record['train_loss']:.4f} "
-                f"top-1 {record['train_top1']:.2f}% | test loss {record['test_loss']:.4f} "
+                f"top-1 {record['train_top1']:.2f}% | "
+                + (f"val top-1 {record['val_top1']:.2f}% | " if "val_top1" in record else "")
+                + f"test loss {record['test_loss']:.4f} "
                 f"top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}% | "
                 f"sparsity {sparsity:.4f} (scheduled {record['scheduled_sparsity']:.4f}) | "
                 f"lr {record['lr']:.3g} | {record['images_per_second']:.1f} img/s | "
                 f"{format_duration(epoch_seconds)} | ETA {format_duration(eta)}",
                 flush=True,
             )
+            if record.get(TIME_BUDGET_STOP):
+                print(
+                    f"training-time budget of {budget} s spent after epoch {epoch} "
+                    f"({record['train_steps']} of {self.steps_per_epoch} steps): the run is "
+                    "finished",
+                    flush=True,
+                )
+                break
 
     def to_device(
         self, images: torch.Tensor, targets: torch.Tensor
@@ -642,7 +677,10 @@ class _Run:
         value = float(losses[bad])
         raise TrainingDiverged(f"loss is {value} at epoch {epoch} step {offset + bad + 1}")
 
-    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_one_epoch(self, epoch: int, deadline: float | None = None) -> dict[str, Any]:
+        """One epoch of training; with a `deadline` (time.perf_counter() value: the training
+        budget), the epoch ends at the first step boundary past it, and the record says so
+        unless that was the run's very last step anyway."""
         model, optimizer, scaler, device = (
             self.train_model,
             self.optimizer,
@@ -660,6 +698,7 @@ class _Run:
         model.train()
         started = last_report = time.perf_counter()
         reported_steps = 0
+        budget_spent = False
         last_lr = optimizer.param_groups[0]["lr"]
         for step, (images, targets) in enumerate(self.train_loader):
             if step >= steps:
@@ -686,6 +725,10 @@ class _Run:
             batch_sizes.append(targets.shape[0])
 
             now = time.perf_counter()
+            if deadline is not None and self.group.any(now >= deadline, device):
+                last = step + 1 >= steps and epoch >= self.spec.train.epochs
+                budget_spent = not last
+                break
             if self.group.is_main and now - last_report >= PROGRESS_SECONDS:
                 done = step + 1
                 self._check_finite(step_losses, done, epoch, 0)
@@ -725,25 +768,31 @@ class _Run:
             self._check_finite(step_losses, done, epoch, 0)  # the exact step, on its rank
             raise TrainingDiverged(f"loss is {loss_sum} at epoch {epoch} on another GPU")
         images_seen = int(images_seen)
-        return {
+        stats = {
             "train_loss": loss_sum / images_seen,
             "train_top1": 100.0 * correct / images_seen,
             "train_images": images_seen,
+            "train_steps": done,
             "rank_images": rank_images,
             "lr": last_lr,
         }
+        if budget_spent:
+            stats[TIME_BUDGET_STOP] = True
+        return stats
 
     @torch.inference_mode()
-    def evaluate(self, epoch: int) -> dict[str, Any]:
-        """Test loss (plain cross-entropy, comparable across label-smoothing settings), top-1, top-5."""
+    def evaluate(self, epoch: int, loader: Any, max_steps: int, split: str) -> dict[str, Any]:
+        """Loss (plain cross-entropy, comparable across label-smoothing settings), top-1 and
+        top-5 on `loader`, keyed `<split>_loss` ... (`split`: "test", or "val" for the
+        held-out validation split)."""
         model, device = self.forward_model, self.device
         model.eval()
-        self.test_loader.set_epoch(epoch)
+        loader.set_epoch(epoch)
         totals = torch.zeros(3, device=device, dtype=torch.float64)
         count = 0
         full = 0
-        for step, (images, targets) in enumerate(self.test_loader):
-            if step >= self.eval_steps:
+        for step, (images, targets) in enumerate(loader):
+            if step >= max_steps:
                 break
             self.stop.check()
             images, targets = self.to_device(images, targets)
@@ -771,14 +820,14 @@ class _Run:
         totals = torch.cat([totals, totals.new_tensor([count])])
         loss_sum, top1, top5, count = self.group.sum(totals).tolist()  # sharded across ranks
         if not math.isfinite(loss_sum):
-            raise TrainingDiverged(f"test loss is {loss_sum} at epoch {epoch}")
+            raise TrainingDiverged(f"{split} loss is {loss_sum} at epoch {epoch}")
         return {
-            "test_loss": loss_sum / count,
-            "test_top1": 100.0 * top1 / count,
-            "test_top5": 100.0 * top5 / count,
+            f"{split}_loss": loss_sum / count,
+            f"{split}_top1": 100.0 * top1 / count,
+            f"{split}_top5": 100.0 * top5 / count,
             # TRAIN_MAX_STEPS_PER_EPOCH caps evaluation too: what the accuracies are over,
             # against model_info's test_images (the whole set); the report says when it differs.
-            "test_images": int(count),
+            f"{split}_images": int(count),
         }
 
 

@@ -153,6 +153,7 @@ def write_matrix(
                     status=run.status,
                     error=run.error,
                     model_info={"parameters_total": PARAMETERS, "macs_dense": MACS},
+                    val_target=spec.data.val_target,
                 ),
             }
             metrics.update(run.extra)

@@ -43,7 +43,12 @@ VOLATILE_EPOCH_FIELDS = {
     "peak_memory_reserved_mb",
     "device_memory_used_mb",
 }
-VOLATILE_SUMMARY_FIELDS = {"total_seconds", "peak_memory_mb"}
+VOLATILE_SUMMARY_FIELDS = {
+    "total_seconds",
+    "peak_memory_mb",
+    "training_seconds",
+    "time_to_target_seconds",
+}
 
 EPOCH_FIELDS = {
     "epoch",

@@ -21,6 +21,7 @@ from lib.metrics import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
+    STOPPED_BY_TIME_BUDGET,
     MatrixWithoutPlan,
     MetricsError,
     read_metrics,
@@ -99,7 +100,8 @@ class RunResult:
         if self.summary is None or not self.epochs:
             return "no epochs", "completed without any epoch record"
         done, planned = self.summary["epochs_completed"], self.planned_epochs
-        if planned and done < planned:
+        budget_ended = self.summary.get("stopped_by") == STOPPED_BY_TIME_BUDGET
+        if planned and done < planned and not budget_ended:  # a budget's end is its result
             return "short run", f"completed after {done} of {planned} planned epochs"
         if self.target_sparsity > 0 and self.summary["target_reached_epoch"] is None:
             final = self.summary.get("final_sparsity")
@@ -250,6 +252,13 @@ def _planned_target_and_seed(spec: dict[str, Any] | None) -> tuple[float, int]:
     return target, seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
+def _val_target(spec: dict[str, Any] | None) -> float:
+    """The run's validation target (% top-1; 0: none), as its spec records it."""
+    data = (spec or {}).get("data")
+    value = data.get("val_target", 0.0) if isinstance(data, dict) else 0.0
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def _first_line(text: Any) -> str | None:
     if not text:
         return None
@@ -395,6 +404,7 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
             error=result.reason if status == STATUS_FAILED else None,
             total_seconds=(metrics.get("summary") or {}).get("total_seconds"),
             model_info=metrics.get("model_info"),
+            val_target=_val_target(spec),
         )
     except (KeyError, TypeError) as e:
         result.status = STATUS_UNREADABLE

@@ -30,6 +30,7 @@ from scripts.report.data import (  # noqa: E402
     RunResult,
     method_display_name,
 )
+from scripts.report.protocol import PROFILE_TAU_MAX, target_grid, target_profile  # noqa: E402
 from scripts.report.stats import estimate  # noqa: E402
 
 PLOT_KINDS = (
@@ -39,6 +40,7 @@ PLOT_KINDS = (
     "memory_vs_accuracy",
     "sparsity",
     "operating_points",
+    "time_to_target",
 )
 DPI = 120
 FIGSIZE = (9, 5.5)
@@ -664,6 +666,33 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
     return [PlotFile(path, "Measured sparsity over training (dotted lines: targets)")]
 
 
+def plot_time_to_target(
+    results: MatrixResults, methods: Sequence[str], out_dir: Path
+) -> list[PlotFile]:
+    """The performance profile of time to target (scripts.report.protocol): per method, the
+    fraction of sparsity levels it reaches the validation target within tau times the fastest
+    method's median time, tau from 1 to 4."""
+    columns = resolve_comparison(results).columns
+    taus = [1.0 + (PROFILE_TAU_MAX - 1.0) * i / 300 for i in range(301)]
+    count, profile = target_profile(target_grid(results, columns), taus)
+    if not count:
+        return []
+    palette = colors(methods)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for key, values in profile.items():
+        ax.step(taus, values, where="post", color=palette.get(key), label=method_display_name(key))
+    ax.set_xlim(1.0, PROFILE_TAU_MAX)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tau: time to target / fastest method's time at that sparsity")
+    ax.set_ylabel(f"Fraction of the {count} sparsity levels reached within tau")
+    ax.set_title(f"{_title_prefix(results)}: time-to-target performance profile")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    path = out_dir / "time_to_target.png"
+    _save(fig, path)
+    return [PlotFile(path, "Time to the validation target: performance profile (tau 1 to 4)")]
+
+
 PLOTTERS = {
     "accuracy_evolution": plot_accuracy_evolution,
     "accuracy_vs_sparsity": plot_accuracy_vs_sparsity,
@@ -671,6 +700,7 @@ PLOTTERS = {
     "memory_vs_accuracy": plot_memory_vs_accuracy,
     "sparsity": plot_sparsity,
     "operating_points": plot_operating_points,
+    "time_to_target": plot_time_to_target,
 }
 # Files a kind writes under other names than its own (removed with its stale plots).
 PLOT_FILES = {"operating_points": ("accuracy_vs_compression", "accuracy_vs_speedup")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,11 @@ from scripts.report.markdown import (
     md_escape,
     md_table,
     printed,
+)
+from scripts.report.protocol import (
+    section_equal_time,
+    section_time_to_target,
+    selection_lines,
 )
 from scripts.report.stats import Difference, Verdict, judge, welch_difference
 from scripts.report.tracking import section_tracking
@@ -139,6 +145,7 @@ def section_configuration(results: MatrixResults, comparison: Comparison) -> str
             role = " — baseline for *Improvement*"
         lines.append(f"  - {method_display_name(key)} (`{key}`){role}")
     lines += [f"- {note}" for note in comparison.notes]
+    lines += selection_lines(results)
     partial = _partial_evaluation(results)
     if partial is not None:
         lines.append(partial)
@@ -670,10 +677,13 @@ def _std_header(runs: list[RunResult]) -> tuple[str, bool]:
 
 def _best_of_any_epoch(run: RunResult) -> str:
     """The best test top-1 over all epochs, with the measured sparsity it was reached at: what
-    a run that reaches its target late or never really measured (issue of the seed's 90%)."""
+    a run that reaches its target late or never really measured (issue of the seed's 90%).
+    With a held-out validation split the epoch is the one of best validation top-1 (and the
+    test top-1 there is shown), as for every other selection."""
     if run.target_sparsity == 0 or not run.epochs:
         return "—"
-    best = max(run.epochs, key=lambda e: e["test_top1"])
+    chooses = "val_top1" if any("val_top1" in e for e in run.epochs) else "test_top1"
+    best = max(run.epochs, key=lambda e: e.get(chooses, -math.inf))
     sparsity = best.get("sparsity")
     where = "unknown sparsity" if sparsity is None else f"{sparsity * 100:.1f}%"
     return f"{best['test_top1']:.2f}% at {where} (epoch {best['epoch']})"
@@ -1345,6 +1355,8 @@ def render_report(
         section_configuration(results, comparison),
         section_accuracy(grid, comparison),
         section_tuning(results),
+        section_time_to_target(results, comparison),
+        section_equal_time(results, comparison),
         section_operating_points(results, comparison),
         section_memory(results, comparison),
         section_stability(results, comparison),

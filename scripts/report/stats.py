@@ -216,3 +216,72 @@ def judge(differences: Sequence[Difference | None]) -> list[Verdict | None]:
         None if d is None else Verdict(d, by_index.get(i), len(with_noise))
         for i, d in enumerate(differences)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Time to target: censored times (Kaplan-Meier) and performance profiles (docs/protocol.md)
+
+
+def kaplan_meier(times: Sequence[float], reached: Sequence[bool]) -> list[tuple[float, float]]:
+    """The product-limit estimate of S(t), the fraction of runs not yet at the target after t:
+    one (t, S(t)) step at each time where some run reached it. A run that never reached it
+    (`reached` False) is censored at its time: it counts as at risk up to and including that
+    time (at a tie, reaching comes before censoring, the usual convention)."""
+    if len(times) != len(reached):
+        raise ValueError("kaplan_meier: times and reached differ in length")
+    at_risk = len(times)
+    survival = 1.0
+    steps: list[tuple[float, float]] = []
+    for t in sorted(set(times)):
+        events = sum(1 for u, r in zip(times, reached, strict=True) if u == t and r)
+        leaving = sum(1 for u in times if u == t)
+        if events:
+            survival *= 1.0 - events / at_risk
+            steps.append((float(t), survival))
+        at_risk -= leaving
+    return steps
+
+
+def median_time(times: Sequence[float], reached: Sequence[bool]) -> float | None:
+    """The median time to target: the plain median when every run reached it, else the
+    Kaplan-Meier median (the first time S(t) <= 0.5); None when fewer than half reached it
+    (the median is not reached within the runs' time)."""
+    if not times:
+        return None
+    if all(reached):
+        ordered = sorted(times)
+        middle = len(ordered) // 2
+        if len(ordered) % 2:
+            return float(ordered[middle])
+        return (ordered[middle - 1] + ordered[middle]) / 2.0
+    for t, survival in kaplan_meier(times, reached):
+        if survival <= 0.5 + 1e-12:
+            return t
+    return None
+
+
+def performance_profile(
+    times: dict[str, Sequence[float | None]], taus: Sequence[float]
+) -> dict[str, list[float]]:
+    """Dolan and Moré's performance profile: `times[method][p]` is the method's time on
+    problem p (None: never reached); rho_m(tau) is the fraction of problems that m solves
+    within tau times the fastest method's time on that problem. Problems no method solved
+    count in the denominator and are solved by none."""
+    problems = {len(v) for v in times.values()}
+    if len(problems) > 1:
+        raise ValueError("performance_profile: every method needs one time per problem")
+    count = problems.pop() if problems else 0
+    fastest = []
+    for p in range(count):
+        solved = [v[p] for v in times.values() if v[p] is not None]
+        fastest.append(min(solved) if solved else None)
+    profile = {}
+    for method, values in times.items():
+        ratios = [
+            v / best if v is not None and best else (1.0 if v is not None else math.inf)
+            for v, best in zip(values, fastest, strict=True)
+        ]
+        profile[method] = [
+            sum(1 for r in ratios if r <= tau) / count if count else 0.0 for tau in taus
+        ]
+    return profile
