@@ -273,7 +273,8 @@ def test_the_report_shows_each_studys_selection_the_median_and_the_reruns(tuned_
     assert len(results.trials) == 8 and len(results.runs) == 4
     text = render_report(results, resolve_comparison(results, None, None))
     tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
-    assert "on the **test set**" in tuning and "**Warning**" in tuning
+    # tuning-tiny holds out a validation split: the trainer's selection, no warning
+    assert "on the **validation set**" in tuning and "**Warning**" not in tuning
     assert "they are the runs of the tables above and below" in tuning
     assert "**Tuning trials**: 8 completed (of 8 planned)" in text
     assert "**Runs**: 4 completed (of 4 planned)" in text
@@ -316,7 +317,8 @@ def test_a_matrix_of_trials_only_reports_its_tuning_section(tuned_matrix, tmp_pa
 def test_with_held_out_validation_the_report_selects_on_it_and_does_not_warn(
     tuned_matrix, tmp_path
 ):
-    """The trainer's `selection_top1` / `selected_by` (a validation split) decide, not test."""
+    """Held-out validation top-1 (`selection_top1`, derived from the epochs' val_top1) decides,
+    not test."""
     import shutil
 
     from scripts.report.cells import resolve_comparison
@@ -330,8 +332,11 @@ def test_with_held_out_validation_the_report_selects_on_it_and_does_not_warn(
         doc = json.loads(path.read_text())
         # validation prefers trial 1 of every study, whatever test said
         trial = int(path.parent.name.rsplit("_trial", 1)[1])
+        for epoch in doc["epochs"]:
+            epoch["val_top1"] = 50.0 + 10 * trial
         doc["summary"].update(selection_top1=50.0 + 10 * trial, selected_by="validation")
         path.write_text(json.dumps(doc))
+    (copy / "index.json").unlink(missing_ok=True)
     results = load_matrix(copy)
     text = render_report(results, resolve_comparison(results, None, None))
     tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
@@ -340,6 +345,34 @@ def test_with_held_out_validation_the_report_selects_on_it_and_does_not_warn(
     assert len(rows) == 2
     for row in rows:
         assert row.count("trial 1: 60.00%") == 2 and "| 60.00% |" in row
+
+
+def test_without_held_out_validation_the_report_warns_it_selected_on_test(tuned_matrix, tmp_path):
+    """Runs without the split (no val_* epochs, no `selection_top1` / `selected_by`) selected
+    on the test set: the section says so and warns."""
+    import shutil
+
+    from scripts.report.cells import resolve_comparison
+    from scripts.report.data import load_matrix
+    from scripts.report.sections import render_report
+
+    _, matrix_dir, _ = tuned_matrix
+    copy = tmp_path / "tuning-tiny"
+    shutil.copytree(matrix_dir, copy)
+    for path in copy.glob("*/metrics.json"):
+        doc = json.loads(path.read_text())
+        doc["summary"].pop("selection_top1", None)
+        doc["summary"].pop("selected_by", None)
+        doc["epochs"] = [
+            {k: v for k, v in epoch.items() if not k.startswith("val_")}
+            for epoch in doc["epochs"]
+        ]
+        path.write_text(json.dumps(doc))
+    (copy / "index.json").unlink(missing_ok=True)
+    results = load_matrix(copy)
+    text = render_report(results, resolve_comparison(results, None, None))
+    tuning = text.split("## Tuning", 1)[1].split("\n#", 1)[0]
+    assert "on the **test set**" in tuning and "**Warning**" in tuning
 
 
 # --------------------------------------------------------------------------------------------
