@@ -364,8 +364,7 @@ def test_without_held_out_validation_the_report_warns_it_selected_on_test(tuned_
         doc["summary"].pop("selection_top1", None)
         doc["summary"].pop("selected_by", None)
         doc["epochs"] = [
-            {k: v for k, v in epoch.items() if not k.startswith("val_")}
-            for epoch in doc["epochs"]
+            {k: v for k, v in epoch.items() if not k.startswith("val_")} for epoch in doc["epochs"]
         ]
         path.write_text(json.dumps(doc))
     (copy / "index.json").unlink(missing_ok=True)
