@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import json
 import math
 import os
 import signal
@@ -48,6 +47,7 @@ from lib.atomic import (
     set_aside_corrupt,
     storage_error,
 )
+from lib.errors import one_line
 from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
     LAYERS_FILE,
@@ -65,6 +65,16 @@ from lib.metrics import (
 )
 from lib.run_index import INDEX_FILE, RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
+from lib.store import (
+    LIMITS,
+    MatrixStore,
+    StoreError,
+    open_regular,
+    owner_name,
+    read_bytes,
+    read_json_path,
+    seal,
+)
 from lib.text import count
 
 EXIT_OK = 0
@@ -279,10 +289,19 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The identity of what `run_dir` already holds: its run.json, else its metrics.json."""
     run_json = run_dir / RUN_FILE
-    if run_json.exists():
+    try:
+        data = read_json_path(run_json)
+    except FileNotFoundError:
+        data = None
+    except (OSError, StoreError) as e:
+        raise RunnerRefused(
+            f"{run_json} cannot be read ({one_line(e)}); the runner cannot tell which "
+            "configuration that run used: move the directory away"
+        ) from None
+    if data is not None:
         try:
-            return run_json, RunSpec.from_json(run_json.read_text(encoding="utf-8")).identity()
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return run_json, RunSpec.from_dict(data).identity()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise RunnerRefused(
                 f"{run_json} cannot be read ({type(e).__name__}: {e}); the runner cannot tell "
                 "which configuration that run used: move the directory away"
@@ -290,17 +309,20 @@ def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     try:
         doc = read_metrics(run_dir / METRICS_FILE)
         return run_dir / METRICS_FILE, RunSpec.from_dict(doc["spec"]).identity()
-    except (MetricsError, KeyError, TypeError, ValueError):
+    except (MetricsError, KeyError, TypeError, ValueError, AttributeError):
         return None  # nothing, or nothing readable: nothing to mix with
 
 
 def _written_from(spec: RunSpec, run_dir: Path) -> bool:
     """Whether run_dir's run.json is byte for byte what `spec` writes (the common case): the
-    same identity, known without parsing it (thousands of runs per command)."""
+    same identity, known without parsing it (thousands of runs per command). Never read
+    through a link (lib/store.py)."""
+    path = run_dir / RUN_FILE
     try:
-        return (run_dir / RUN_FILE).read_text(encoding="utf-8") == spec.to_json() + "\n"
-    except (OSError, UnicodeDecodeError):
+        raw = read_bytes(open_regular(str(path), None, path), LIMITS[RUN_FILE], path)
+    except (OSError, StoreError):
         return False
+    return raw == (spec.to_json() + "\n").encode()
 
 
 def check_configurations(runs: list[Run]) -> None:
@@ -345,7 +367,7 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
     """Refuse the matrix when a file the framework writes is a symbolic link: in a results
     directory others can write, a link planted there would make this runner truncate or append
     to the file it points to."""
-    paths = [matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
+    paths = [matrix_dir, matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
     for run in runs:
         paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
     for path in paths:
@@ -356,7 +378,30 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
             )
 
 
+def refuse_foreign(matrix_dir: Path, runs: list[Run]) -> None:
+    """Refuse the matrix when a run directory (or its run.json / metrics.json) belongs to
+    another user: results someone else wrote are not trusted silently, nor written into."""
+    me = os.getuid()
+    for run in runs:
+        for path in (run.run_dir, run.run_dir / RUN_FILE, run.run_dir / METRICS_FILE):
+            try:
+                uid = path.lstat().st_uid
+            except OSError:
+                continue
+            if uid != me:
+                raise RunnerRefused(
+                    f"{path} belongs to {owner_name(uid)}, not to you; the runner neither "
+                    f"trusts nor writes into another user's results: set another "
+                    "CONFIG_MATRIX_NAME or CONFIG_RESULTS_DIR (or ask them to move it away)"
+                )
+
+
 def _prepare_matrix_dir(matrix_dir: Path) -> None:
+    if matrix_dir.is_symlink():
+        raise RunnerRefused(
+            f"{matrix_dir} is a symbolic link; the runner writes its own files in its matrix "
+            "directory and never through a link: remove the link (or set CONFIG_RESULTS_DIR)"
+        )
     try:
         matrix_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -578,31 +623,38 @@ class _Runner:
         matrix_name = self.runs[0].spec.matrix if self.runs else self.matrix_dir.name
         atomic_write_json(
             self.matrix_dir / MATRIX_FILE,
-            {
-                "schema_version": MATRIX_SCHEMA_VERSION,
-                "name": matrix_name,
-                "created_at": self.created_at,
-                "updated_at": _utc_now(),
-                "config": self.config_snapshot,
-                "report": self.report_settings,
-                "runs": [run.to_entry() for run in self.runs],
-            },
+            seal(
+                {
+                    "schema_version": MATRIX_SCHEMA_VERSION,
+                    "name": matrix_name,
+                    "created_at": self.created_at,
+                    "updated_at": _utc_now(),
+                    "config": self.config_snapshot,
+                    "report": self.report_settings,
+                    "runs": [run.to_entry() for run in self.runs],
+                }
+            ),
         )
 
     def carry_over_manifest(self) -> None:
         """Keep what an earlier runner of this matrix recorded: creation time, attempts,
         start/finish times and the reasons of earlier failures."""
         try:
-            old = json.loads((self.matrix_dir / MATRIX_FILE).read_text(encoding="utf-8"))
-            self.created_at = old.get("created_at") or self.created_at
-            entries = {e["run_id"]: e for e in old.get("runs", []) if isinstance(e, dict)}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            with MatrixStore(self.matrix_dir) as store:
+                old = store.read_plan()
+        except FileNotFoundError:
             return
+        except (OSError, StoreError) as e:
+            self.say(f"earlier attempts and errors not carried over: {one_line(e)}")
+            return
+        self.created_at = old.get("created_at") or self.created_at
+        entries = {e["run_id"]: e for e in old.get("runs", [])}
         for run in self.runs:
             entry = entries.get(run.spec.run_id)
             if not entry:
                 continue
-            run.attempts = int(entry.get("attempts") or 0)
+            attempts = entry.get("attempts")
+            run.attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
             run.started_at = entry.get("started_at")
             run.finished_at = entry.get("finished_at")
             run.error = entry.get("error")
@@ -619,7 +671,7 @@ class _Runner:
             doc = None
             if path.exists():
                 try:
-                    doc = index.record(run.spec.run_id)
+                    doc = index.record(run.spec.run_id, run.spec.to_dict())
                 except MetricsError as e:
                     moved = set_aside_corrupt(path)
                     self.say(
@@ -1059,6 +1111,7 @@ def open_matrix(
         if takeover:
             runner.say(takeover)
         refuse_links(matrix_dir, runner.runs)
+        refuse_foreign(matrix_dir, runner.runs)
         check_configurations(runner.runs)
         runner.carry_over_manifest()
     except BaseException:
