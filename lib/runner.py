@@ -67,6 +67,8 @@ from lib.run_index import INDEX_FILE, RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
 from lib.store import (
     LIMITS,
+    RUN_FILE,
+    STATE_PENDING,
     MatrixStore,
     StoreError,
     open_regular,
@@ -83,14 +85,13 @@ EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130
 
 MATRIX_SCHEMA_VERSION = 1
-RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 
-# matrix.json run statuses. `pending` = not finished and not running now (new, or
-# interrupted and resumable).
-STATUS_PENDING = "pending"
+# matrix.json run statuses: the store's vocabulary (lib/store.py). `pending` = not finished
+# and not running now (new, or interrupted and resumable).
+STATUS_PENDING = STATE_PENDING
 
 LOG_TAIL_LINES = 20
 LOG_TAIL_CHARS = 4000
@@ -565,7 +566,14 @@ class _OutputThatMayGo:
             pass
 
 
-class _Runner:
+class MatrixSession:
+    """A matrix as every executor works on it: its planned runs, its matrix.json and the lock of
+    its directory, all through the results store (lib/store.py). `open_matrix` returns one with
+    the checks done and the lock held; an executor then takes the runs to start from
+    `classify()`, records them with `write_manifest()` and gives the lock back with `close()`.
+    The local runner (`_Runner`, below) and the Slurm executor (lib/slurm.py) are its two
+    executors, peers: neither uses the other's classes."""
+
     def __init__(
         self,
         specs: list[RunSpec],
@@ -573,30 +581,22 @@ class _Runner:
         *,
         config_snapshot: dict[str, str],
         report_settings: dict,
-        slots: list[str | None],
         rerun_failed: bool,
-        fail_fast: bool,
-        child_cmd: list[str],
         out: IO[str],
     ) -> None:
         self.matrix_dir = matrix_dir
         self.runs = [Run(spec) for spec in specs]
         self.config_snapshot = dict(config_snapshot)
         self.report_settings = dict(report_settings)
-        self.free_slots = list(slots)
-        self.slot_count = len(slots)
         self.rerun_failed = rerun_failed
-        self.fail_fast = fail_fast
-        self.child_cmd = list(child_cmd)
         self.out = _OutputThatMayGo(out)
         self.lock = MatrixLock(matrix_dir)
         self.created_at = _utc_now()
-        self.stop_signal: int | None = None  # the runner was asked to stop
-        self.stop_announced = False
-        self.stopped_for_failure = False
-        self.environment_failure: str | None = None  # why no further run starts
         self.manifest_error: str | None = None
-        self.last_progress = 0.0
+
+    def close(self) -> None:
+        """Give the matrix lock back."""
+        self.lock.release()
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -701,6 +701,31 @@ class _Runner:
                 queue.append(run)
         index.save()
         return queue
+
+
+class _Runner(MatrixSession):
+    """The local executor: one child process per run, in parallel slots."""
+
+    def __init__(
+        self,
+        specs: list[RunSpec],
+        matrix_dir: Path,
+        *,
+        slots: list[str | None],
+        fail_fast: bool,
+        child_cmd: list[str],
+        **session: Any,
+    ) -> None:
+        super().__init__(specs, matrix_dir, **session)
+        self.free_slots = list(slots)
+        self.slot_count = len(slots)
+        self.fail_fast = fail_fast
+        self.child_cmd = list(child_cmd)
+        self.stop_signal: int | None = None  # the runner was asked to stop
+        self.stop_announced = False
+        self.stopped_for_failure = False
+        self.environment_failure: str | None = None  # why no further run starts
+        self.last_progress = 0.0
 
     # -- launching ------------------------------------------------------------------------------
 
@@ -1078,10 +1103,12 @@ def open_matrix(
     fail_fast: bool = False,
     child_cmd: list[str] | None = None,
     out: IO[str] = sys.stdout,
-) -> _Runner:
+    local: bool = True,
+) -> MatrixSession:
     """The checks before anything starts, shared by every executor: the run directories, the
-    matrix lock (held on return; `runner.lock.release()` gives it back), the configurations
-    already on disk, the manifest of earlier runners. Raises RunnerRefused or LockRefused
+    matrix lock (held on return; `close()` gives it back), the configurations already on
+    disk, the manifest of earlier runners. A `_Runner` (the local executor) when `local`, else
+    the plain MatrixSession another executor works on. Raises RunnerRefused or LockRefused
     (one-line messages) with the lock released."""
     matrix_dir = Path(matrix_dir)
     runner = None
@@ -1090,17 +1117,23 @@ def open_matrix(
         check_gpu_sharing(jobs, gpus, specs)
         specs = _with_run_dirs(list(specs), matrix_dir)
         _prepare_matrix_dir(matrix_dir)
-        runner = _Runner(
-            specs,
-            matrix_dir,
+        session = dict(
             config_snapshot=config_snapshot,
             report_settings=report_settings,
-            slots=slots,
             rerun_failed=rerun_failed,
-            fail_fast=fail_fast,
-            child_cmd=child_cmd or default_child_cmd(),
             out=out,
         )
+        if local:
+            runner = _Runner(
+                specs,
+                matrix_dir,
+                slots=slots,
+                fail_fast=fail_fast,
+                child_cmd=child_cmd or default_child_cmd(),
+                **session,
+            )
+        else:
+            runner = MatrixSession(specs, matrix_dir, **session)
         try:
             takeover = runner.lock.acquire()
         except PermissionError as e:
@@ -1116,7 +1149,7 @@ def open_matrix(
         runner.carry_over_manifest()
     except BaseException:
         if runner is not None:
-            runner.lock.release()
+            runner.close()
         raise
     return runner
 
@@ -1172,7 +1205,7 @@ def run_matrix(
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        runner.lock.release()
+        runner.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lib.atomic import atomic_write_text
 from lib.config import SlurmSettings
 from lib.errors import one_line
 from lib.lock import LockRefused
@@ -43,17 +44,15 @@ from lib.runner import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
-    RUN_FILE,
     STATE_NEW,
     STATE_RESUMABLE,
     RunnerRefused,
-    atomic_write_text,
     format_duration,
     open_matrix,
     plan_state,
 )
 from lib.spec import RunSpec
-from lib.store import MatrixStore, StoreError, open_dir, owner_name, read_json_at
+from lib.store import RUN_FILE, MatrixStore, StoreError, open_dir, owner_name, read_json_at
 from lib.text import count
 
 RECORD_FILE = "slurm.json"
@@ -670,28 +669,30 @@ def submit_matrix(
         require_scheduler()
         if specs:  # one matrix shares its device and GPU count: one shape for every task
             check_partition_limits(specs[0], settings, partition_limits())
-        runner = open_matrix(
+        # the session every executor works on (lib.runner.MatrixSession): checks done, lock held
+        session = open_matrix(
             specs,
             matrix_dir,
             config_snapshot=config_snapshot,
             report_settings=report_settings,
             rerun_failed=rerun_failed,
             out=out,
+            local=False,
         )
     except (SlurmError, RunnerRefused, LockRefused) as e:
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED
     try:  # the matrix lock is held: no local runner nor a second submission meanwhile
         refuse_if_active(matrix_dir)
-        queue = runner.classify()
-        runner.write_manifest()
-        failed = [r for r in runner.runs if r.status == STATUS_FAILED]
-        completed = sum(r.status == STATUS_COMPLETED for r in runner.runs)
+        queue = session.classify()
+        session.write_manifest()
+        failed = [r for r in session.runs if r.status == STATUS_FAILED]
+        completed = sum(r.status == STATUS_COMPLETED for r in session.runs)
         if not queue:
             _say(
                 out,
                 f"matrix {matrix_dir.name}: nothing to submit ({completed} of "
-                f"{count(len(runner.runs), 'run')} completed, {len(failed)} failed)",
+                f"{count(len(session.runs), 'run')} completed, {len(failed)} failed)",
             )
             if failed:
                 print("  (RERUN_FAILED=1 resubmits the failed runs)", file=out, flush=True)
@@ -719,7 +720,7 @@ def submit_matrix(
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED
     finally:
-        runner.lock.release()
+        session.close()
     shape = task_shape(queue[0].spec, settings)
     kind = "job array" if len(queue) > 1 else "job"  # submitit submits one run as a plain job
     _say(

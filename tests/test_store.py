@@ -437,3 +437,43 @@ def test_the_run_states_are_one_vocabulary():
     assert set(status.ORDER) == set(RUN_STATES)
     for word in (data.STATUS_PENDING, data.STATUS_CHANGED, STATUS_RUNNING, STATUS_COMPLETED):
         assert word in RUN_STATES
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["a list", "no model", "wrong shapes"])
+def test_a_checkpoint_of_the_wrong_structure_is_set_aside_like_a_damaged_one(
+    tiny_spec, tmp_path, kind
+):
+    import torch
+
+    from lib.train import CHECKPOINT_FORMAT, train
+
+    spec = tiny_spec(tmp_path)
+    run_dir = Path(spec.out_dir)
+    run_dir.mkdir(parents=True)
+    path = run_dir / "checkpoint_last.pt"
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "identity": spec.identity(),
+        "epochs": [],
+        "model": {"conv1.weight": torch.zeros(1)},  # loads, but fits no ResNet-18
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "rng": {},
+    }
+    if kind == "a list":
+        checkpoint = [1, 2, 3]
+    elif kind == "no model":
+        del checkpoint["model"]
+    torch.save(checkpoint, path)
+    saved = path.read_bytes()
+    doc = train(spec)
+    error = doc["summary"]["error"]
+    assert doc["summary"]["status"] == "failed" and "damaged" in error and "\n" not in error
+    assert "RERUN_FAILED=1" in error
+    aside = list(run_dir.glob("checkpoint_last.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == saved  # kept, as evidence
+    assert not path.exists()
