@@ -42,7 +42,7 @@ from typing import IO, Any
 from lib import tracking
 from lib.atomic import (
     EXIT_ENVIRONMENT,
-    atomic_write_text,
+    atomic_write_at,
     open_no_follow,
     set_aside_corrupt,
     storage_error,
@@ -68,9 +68,12 @@ from lib.spec import DataSpec, RunSpec, sparsity_token
 from lib.store import (
     LIMITS,
     RUN_FILE,
+    SEAL_FIELD,
     STATE_PENDING,
     MatrixStore,
     StoreError,
+    key_path,
+    open_dir,
     open_regular,
     owner_name,
     read_bytes,
@@ -593,6 +596,7 @@ class MatrixSession:
         self.lock = MatrixLock(matrix_dir)
         self.created_at = _utc_now()
         self.manifest_error: str | None = None
+        self.unsealed_said = False
 
     def close(self) -> None:
         """Give the matrix lock back."""
@@ -621,20 +625,24 @@ class MatrixSession:
 
     def _write_manifest(self) -> None:
         matrix_name = self.runs[0].spec.matrix if self.runs else self.matrix_dir.name
-        atomic_write_json(
-            self.matrix_dir / MATRIX_FILE,
-            seal(
-                {
-                    "schema_version": MATRIX_SCHEMA_VERSION,
-                    "name": matrix_name,
-                    "created_at": self.created_at,
-                    "updated_at": _utc_now(),
-                    "config": self.config_snapshot,
-                    "report": self.report_settings,
-                    "runs": [run.to_entry() for run in self.runs],
-                }
-            ),
+        sealed = seal(
+            {
+                "schema_version": MATRIX_SCHEMA_VERSION,
+                "name": matrix_name,
+                "created_at": self.created_at,
+                "updated_at": _utc_now(),
+                "config": self.config_snapshot,
+                "report": self.report_settings,
+                "runs": [run.to_entry() for run in self.runs],
+            }
         )
+        if SEAL_FIELD not in sealed and not self.unsealed_said:
+            self.unsealed_said = True
+            self.say(
+                f"matrix.json written without a seal: {key_path()} cannot be created or is "
+                "readable by others; make continue refuses an unsealed plan"
+            )
+        atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed)
 
     def carry_over_manifest(self) -> None:
         """Keep what an earlier runner of this matrix recorded: creation time, attempts,
@@ -731,12 +739,25 @@ class _Runner(MatrixSession):
 
     def launch(self, run: Run, slot: str | None) -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
+        # Written relative to the run directory's descriptor (lib/store.py): a run directory
+        # swapped for a link since the checks before the start is refused, not written into.
+        dir_fd = open_dir(run.run_dir)
+        try:
+            self._launch_in(run, slot, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _launch_in(self, run: Run, slot: str | None, dir_fd: int) -> None:
+        atomic_write_at(dir_fd, RUN_FILE, run.spec.to_json() + "\n", run.run_dir / RUN_FILE)
         run.attempts += 1
         run.started_at = _utc_now()
         run.finished_at = None
         run.slot = slot
-        resuming = (run.run_dir / LAST_CHECKPOINT).exists()
+        try:
+            os.stat(LAST_CHECKPOINT, dir_fd=dir_fd, follow_symlinks=False)
+            resuming = True
+        except FileNotFoundError:
+            resuming = False
         ranks = run.spec.train.gpus_per_run
         child = self.child_cmd if ranks == 1 else torchrun_command(self.child_cmd, ranks)
         cmd = [*child, str(run.run_dir / RUN_FILE)]
@@ -747,10 +768,8 @@ class _Runner(MatrixSession):
             # Parallel CPU runs (or ranks): without this every process starts one thread per
             # core and they all slow each other down.
             env["OMP_NUM_THREADS"] = str(child_threads(self.slot_count * ranks))
-        log_path = run.run_dir / LOG_FILE
-        with os.fdopen(
-            open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
-        ) as log:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(LOG_FILE, flags, 0o666, dir_fd=dir_fd), "ab") as log:
             run.log_offset = log.tell()
             device = f" CUDA_VISIBLE_DEVICES={slot}" if slot is not None else ""
             header = (
@@ -977,6 +996,11 @@ class _Runner(MatrixSession):
                 run, slot = queue.pop(0), self.free_slots.pop(0)
                 try:
                     self.launch(run, slot)
+                except StoreError as e:  # its directory became a link: never written into
+                    self.free_slots.insert(0, slot)
+                    run.status = STATUS_FAILED
+                    run.error = str(e)
+                    self.say(f"{run.spec.run_id}: not started: {e}")
                 except OSError as e:  # its run.json or train.log: the disk is full
                     environment = storage_error(e, e.filename or run.run_dir)
                     if environment is None or run.process is not None:

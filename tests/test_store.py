@@ -477,3 +477,25 @@ def test_a_checkpoint_of_the_wrong_structure_is_set_aside_like_a_damaged_one(
     aside = list(run_dir.glob("checkpoint_last.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == saved  # kept, as evidence
     assert not path.exists()
+
+
+def test_a_run_directory_swapped_for_a_link_before_its_launch_is_not_written_into(
+    tmp_path, tiny_spec, monkeypatch
+):
+    import lib.runner
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    spec = tiny_spec(tmp_path, matrix="m")
+    matrix_dir = tmp_path / "m"
+    original = lib.runner._Runner.classify
+
+    def classify_then_swap(self):  # after every check, before the launch
+        queue = original(self)
+        (matrix_dir / spec.run_id).symlink_to(victim)
+        return queue
+
+    monkeypatch.setattr(lib.runner._Runner, "classify", classify_then_swap)
+    rc, out = run_matrix([spec], matrix_dir, config_snapshot={}, report_settings={})
+    assert rc == 1 and "not started" in out and "is a symbolic link" in out, out
+    assert list(victim.iterdir()) == []
