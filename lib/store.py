@@ -271,7 +271,10 @@ def _key(create: bool) -> bytes | None:
 
 def _digest(plan: dict[str, Any], key: bytes) -> str:
     body = {k: v for k, v in plan.items() if k != SEAL_FIELD}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or Infinity: never in a plan the runner wrote
+        return ""
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
@@ -472,6 +475,9 @@ class MatrixStore:
         self.path = Path(matrix_dir)
         self.notes: list[str] = []  # what a reader must show about what it read
         self.fd = open_dir(self.path)  # FileNotFoundError, StoreError
+        # Whoever wrote the plan runs its runs: a run's metrics.json of another user is
+        # planted, not a result (None: no plan yet, nothing to compare with).
+        self.plan_uid = self.owner(MATRIX_FILE)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -564,6 +570,13 @@ class MatrixStore:
         """metrics.json from an open descriptor (closed), shape-checked, with no more epoch
         records than `planned` (its planned spec) has epochs."""
         shown = self.path / run_id / METRICS_FILE
+        uid = os.fstat(fd).st_uid
+        if self.plan_uid is not None and uid != self.plan_uid:
+            os.close(fd)
+            raise StoreError(
+                f"{shown}: written by {owner_name(uid)}, not by {owner_name(self.plan_uid)} "
+                "whose runner planned this matrix; not trusted as its result"
+            )
         doc = parse_json(read_bytes(fd, LIMITS[METRICS_FILE], shown), shown, depth=False)
         return check_depth(check_metrics(doc, shown, planned_epochs(planned)), shown)
 

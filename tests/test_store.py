@@ -499,3 +499,27 @@ def test_a_run_directory_swapped_for_a_link_before_its_launch_is_not_written_int
     rc, out = run_matrix([spec], matrix_dir, config_snapshot={}, report_settings={})
     assert rc == 1 and "not started" in out and "is a symbolic link" in out, out
     assert list(victim.iterdir()) == []
+
+
+def test_a_metrics_json_another_user_wrote_into_the_matrix_is_not_a_result(tmp_path, monkeypatch):
+    import lib.store
+
+    matrix, ids = two_runs(tmp_path)
+    planted = str(matrix / ids[0] / METRICS_FILE)
+    real_fstat = os.fstat
+
+    def fstat(fd):  # as if another user had written this one file (no root needed)
+        st = real_fstat(fd)
+        if os.readlink(f"/proc/self/fd/{fd}") == planted:
+            fields = list(st)
+            fields[stat.ST_UID] = st.st_uid + 4242
+            return os.stat_result(fields)
+        return st
+
+    monkeypatch.setattr(lib.store.os, "fstat", fstat)
+    bad, good = load_matrix(matrix).runs
+    assert bad.status == "unreadable" and "written by" in bad.reason and not bad.counts
+    assert "whose runner planned this matrix" in bad.reason
+    assert good.completed and good.counts
+    line = next(line for line in status_lines(matrix) if line.startswith(ids[0]))
+    assert "written by" in line and "not trusted" in line
