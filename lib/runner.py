@@ -80,6 +80,11 @@ from lib.store import (
     read_json_path,
     seal,
 )
+from lib.store import STATE_CHANGED as STORE_CHANGED
+from lib.store import STATE_COMPLETED as STORE_COMPLETED
+from lib.store import STATE_FAILED as STORE_FAILED
+from lib.store import STATE_PENDING as STORE_PENDING
+from lib.store import STATE_STOPPED as STORE_STOPPED
 from lib.text import count
 
 EXIT_OK = 0
@@ -1236,11 +1241,12 @@ def run_matrix(
 # Dry run
 # ---------------------------------------------------------------------------------------------
 
-STATE_DONE = "done"
-STATE_FAILED = "failed"
-STATE_RESUMABLE = "resumable"
-STATE_NEW = "new"
-STATE_CHANGED = "CHANGED"
+# The dry run's states: words of the one vocabulary (lib/store.py, docs/runner.md "Run states").
+STATE_DONE = STORE_COMPLETED
+STATE_FAILED = STORE_FAILED
+STATE_RESUMABLE = STORE_STOPPED  # also a run that failed for its disk: trained again
+STATE_NEW = STORE_PENDING
+STATE_CHANGED = STORE_CHANGED
 
 
 def _speed_key(spec_dict: dict[str, Any]) -> tuple:
@@ -1399,7 +1405,7 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
         lines.append("failed runs are retried only with RERUN_FAILED=1")
     if counts.get(STATE_CHANGED):
         lines.append(
-            "CHANGED: the run's directory holds another configuration; test-matrix refuses "
+            f"{STATE_CHANGED}: the run's directory holds another configuration; test-matrix refuses "
             "to start (set another CONFIG_MATRIX_NAME or move the directory away)"
         )
     if to_train == 0:
