@@ -154,7 +154,7 @@ def test_an_edited_plan_is_refused_before_anything_is_launched(tmp_path, no_laun
         elif edit == "slurm_ld_preload":
             plan["config"]["CONFIG_MATRIX_EXECUTOR_SLURM"] = "y"
             plan["config"]["CONFIG_MATRIX_EXECUTOR_LOCAL"] = "n"
-            plan["config"]["CONFIG_SLURM_EXTRA_ARGS"] = "--export=ALL,LD_PRELOAD=/tmp/evil.so"
+            plan["config"]["CONFIG_SLURM_EXTRA_ARGS"] = '"--export=ALL,LD_PRELOAD=/tmp/e.so"'
         else:
             del plan["seal"]
 
@@ -523,3 +523,21 @@ def test_a_metrics_json_another_user_wrote_into_the_matrix_is_not_a_result(tmp_p
     assert good.completed and good.counts
     line = next(line for line in status_lines(matrix) if line.startswith(ids[0]))
     assert "written by" in line and "not trusted" in line
+
+
+def test_executor_options_read_back_pass_the_checks_of_a_config(tmp_path, no_launch, capsys):
+    """Even a plan sealed by you (an older version's checks, say) is loaded by the checks of
+    a .config: sbatch options the executor sets itself are refused before any submission."""
+    matrix_dir, _, _ = planned(tmp_path)
+    path = matrix_dir / "matrix.json"
+    plan = json.loads(path.read_text())
+    plan["config"].update(
+        CONFIG_MATRIX_EXECUTOR_SLURM="y",
+        CONFIG_MATRIX_EXECUTOR_LOCAL="n",
+        CONFIG_SLURM_EXTRA_ARGS='"--output=/tmp/elsewhere"',  # strings keep their quotes
+    )
+    path.write_text(json.dumps(seal(plan)))
+    argv = ["continue", "--results-dir", str(matrix_dir.parent), "--matrix", "demo"]
+    assert cli.main(argv) == 2 and no_launch == []
+    line = one_line(capsys.readouterr().err)
+    assert "CONFIG_SLURM_EXTRA_ARGS" in line and "the Slurm executor sets them" in line
