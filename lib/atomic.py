@@ -111,6 +111,41 @@ def atomic_file(
         raise
 
 
+def atomic_write_at(dir_fd: int, name: str, text: str, shown: Path) -> None:
+    """`atomic_write_text` relative to a directory descriptor (lib/store.py opened it without
+    following links): a directory swapped for a link after it was opened is not written
+    through. `shown` names the file in errors."""
+    tmp = None
+    try:
+        while tmp is None:
+            candidate = f".{name}.{os.urandom(6).hex()}.tmp"
+            try:
+                fd = os.open(
+                    candidate,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o666,  # less the umask, as open() gives
+                    dir_fd=dir_fd,
+                )
+            except FileExistsError:
+                continue
+            tmp = candidate
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as error:
+        if tmp is not None:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        environment = storage_error(error, shown)
+        if environment is not None and environment is not error:
+            raise environment from error
+        raise
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """torch.save through `atomic_file`."""
     import torch

@@ -8,7 +8,6 @@ stack trace.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -323,17 +322,26 @@ def cmd_continue(args: argparse.Namespace) -> int:
     """Resume the newest matrix exactly as it was planned (from its matrix.json, not from the
     current .config, which may have changed since)."""
     from lib.spec import RunSpec
+    from lib.store import MatrixStore, StoreError, seal_problem
 
     matrix_dir = _chosen_matrix_dir(args)
     manifest_path = matrix_dir / "matrix.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        with MatrixStore(matrix_dir) as store:  # never through a link (lib/store.py)
+            manifest = store.read_plan(verify=False)
         specs = [RunSpec.from_dict(run["spec"]) for run in manifest["runs"]]
         settings = manifest["config"], manifest["report"]
     except FileNotFoundError:
         raise ConfigError(f"{manifest_path}: no such matrix; run make test-matrix") from None
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{manifest_path}: unreadable matrix manifest ({e})") from None
+    # What decides what runs and where (the run list, data and tracker directories, the
+    # executor and its options) is trusted only as this user's runner sealed it.
+    problem = seal_problem(manifest, manifest_path)
+    if problem:
+        raise ConfigError(problem)
     _check_plugins(manifest, manifest_path)
     # The matrix's own settings (jobs, GPUs, fail-fast) come from its snapshot, read by the
     # same loader as any .config, so they are validated the same way.

@@ -18,10 +18,12 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
-from lib.atomic import open_no_follow
+from lib.atomic import open_no_follow, storage_error
+from lib.store import LIMITS, StoreError, open_regular, read_bytes
 
 LOCK_FILE = ".lock"
 # How long a runner waits for a lock whose recorded runner is gone: right after a kill -9 the
@@ -89,14 +91,18 @@ class MatrixLock:
 
     def acquire(self) -> str | None:
         try:
-            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
+            # O_NONBLOCK: a FIFO planted at the name must not hang the runner
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
+        except PermissionError:
+            raise
         except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
+            raise LockRefused(self._unusable(e)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise LockRefused(
-                f"{self.path} is a symbolic link; the runner keeps its own lock file there "
-                "and never writes through a link: remove it"
-            ) from None
+                f"{self.path} is not a regular file; the runner keeps its own lock file "
+                "there: remove it"
+            )
         try:
             self._wait_for(fd)
         except BaseException:
@@ -105,8 +111,13 @@ class MatrixLock:
         previous, previous_host = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = f"pid={os.getpid()} host={socket.gethostname()} since={stamp}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        except OSError as e:  # a full disk before anything else was written
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise LockRefused(self._unusable(e)) from None
         self.fd = fd
         remote = _on_another_host(previous_host)
         if previous is not None and (previous != os.getpid() or remote):
@@ -116,6 +127,22 @@ class MatrixLock:
                 "ended without releasing it"
             )
         return None
+
+    def _unusable(self, error: OSError) -> str:
+        if error.errno == errno.ELOOP:
+            return (
+                f"{self.path} is a symbolic link; the runner keeps its own lock file there "
+                "and never writes through a link: remove it"
+            )
+        if error.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
+            return (
+                f"{self.path} is not a regular file; the runner keeps its own lock file "
+                "there: remove it"
+            )
+        environment = storage_error(error, self.path)
+        if environment is not None:
+            return f"{environment}; make room, then start again (nothing was started)"
+        return f"{self.path} cannot be used as the matrix lock ({error.strerror or error})"
 
     def _wait_for(self, fd: int) -> None:
         """Take the flock; while the recorded runner is gone (or not recorded yet) wait up to
@@ -143,8 +170,9 @@ class MatrixLock:
         file without taking the lock (taking it, even for a moment, could refuse a runner
         starting at that instant). None when no runner holds it, or one on another host."""
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            fd = open_regular(str(self.path), None, self.path)
+            text = read_bytes(fd, LIMITS[LOCK_FILE], self.path).decode("utf-8", "replace")
+        except (OSError, StoreError):
             return None
         pid, host = _holder(text)
         if pid is None or host != socket.gethostname() or not _pid_alive(pid):

@@ -110,25 +110,17 @@ def read_metrics(path: str | os.PathLike[str], *, per_layer: bool = True) -> dic
     (version 2), so the document is the one the trainer built; without, a reader that does not
     use it (the report, the run index) skips that file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    from lib.store import StoreError, check_metrics, read_json_path
+
+    try:  # a regular file, never through a link, within the store's limits (lib/store.py)
+        data = check_metrics(read_json_path(path, METRICS_FILE), path)
     except FileNotFoundError:
         raise MetricsError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise MetricsError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise MetricsError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        raise MetricsError(
-            f"{path}: schema_version {version!r} is not supported (expected one of "
-            f"{', '.join(map(str, READABLE_VERSIONS))})"
-        )
-    for key in ("run_id", "identity", "epochs", "summary"):
-        if key not in data:
-            raise MetricsError(f"{path}: missing key {key!r}")
-    if not isinstance(data["epochs"], list):
-        raise MetricsError(f"{path}: 'epochs' must be a list")
+    except StoreError as e:
+        raise MetricsError(str(e)) from None
+    version = data["schema_version"]
     if per_layer and version >= 2:
         layers = _read_layers(path.with_name(LAYERS_FILE))
         for record in data["epochs"]:

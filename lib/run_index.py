@@ -12,21 +12,30 @@ stat per run instead of 2,000 documents of hundreds of KB (docs/metrics.md, "The
 The index is derived from the runs' own files and never the only copy of anything: deleting
 it loses nothing (the next command rebuilds it), a damaged one is ignored and rewritten, and
 where it cannot be written (a read-only copy of the results, a full disk) the commands read
-the metrics.json files as before. Only this module reads or writes it.
+the metrics.json files as before. Only this module reads or writes it, through the results
+store (lib/store.py): the index and each metrics.json are opened relative to the matrix
+directory's descriptor, never through a link, and a record keeps what the store checks a run
+against its plan with (its run id, identity block and spec identity).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from lib.metrics import METRICS_FILE, MetricsError, atomic_write_json, read_metrics
+from lib.metrics import METRICS_FILE, MetricsError, atomic_write_json
+from lib.store import (
+    INDEX_FILE,
+    MatrixStore,
+    StoreError,
+    planned_epochs,
+    read_json_at,
+    spec_identity,
+)
 
-INDEX_FILE = "index.json"  # at results/<matrix>/
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: records keep the run's identity block and spec identity (issue 23)
 SPEC_PARTS = ("model", "data", "train")
 SETTLED_NS = 2_000_000_000  # FAT and some network file systems keep mtimes to 1-2 s
 
@@ -36,6 +45,9 @@ def run_record(doc: dict[str, Any]) -> dict[str, Any]:
     epochs = doc.get("epochs") or []
     return {
         "run_id": doc.get("run_id"),
+        # what lib.store.identity_problem checks against the plan
+        "identity": doc.get("identity") or {},
+        "spec_identity": spec_identity(doc.get("spec")),
         # what the duration estimate compares runs by (lib.runner._speed_key)
         "spec": {k: v for k, v in (doc.get("spec") or {}).items() if k in SPEC_PARTS},
         "summary": doc.get("summary") or {},
@@ -43,17 +55,16 @@ def run_record(doc: dict[str, Any]) -> dict[str, Any]:
         "epoch_seconds": [
             float(e["epoch_seconds"])
             for e in epochs
-            if isinstance(e.get("epoch_seconds"), int | float)
+            if isinstance(e, dict) and isinstance(e.get("epoch_seconds"), int | float)
         ],
-        "latest_top1": epochs[-1].get("test_top1") if epochs else None,
+        "latest_top1": epochs[-1].get("test_top1")
+        if epochs and isinstance(epochs[-1], dict)
+        else None,
     }
 
 
-def _stamp(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
+def _stamp(fd: int) -> list[int]:
+    st = os.fstat(fd)
     return [st.st_mtime_ns, st.st_size]
 
 
@@ -65,35 +76,65 @@ class RunIndex:
         self.path = self.matrix_dir / INDEX_FILE
         self.entries: dict[str, dict[str, Any]] = {}
         self.changed = False
+        self.store: MatrixStore | None = None
+        self.refused: str | None = None  # why the matrix directory cannot be opened
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.store = MatrixStore(self.matrix_dir)
+        except FileNotFoundError:
+            return
+        except StoreError as e:
+            self.refused = str(e)
+            return
+        try:
+            data = read_json_at(self.store.fd, INDEX_FILE, self.path)
             if data.get("version") == INDEX_VERSION and isinstance(data.get("runs"), dict):
                 self.entries = data["runs"]
         except (OSError, ValueError, AttributeError):
             pass  # none yet, or damaged: rebuilt from the runs' files
 
-    def record(self, run_id: str) -> dict[str, Any]:
+    def record(self, run_id: str, planned: dict[str, Any] | None = None) -> dict[str, Any]:
         """The record of `run_id`'s metrics.json, from the index while the file is unchanged;
-        raise MetricsError as read_metrics does (no such file, unreadable)."""
+        raise MetricsError as read_metrics does (no such file, unreadable, a link, more epochs
+        than `planned`, its planned spec, has)."""
         path = self.matrix_dir / run_id / METRICS_FILE
-        stamp = _stamp(path)
-        if stamp is None:
+        if self.store is None:
+            raise MetricsError(self.refused or f"{path}: no such file")
+        try:
+            fd = self.store.open_run_file(run_id, METRICS_FILE)
+        except FileNotFoundError:
             self._forget(run_id)
-            raise MetricsError(f"{path}: no such file")
+            raise MetricsError(f"{path}: no such file") from None
+        except StoreError as e:
+            self._forget(run_id)
+            raise MetricsError(str(e)) from None
+        stamp = _stamp(fd)
         entry = self.entries.get(run_id)
         if isinstance(entry, dict) and entry.get("stamp") == stamp:
-            return entry["record"]
+            os.close(fd)
+            record = entry.get("record")
+            if isinstance(record, dict):
+                limit = planned_epochs(planned)
+                if record.get("epochs_completed", 0) > limit:
+                    raise MetricsError(
+                        f"{path}: field 'epochs' holds {record['epochs_completed']:,} records, "
+                        f"more than the {limit:,} epochs planned"
+                    )
+                return record
+            fd = self.store.open_run_file(run_id, METRICS_FILE)
         try:
-            doc = read_metrics(path, per_layer=False)
-        except MetricsError:
+            doc = self.store.read_metrics_fd(os.dup(fd), run_id, planned)
+        except (OSError, StoreError) as e:
+            os.close(fd)
             self._forget(run_id)
-            raise
+            raise MetricsError(str(e)) from None
         record = run_record(doc)
         # Kept only for a file unchanged while it was read and older than the timestamp
         # granularity of file systems (a rewrite within it could keep size and mtime: "racy"
         # files are read again until they are settled, as git does for its index).
         settled = time.time_ns() - stamp[0] > SETTLED_NS
-        if settled and _stamp(path) == stamp:
+        unchanged = _stamp(fd) == stamp
+        os.close(fd)
+        if settled and unchanged:
             self.entries[run_id] = {"stamp": stamp, "record": record}
             self.changed = True
         return record
@@ -104,7 +145,7 @@ class RunIndex:
 
     def save(self) -> None:
         """Write the index if anything changed; where it cannot be written, do without."""
-        if not self.changed or not self.matrix_dir.is_dir():
+        if not self.changed or self.store is None:
             return
         try:
             atomic_write_json(self.path, {"version": INDEX_VERSION, "runs": self.entries})

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import json
 import math
 import os
 import signal
@@ -43,11 +42,12 @@ from typing import IO, Any
 from lib import tracking
 from lib.atomic import (
     EXIT_ENVIRONMENT,
-    atomic_write_text,
+    atomic_write_at,
     open_no_follow,
     set_aside_corrupt,
     storage_error,
 )
+from lib.errors import one_line
 from lib.lock import LockRefused, MatrixLock
 from lib.metrics import (
     LAYERS_FILE,
@@ -65,6 +65,26 @@ from lib.metrics import (
 )
 from lib.run_index import INDEX_FILE, RunIndex, run_record
 from lib.spec import DataSpec, RunSpec, sparsity_token
+from lib.store import (
+    LIMITS,
+    RUN_FILE,
+    SEAL_FIELD,
+    STATE_PENDING,
+    MatrixStore,
+    StoreError,
+    key_path,
+    open_dir,
+    open_regular,
+    owner_name,
+    read_bytes,
+    read_json_path,
+    seal,
+)
+from lib.store import STATE_CHANGED as STORE_CHANGED
+from lib.store import STATE_COMPLETED as STORE_COMPLETED
+from lib.store import STATE_FAILED as STORE_FAILED
+from lib.store import STATE_PENDING as STORE_PENDING
+from lib.store import STATE_STOPPED as STORE_STOPPED
 from lib.text import count
 
 EXIT_OK = 0
@@ -73,14 +93,13 @@ EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130
 
 MATRIX_SCHEMA_VERSION = 1
-RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 
-# matrix.json run statuses. `pending` = not finished and not running now (new, or
-# interrupted and resumable).
-STATUS_PENDING = "pending"
+# matrix.json run statuses: the store's vocabulary (lib/store.py). `pending` = not finished
+# and not running now (new, or interrupted and resumable).
+STATUS_PENDING = STATE_PENDING
 
 LOG_TAIL_LINES = 20
 LOG_TAIL_CHARS = 4000
@@ -279,10 +298,19 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The identity of what `run_dir` already holds: its run.json, else its metrics.json."""
     run_json = run_dir / RUN_FILE
-    if run_json.exists():
+    try:
+        data = read_json_path(run_json)
+    except FileNotFoundError:
+        data = None
+    except (OSError, StoreError) as e:
+        raise RunnerRefused(
+            f"{run_json} cannot be read ({one_line(e)}); the runner cannot tell which "
+            "configuration that run used: move the directory away"
+        ) from None
+    if data is not None:
         try:
-            return run_json, RunSpec.from_json(run_json.read_text(encoding="utf-8")).identity()
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return run_json, RunSpec.from_dict(data).identity()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise RunnerRefused(
                 f"{run_json} cannot be read ({type(e).__name__}: {e}); the runner cannot tell "
                 "which configuration that run used: move the directory away"
@@ -290,17 +318,20 @@ def _recorded_identity(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     try:
         doc = read_metrics(run_dir / METRICS_FILE)
         return run_dir / METRICS_FILE, RunSpec.from_dict(doc["spec"]).identity()
-    except (MetricsError, KeyError, TypeError, ValueError):
+    except (MetricsError, KeyError, TypeError, ValueError, AttributeError):
         return None  # nothing, or nothing readable: nothing to mix with
 
 
 def _written_from(spec: RunSpec, run_dir: Path) -> bool:
     """Whether run_dir's run.json is byte for byte what `spec` writes (the common case): the
-    same identity, known without parsing it (thousands of runs per command)."""
+    same identity, known without parsing it (thousands of runs per command). Never read
+    through a link (lib/store.py)."""
+    path = run_dir / RUN_FILE
     try:
-        return (run_dir / RUN_FILE).read_text(encoding="utf-8") == spec.to_json() + "\n"
-    except (OSError, UnicodeDecodeError):
+        raw = read_bytes(open_regular(str(path), None, path), LIMITS[RUN_FILE], path)
+    except (OSError, StoreError):
         return False
+    return raw == (spec.to_json() + "\n").encode()
 
 
 def check_configurations(runs: list[Run]) -> None:
@@ -345,7 +376,7 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
     """Refuse the matrix when a file the framework writes is a symbolic link: in a results
     directory others can write, a link planted there would make this runner truncate or append
     to the file it points to."""
-    paths = [matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
+    paths = [matrix_dir, matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
     for run in runs:
         paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
     for path in paths:
@@ -356,7 +387,30 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
             )
 
 
+def refuse_foreign(matrix_dir: Path, runs: list[Run]) -> None:
+    """Refuse the matrix when a run directory (or its run.json / metrics.json) belongs to
+    another user: results someone else wrote are not trusted silently, nor written into."""
+    me = os.getuid()
+    for run in runs:
+        for path in (run.run_dir, run.run_dir / RUN_FILE, run.run_dir / METRICS_FILE):
+            try:
+                uid = path.lstat().st_uid
+            except OSError:
+                continue
+            if uid != me:
+                raise RunnerRefused(
+                    f"{path} belongs to {owner_name(uid)}, not to you; the runner neither "
+                    f"trusts nor writes into another user's results: set another "
+                    "CONFIG_MATRIX_NAME or CONFIG_RESULTS_DIR (or ask them to move it away)"
+                )
+
+
 def _prepare_matrix_dir(matrix_dir: Path) -> None:
+    if matrix_dir.is_symlink():
+        raise RunnerRefused(
+            f"{matrix_dir} is a symbolic link; the runner writes its own files in its matrix "
+            "directory and never through a link: remove the link (or set CONFIG_RESULTS_DIR)"
+        )
     try:
         matrix_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -520,7 +574,14 @@ class _OutputThatMayGo:
             pass
 
 
-class _Runner:
+class MatrixSession:
+    """A matrix as every executor works on it: its planned runs, its matrix.json and the lock of
+    its directory, all through the results store (lib/store.py). `open_matrix` returns one with
+    the checks done and the lock held; an executor then takes the runs to start from
+    `classify()`, records them with `write_manifest()` and gives the lock back with `close()`.
+    The local runner (`_Runner`, below) and the Slurm executor (lib/slurm.py) are its two
+    executors, peers: neither uses the other's classes."""
+
     def __init__(
         self,
         specs: list[RunSpec],
@@ -528,30 +589,23 @@ class _Runner:
         *,
         config_snapshot: dict[str, str],
         report_settings: dict,
-        slots: list[str | None],
         rerun_failed: bool,
-        fail_fast: bool,
-        child_cmd: list[str],
         out: IO[str],
     ) -> None:
         self.matrix_dir = matrix_dir
         self.runs = [Run(spec) for spec in specs]
         self.config_snapshot = dict(config_snapshot)
         self.report_settings = dict(report_settings)
-        self.free_slots = list(slots)
-        self.slot_count = len(slots)
         self.rerun_failed = rerun_failed
-        self.fail_fast = fail_fast
-        self.child_cmd = list(child_cmd)
         self.out = _OutputThatMayGo(out)
         self.lock = MatrixLock(matrix_dir)
         self.created_at = _utc_now()
-        self.stop_signal: int | None = None  # the runner was asked to stop
-        self.stop_announced = False
-        self.stopped_for_failure = False
-        self.environment_failure: str | None = None  # why no further run starts
         self.manifest_error: str | None = None
-        self.last_progress = 0.0
+        self.unsealed_said = False
+
+    def close(self) -> None:
+        """Give the matrix lock back."""
+        self.lock.release()
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -576,8 +630,7 @@ class _Runner:
 
     def _write_manifest(self) -> None:
         matrix_name = self.runs[0].spec.matrix if self.runs else self.matrix_dir.name
-        atomic_write_json(
-            self.matrix_dir / MATRIX_FILE,
+        sealed = seal(
             {
                 "schema_version": MATRIX_SCHEMA_VERSION,
                 "name": matrix_name,
@@ -586,23 +639,35 @@ class _Runner:
                 "config": self.config_snapshot,
                 "report": self.report_settings,
                 "runs": [run.to_entry() for run in self.runs],
-            },
+            }
         )
+        if SEAL_FIELD not in sealed and not self.unsealed_said:
+            self.unsealed_said = True
+            self.say(
+                f"matrix.json written without a seal: {key_path()} cannot be created or is "
+                "readable by others; make continue refuses an unsealed plan"
+            )
+        atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed)
 
     def carry_over_manifest(self) -> None:
         """Keep what an earlier runner of this matrix recorded: creation time, attempts,
         start/finish times and the reasons of earlier failures."""
         try:
-            old = json.loads((self.matrix_dir / MATRIX_FILE).read_text(encoding="utf-8"))
-            self.created_at = old.get("created_at") or self.created_at
-            entries = {e["run_id"]: e for e in old.get("runs", []) if isinstance(e, dict)}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            with MatrixStore(self.matrix_dir) as store:
+                old = store.read_plan()
+        except FileNotFoundError:
             return
+        except (OSError, StoreError) as e:
+            self.say(f"earlier attempts and errors not carried over: {one_line(e)}")
+            return
+        self.created_at = old.get("created_at") or self.created_at
+        entries = {e["run_id"]: e for e in old.get("runs", [])}
         for run in self.runs:
             entry = entries.get(run.spec.run_id)
             if not entry:
                 continue
-            run.attempts = int(entry.get("attempts") or 0)
+            attempts = entry.get("attempts")
+            run.attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
             run.started_at = entry.get("started_at")
             run.finished_at = entry.get("finished_at")
             run.error = entry.get("error")
@@ -619,7 +684,7 @@ class _Runner:
             doc = None
             if path.exists():
                 try:
-                    doc = index.record(run.spec.run_id)
+                    doc = index.record(run.spec.run_id, run.spec.to_dict())
                 except MetricsError as e:
                     moved = set_aside_corrupt(path)
                     self.say(
@@ -650,16 +715,54 @@ class _Runner:
         index.save()
         return queue
 
+
+class _Runner(MatrixSession):
+    """The local executor: one child process per run, in parallel slots."""
+
+    def __init__(
+        self,
+        specs: list[RunSpec],
+        matrix_dir: Path,
+        *,
+        slots: list[str | None],
+        fail_fast: bool,
+        child_cmd: list[str],
+        **session: Any,
+    ) -> None:
+        super().__init__(specs, matrix_dir, **session)
+        self.free_slots = list(slots)
+        self.slot_count = len(slots)
+        self.fail_fast = fail_fast
+        self.child_cmd = list(child_cmd)
+        self.stop_signal: int | None = None  # the runner was asked to stop
+        self.stop_announced = False
+        self.stopped_for_failure = False
+        self.environment_failure: str | None = None  # why no further run starts
+        self.last_progress = 0.0
+
     # -- launching ------------------------------------------------------------------------------
 
     def launch(self, run: Run, slot: str | None) -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
+        # Written relative to the run directory's descriptor (lib/store.py): a run directory
+        # swapped for a link since the checks before the start is refused, not written into.
+        dir_fd = open_dir(run.run_dir)
+        try:
+            self._launch_in(run, slot, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _launch_in(self, run: Run, slot: str | None, dir_fd: int) -> None:
+        atomic_write_at(dir_fd, RUN_FILE, run.spec.to_json() + "\n", run.run_dir / RUN_FILE)
         run.attempts += 1
         run.started_at = _utc_now()
         run.finished_at = None
         run.slot = slot
-        resuming = (run.run_dir / LAST_CHECKPOINT).exists()
+        try:
+            os.stat(LAST_CHECKPOINT, dir_fd=dir_fd, follow_symlinks=False)
+            resuming = True
+        except FileNotFoundError:
+            resuming = False
         ranks = run.spec.train.gpus_per_run
         child = self.child_cmd if ranks == 1 else torchrun_command(self.child_cmd, ranks)
         cmd = [*child, str(run.run_dir / RUN_FILE)]
@@ -670,10 +773,8 @@ class _Runner:
             # Parallel CPU runs (or ranks): without this every process starts one thread per
             # core and they all slow each other down.
             env["OMP_NUM_THREADS"] = str(child_threads(self.slot_count * ranks))
-        log_path = run.run_dir / LOG_FILE
-        with os.fdopen(
-            open_no_follow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab"
-        ) as log:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(LOG_FILE, flags, 0o666, dir_fd=dir_fd), "ab") as log:
             run.log_offset = log.tell()
             device = f" CUDA_VISIBLE_DEVICES={slot}" if slot is not None else ""
             header = (
@@ -900,6 +1001,11 @@ class _Runner:
                 run, slot = queue.pop(0), self.free_slots.pop(0)
                 try:
                     self.launch(run, slot)
+                except StoreError as e:  # its directory became a link: never written into
+                    self.free_slots.insert(0, slot)
+                    run.status = STATUS_FAILED
+                    run.error = str(e)
+                    self.say(f"{run.spec.run_id}: not started: {e}")
                 except OSError as e:  # its run.json or train.log: the disk is full
                     environment = storage_error(e, e.filename or run.run_dir)
                     if environment is None or run.process is not None:
@@ -1026,10 +1132,12 @@ def open_matrix(
     fail_fast: bool = False,
     child_cmd: list[str] | None = None,
     out: IO[str] = sys.stdout,
-) -> _Runner:
+    local: bool = True,
+) -> MatrixSession:
     """The checks before anything starts, shared by every executor: the run directories, the
-    matrix lock (held on return; `runner.lock.release()` gives it back), the configurations
-    already on disk, the manifest of earlier runners. Raises RunnerRefused or LockRefused
+    matrix lock (held on return; `close()` gives it back), the configurations already on
+    disk, the manifest of earlier runners. A `_Runner` (the local executor) when `local`, else
+    the plain MatrixSession another executor works on. Raises RunnerRefused or LockRefused
     (one-line messages) with the lock released."""
     matrix_dir = Path(matrix_dir)
     runner = None
@@ -1038,17 +1146,23 @@ def open_matrix(
         check_gpu_sharing(jobs, gpus, specs)
         specs = _with_run_dirs(list(specs), matrix_dir)
         _prepare_matrix_dir(matrix_dir)
-        runner = _Runner(
-            specs,
-            matrix_dir,
+        session = dict(
             config_snapshot=config_snapshot,
             report_settings=report_settings,
-            slots=slots,
             rerun_failed=rerun_failed,
-            fail_fast=fail_fast,
-            child_cmd=child_cmd or default_child_cmd(),
             out=out,
         )
+        if local:
+            runner = _Runner(
+                specs,
+                matrix_dir,
+                slots=slots,
+                fail_fast=fail_fast,
+                child_cmd=child_cmd or default_child_cmd(),
+                **session,
+            )
+        else:
+            runner = MatrixSession(specs, matrix_dir, **session)
         try:
             takeover = runner.lock.acquire()
         except PermissionError as e:
@@ -1059,11 +1173,12 @@ def open_matrix(
         if takeover:
             runner.say(takeover)
         refuse_links(matrix_dir, runner.runs)
+        refuse_foreign(matrix_dir, runner.runs)
         check_configurations(runner.runs)
         runner.carry_over_manifest()
     except BaseException:
         if runner is not None:
-            runner.lock.release()
+            runner.close()
         raise
     return runner
 
@@ -1119,18 +1234,19 @@ def run_matrix(
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        runner.lock.release()
+        runner.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # Dry run
 # ---------------------------------------------------------------------------------------------
 
-STATE_DONE = "done"
-STATE_FAILED = "failed"
-STATE_RESUMABLE = "resumable"
-STATE_NEW = "new"
-STATE_CHANGED = "CHANGED"
+# The dry run's states: words of the one vocabulary (lib/store.py, docs/runner.md "Run states").
+STATE_DONE = STORE_COMPLETED
+STATE_FAILED = STORE_FAILED
+STATE_RESUMABLE = STORE_STOPPED  # also a run that failed for its disk: trained again
+STATE_NEW = STORE_PENDING
+STATE_CHANGED = STORE_CHANGED
 
 
 def _speed_key(spec_dict: dict[str, Any]) -> tuple:
@@ -1289,7 +1405,7 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
         lines.append("failed runs are retried only with RERUN_FAILED=1")
     if counts.get(STATE_CHANGED):
         lines.append(
-            "CHANGED: the run's directory holds another configuration; test-matrix refuses "
+            f"{STATE_CHANGED}: the run's directory holds another configuration; test-matrix refuses "
             "to start (set another CONFIG_MATRIX_NAME or move the directory away)"
         )
     if to_train == 0:

@@ -23,9 +23,10 @@ anything (one line).
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lib.atomic import atomic_write_text
 from lib.config import SlurmSettings
+from lib.errors import one_line
 from lib.lock import LockRefused
 from lib.metrics import STATUS_COMPLETED, STATUS_FAILED, atomic_write_json
 from lib.run_index import RunIndex
@@ -41,16 +44,15 @@ from lib.runner import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
-    RUN_FILE,
     STATE_NEW,
     STATE_RESUMABLE,
     RunnerRefused,
-    atomic_write_text,
     format_duration,
     open_matrix,
     plan_state,
 )
 from lib.spec import RunSpec
+from lib.store import RUN_FILE, MatrixStore, StoreError, open_dir, owner_name, read_json_at
 from lib.text import count
 
 RECORD_FILE = "slurm.json"
@@ -436,17 +438,78 @@ def check_partition_limits(
 def read_record(matrix_dir: Path) -> dict[str, Any] | None:
     path = Path(matrix_dir) / RECORD_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with MatrixStore(matrix_dir) as store:  # never through a link (lib/store.py)
+            record = read_json_at(store.fd, RECORD_FILE, path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, StoreError) as e:
         raise SlurmError(
-            f"{path} cannot be read ({e}); it records which Slurm job trains this matrix: "
-            "check squeue, and move the file away only if no job of this matrix is queued"
+            f"{path} cannot be read ({one_line(e)}); it records which Slurm job trains this "
+            "matrix: check squeue, and move the file away only if no job of this matrix is queued"
         ) from None
     if not isinstance(record, dict) or not isinstance(record.get("submissions"), list):
         raise SlurmError(f"{path} is not a Slurm submission record (no 'submissions' list)")
+    for i, submission in enumerate(record["submissions"]):
+        tasks = submission.get("tasks") if isinstance(submission, dict) else None
+        if (
+            not isinstance(submission, dict)
+            or not isinstance(submission.get("job_id"), str | int)
+            or not isinstance(tasks, dict | None)
+            or not all(isinstance(v, str) for v in (tasks or {}).values())
+        ):
+            raise SlurmError(
+                f"{path}: field 'submissions[{i}]' is not a submission (job_id, tasks); check "
+                "squeue, and move the file away only if no job of this matrix is queued"
+            )
     return record
+
+
+def prepare_submitit_folder(matrix_dir: Path) -> None:
+    """submitit's folder (job scripts, the pickles a job loads, logs) is this user's alone:
+    created 0700, never a link; one that another user owns or could write, or that holds a
+    file of another user, is refused (a pickle loaded by the job runs as its code)."""
+    folder = Path(matrix_dir) / SUBMITIT_DIR
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SlurmError(f"{folder} cannot be created ({e.strerror or e})") from None
+    try:
+        fd = open_dir(folder)
+    except StoreError as e:
+        raise SlurmError(f"{e}: submitit's pickles are run by the jobs") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise SlurmError(
+                f"{folder} belongs to {owner_name(st.st_uid)}, not to you; the jobs would load "
+                "pickles from it: move it away"
+            )
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+        owners = [(e.name, e.stat(follow_symlinks=False).st_uid) for e in os.scandir(fd)]
+        for name, _ in list(owners):
+            if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                continue
+            sub = open_dir(name, fd, folder / name)
+            try:
+                owners += [
+                    (f"{name}/{e.name}", e.stat(follow_symlinks=False).st_uid)
+                    for e in os.scandir(sub)
+                ]
+            finally:
+                os.close(sub)
+        for name, uid in owners:
+            if uid != os.getuid():
+                raise SlurmError(
+                    f"{folder}/{name} belongs to {owner_name(uid)}, not to you; the jobs would "
+                    "load pickles from this folder: move it away"
+                )
+    except StoreError as e:
+        raise SlurmError(str(e)) from None
+    finally:
+        os.close(fd)
 
 
 def task_ids(record: dict[str, Any] | None) -> dict[str, str]:
@@ -606,32 +669,35 @@ def submit_matrix(
         require_scheduler()
         if specs:  # one matrix shares its device and GPU count: one shape for every task
             check_partition_limits(specs[0], settings, partition_limits())
-        runner = open_matrix(
+        # the session every executor works on (lib.runner.MatrixSession): checks done, lock held
+        session = open_matrix(
             specs,
             matrix_dir,
             config_snapshot=config_snapshot,
             report_settings=report_settings,
             rerun_failed=rerun_failed,
             out=out,
+            local=False,
         )
     except (SlurmError, RunnerRefused, LockRefused) as e:
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED
     try:  # the matrix lock is held: no local runner nor a second submission meanwhile
         refuse_if_active(matrix_dir)
-        queue = runner.classify()
-        runner.write_manifest()
-        failed = [r for r in runner.runs if r.status == STATUS_FAILED]
-        completed = sum(r.status == STATUS_COMPLETED for r in runner.runs)
+        queue = session.classify()
+        session.write_manifest()
+        failed = [r for r in session.runs if r.status == STATUS_FAILED]
+        completed = sum(r.status == STATUS_COMPLETED for r in session.runs)
         if not queue:
             _say(
                 out,
                 f"matrix {matrix_dir.name}: nothing to submit ({completed} of "
-                f"{count(len(runner.runs), 'run')} completed, {len(failed)} failed)",
+                f"{count(len(session.runs), 'run')} completed, {len(failed)} failed)",
             )
             if failed:
                 print("  (RERUN_FAILED=1 resubmits the failed runs)", file=out, flush=True)
             return EXIT_FAILED if failed else EXIT_OK
+        prepare_submitit_folder(matrix_dir)
         for run in queue:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
@@ -654,7 +720,7 @@ def submit_matrix(
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED
     finally:
-        runner.lock.release()
+        session.close()
     shape = task_shape(queue[0].spec, settings)
     kind = "job array" if len(queue) > 1 else "job"  # submitit submits one run as a plain job
     _say(

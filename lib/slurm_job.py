@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lib.atomic import open_no_follow
+from lib.errors import one_line
 from lib.metrics import METRICS_FILE, STATUS_FAILED, MetricsError, read_metrics
 from lib.runner import (
     INTERRUPTED_EXITS,
@@ -39,6 +40,7 @@ from lib.runner import (
     record_failure,
 )
 from lib.spec import RunSpec
+from lib.store import MatrixStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 1.0
@@ -58,6 +60,26 @@ def _ignore_usr2() -> None:
 
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def planned_run(run_dir: Path) -> None:
+    """The run `run_dir` trains, as the sealed plan of its matrix says (lib/store.py): its
+    matrix.json sealed by this user, listing the run, and its run.json exactly the planned
+    spec. RunFailed (one line) otherwise: the task launches nothing."""
+    try:
+        with MatrixStore(run_dir.parent) as store:
+            plan = store.read_plan()
+            recorded = store.read_run_json(run_dir.name, RUN_FILE)
+    except (OSError, StoreError) as e:
+        raise RunFailed(f"{run_dir.name}: not launched: {one_line(e)}") from None
+    planned = next((e.get("spec") for e in plan["runs"] if e["run_id"] == run_dir.name), None)
+    if planned is None:
+        raise RunFailed(f"{run_dir.name}: not launched: its matrix.json does not plan it")
+    if recorded != planned:
+        raise RunFailed(
+            f"{run_dir.name}: not launched: {run_dir / RUN_FILE} is not the run its sealed "
+            "matrix.json plans (edited since it was submitted); make continue submits it again"
+        )
 
 
 class MatrixRun:
@@ -97,6 +119,7 @@ class MatrixRun:
             # stop at the same step, so the warning reaches them through their task.
             signal.signal(signal.SIGUSR2, lambda signum, frame: self._stop_child())
         run_dir = Path(self.run_dir)
+        planned_run(run_dir)  # nothing is launched from a plan edited since its submission
         cmd = [*default_child_cmd(), str(run_dir / RUN_FILE)]
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         header = (

@@ -12,7 +12,6 @@ from the scheduler (squeue), next to the run's array task and its scheduler stat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from lib.catalogue import plugin_problem
 from lib.lock import MatrixLock
 from lib.metrics import (
     MATRIX_FILE,
-    METRICS_FILE,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -36,16 +34,32 @@ from lib.slurm import (
     scheduler_queue,
     task_ids,
 )
+from lib.store import (
+    RUN_STATES,
+    STATE_CHANGED,
+    STATE_COMPLETED,
+    STATE_FAILED,
+    STATE_PENDING,
+    STATE_RUNNING,
+    STATE_SET_ASIDE,
+    STATE_STOPPED,
+    MatrixStore,
+    StoreError,
+    identity_problem,
+)
 from lib.text import count
 
-PENDING, RUNNING, STOPPED, COMPLETED, FAILED = (
-    "pending",
-    "running",
-    "stopped",
-    "completed",
-    "failed",
+# lib/store.py's one vocabulary of run states
+PENDING, RUNNING, STOPPED, COMPLETED, FAILED, CHANGED, SET_ASIDE = (
+    STATE_PENDING,
+    STATE_RUNNING,
+    STATE_STOPPED,
+    STATE_COMPLETED,
+    STATE_FAILED,
+    STATE_CHANGED,
+    STATE_SET_ASIDE,
 )
-ORDER = (COMPLETED, RUNNING, STOPPED, PENDING, FAILED)
+ORDER = RUN_STATES
 
 
 class StatusError(Exception):
@@ -53,11 +67,17 @@ class StatusError(Exception):
 
 
 def _run_line(
-    doc: dict[str, Any] | None, epochs: int, being_trained: bool, unreadable: str | None
+    doc: dict[str, Any] | None,
+    epochs: int,
+    being_trained: bool,
+    unreadable: str | None,
+    changed: str | None = None,
 ) -> tuple[str, str]:
     """(state, text) of one run from its record in the run index (lib.run_index)."""
     if unreadable:
-        return STOPPED, f"metrics.json unreadable ({unreadable}); make continue rebuilds it"
+        return SET_ASIDE, f"metrics.json unreadable ({unreadable}); make continue rebuilds it"
+    if changed:
+        return CHANGED, f"excluded: {changed}"
     summary = (doc or {}).get("summary") or {}
     done = (doc or {}).get("epochs_completed") or 0
     status = summary.get("status")
@@ -79,16 +99,27 @@ def status_lines(matrix_dir: Path) -> list[str]:
     matrix_dir = Path(matrix_dir)
     manifest_path = matrix_dir / MATRIX_FILE
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        runs = [(entry["run_id"], entry["spec"]["train"]["epochs"]) for entry in manifest["runs"]]
+        with MatrixStore(matrix_dir) as store:  # never through a link (lib/store.py)
+            manifest = store.read_plan(others=True)
+            notes = list(store.notes)
     except FileNotFoundError:
         raise StatusError(f"{manifest_path}: no such matrix; run make test-matrix") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except StoreError as e:
+        raise StatusError(str(e)) from None
+    except OSError as e:
         raise StatusError(f"{manifest_path}: unreadable matrix manifest ({e})") from None
-    entries = {entry["run_id"]: entry for entry in manifest["runs"]}
+    entries = {}
+    runs = []
+    for i, entry in enumerate(manifest["runs"]):
+        spec = entry.get("spec") or {}
+        train = spec.get("train") if isinstance(spec, dict) else None
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        if not isinstance(epochs, int) or isinstance(epochs, bool):
+            raise StatusError(f"{manifest_path}: field 'runs[{i}].spec.train.epochs' is missing")
+        runs.append((entry["run_id"], epochs))
+        entries[entry["run_id"]] = entry
 
     local_runner = MatrixLock(matrix_dir).live_holder()
-    notes = []
     try:
         record = read_record(matrix_dir)
     except SlurmError as e:
@@ -111,12 +142,14 @@ def status_lines(matrix_dir: Path) -> list[str]:
     counts: dict[str, int] = {}
     index = RunIndex(matrix_dir)
     for run_id, epochs in runs:
-        doc, unreadable = None, None
+        doc, unreadable, changed = None, None, None
         try:
-            doc = index.record(run_id)
+            doc = index.record(run_id, entries[run_id].get("spec"))
         except MetricsError as e:
-            if (matrix_dir / run_id / METRICS_FILE).exists():
+            if not str(e).endswith(": no such file"):
                 unreadable = str(e).split(": ", 1)[-1]
+        if doc is not None:
+            changed = identity_problem(run_id, entries[run_id].get("spec"), doc)
         task = tasks.get(run_id)
         scheduler = None
         if task is not None:
@@ -131,7 +164,7 @@ def status_lines(matrix_dir: Path) -> list[str]:
             if task is not None
             else local_runner is not None and entries[run_id].get("status") == STATUS_RUNNING
         )
-        state, text = _run_line(doc, epochs, being_trained, unreadable)
+        state, text = _run_line(doc, epochs, being_trained, unreadable, changed)
         if state != COMPLETED and (problem := plugin_problem(entries[run_id]["spec"])):
             text += f"; cannot resume: {problem}"
         counts[state] = counts.get(state, 0) + 1

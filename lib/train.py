@@ -119,6 +119,37 @@ class DamagedCheckpoint(RunError):
         self.cause = cause
 
 
+# What checkpoint_last.pt holds (save_last_checkpoint) and of which type: a file without these
+# is set aside like a torn one (lib/store.py's rule for every file of a run).
+CHECKPOINT_FIELDS = {
+    "format": int,
+    "identity": dict,
+    "epochs": list,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "rng": dict,
+}
+
+
+def checkpoint_structure_problem(checkpoint: Any) -> str | None:
+    """Why a loaded checkpoint_last.pt is not of the structure this trainer writes (naming
+    the field), or None."""
+    if not isinstance(checkpoint, dict):
+        return f"not a checkpoint: a {type(checkpoint).__name__}, not a dict"
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        return None  # another version's: refused by its format, not set aside
+    for name, kind in CHECKPOINT_FIELDS.items():
+        if not isinstance(checkpoint.get(name), kind):
+            return f"field '{name}' is missing or not a {kind.__name__}"
+    if not all(
+        isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in checkpoint["epochs"]
+    ):
+        return "field 'epochs' holds a record that is not an epoch"
+    return None
+
+
 class TrainingDiverged(OneLineError, RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -381,6 +412,9 @@ class _Run:
             self.setup(checkpoint)
             del checkpoint  # up to a few hundred MB of host memory for the whole run
             self.loop()
+        except DamagedCheckpoint as damaged:  # its state does not fit the model: set aside
+            self.epochs = []
+            return self.fail_on_damaged_checkpoint(damaged)
         except RunInterrupted as interrupted:
             self.write_metrics(STATUS_RUNNING)
             print(f"{interrupted}; state saved after epoch {len(self.epochs)}", flush=True)
@@ -516,11 +550,14 @@ class _Run:
         if class_names is not None:
             self.model_info["class_names"] = class_names
         if checkpoint is not None:
-            self.model.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.scaler.load_state_dict(checkpoint["scaler"])
-            set_rng_state(checkpoint["rng"])
+            try:  # a state of the right keys but the wrong shapes is as damaged as a torn file
+                self.model.load_state_dict(checkpoint["model"])
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
+                self.scaler.load_state_dict(checkpoint["scaler"])
+                set_rng_state(checkpoint["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise DamagedCheckpoint(self.last_path, e) from None
             # Measured from the restored state, so a metrics.json rebuilt from the checkpoint
             # of a finished run (no epoch left to train) keeps its memory figures.
             self.state_memory = state_memory(self.optimizer, self.model, spec.model.keep_ends_dense)
@@ -542,6 +579,9 @@ class _Run:
             checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn/foreign file must not be trained on
             raise DamagedCheckpoint(self.last_path, e) from None
+        problem = checkpoint_structure_problem(checkpoint)
+        if problem is not None:  # loadable, but not what save_last_checkpoint writes
+            raise DamagedCheckpoint(self.last_path, ValueError(problem))
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise RunError(
                 f"{self.last_path} has checkpoint format {checkpoint.get('format')!r}, "

@@ -59,3 +59,22 @@ def make_tiny_spec(tmp_path: Path, **overrides: Any) -> RunSpec:
 def tiny_spec():
     """`tiny_spec(tmp_path, **overrides) -> RunSpec`; see `make_tiny_spec`."""
     return make_tiny_spec
+
+
+def _private_plan_key() -> None:
+    """The runner seals every matrix.json with a per-user key (lib/store.py); the tests, and
+    the commands they start (which inherit the environment), use a key of their own in a
+    fresh private directory, never the user's ~/.config/prunebench/plan.key."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if os.environ.get("PRUNEBENCH_KEY_FILE"):
+        return
+    folder = tempfile.mkdtemp(prefix="prunebench-test-key-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["PRUNEBENCH_KEY_FILE"] = os.path.join(folder, "plan.key")
+
+
+_private_plan_key()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lib.metrics import SCHEMA_VERSION, STATUS_COMPLETED, summarize
 from lib.spec import DataSpec, ModelSpec, OptimizerSpec, PruningSpec, RunSpec, TrainSpec
+from lib.store import seal
 
 BASELINE = "adamwspam_magnitude"
 CANDIDATE = "adamwprune-adamw_state-hybrid"
@@ -184,7 +185,8 @@ def write_matrix(
         },
         "runs": entries,
     }
-    (matrix_dir / "matrix.json").write_text(json.dumps(plan, indent=2))
+    # sealed as the runner seals its plans (lib/store.py): the report reads only a sealed plan
+    (matrix_dir / "matrix.json").write_text(json.dumps(seal(plan), indent=2))
     return matrix_dir
 
 

@@ -84,3 +84,12 @@ def test_bench_sparse_inference_measures_2_4_linears_on_cuda():
     assert rows, out
     assert all(float(dense) > 0 and float(sparse) > 0 for _, _, dense, sparse, _ in rows)
     assert re.search(r"\d+ Conv2d layers unsupported: no semi-structured convolution kernel", out)
+
+
+@pytest.mark.slow
+def test_bench_store_quick_refuses_every_hostile_file_and_names_the_goal():
+    out = run_quick("bench_store.py")
+    for case in ("10,000 nested arrays", "50,000 epochs, 3 planned", "(over the limit)"):
+        assert re.search(re.escape(case) + rf".*\s{NUMBER}\s+refused: ", out), case
+    assert re.search(r"honest, 100 epochs\s+" + NUMBER + r"\s+read", out)
+    assert re.search(rf"slowest hostile file: {NUMBER} s \(goal < 1 s: ", out)

@@ -507,5 +507,5 @@ def test_counts_of_one_are_singular(tmp_path, capsys, monkeypatch):
     assert "(1 run planned for matrix 'demo')" in capsys.readouterr().out
     assert cli.main(["dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "  1 epoch  new" in out and "\n1 run: 1 new\n" in out
+    assert "  1 epoch  pending" in out and "\n1 run: 1 pending\n" in out
     assert " 1 runs" not in out and " 1 epochs" not in out

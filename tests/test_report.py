@@ -33,6 +33,7 @@ from report_helpers import (
 )
 
 from lib.metrics import STATUS_FAILED
+from lib.store import seal
 from scripts.report import cli
 from scripts.report.data import load_matrix
 from scripts.report.output import write_report
@@ -413,7 +414,7 @@ def test_cli_unwritable_matrix_is_one_clear_error(tmp_path: Path, capsys, monkey
 def test_cli_empty_matrix_is_an_error(tmp_path: Path, capsys) -> None:
     matrix = tmp_path / "empty"
     matrix.mkdir()
-    (matrix / "matrix.json").write_text(json.dumps({"name": "empty", "runs": []}))
+    (matrix / "matrix.json").write_text(json.dumps(seal({"name": "empty", "runs": []})))
     assert cli.main(["--results-dir", str(tmp_path), "--matrix", "empty"]) == 2
     assert "is empty" in capsys.readouterr().err
 

@@ -23,6 +23,8 @@ from report_helpers import (
     write_matrix,
 )
 
+from lib.store import seal
+
 CAND = "AdamWPrune (AdamW base) state/hybrid"
 BASE = "AdamWSPAM + magnitude"
 
@@ -114,7 +116,7 @@ def test_gpus_per_run_default_one_when_absent(tmp_path: Path) -> None:
             entry["spec"]["train"]["gpus_per_run"] = 4
         else:
             entry["spec"]["train"].pop("gpus_per_run", None)  # a matrix from before the field
-    (matrix / "matrix.json").write_text(json.dumps(plan))
+    (matrix / "matrix.json").write_text(json.dumps(seal(plan)))  # as a runner wrote it
     for run_dir in matrix.iterdir():
         if (run_dir / "metrics.json").exists():  # the trainer's copy of the spec agrees
             data = json.loads((run_dir / "metrics.json").read_text())

@@ -23,6 +23,7 @@ from report_helpers import (
     write_matrix,
 )
 
+from lib.store import seal
 from scripts.report import cli
 from scripts.report.data import load_matrix
 
@@ -67,9 +68,10 @@ def test_a_directory_the_plan_does_not_list_is_not_averaged(tmp_path: Path) -> N
     assert "90.00" not in text
 
 
-def test_duplicate_plan_entries_are_detected_and_counted_once(tmp_path: Path) -> None:
+def test_two_planned_runs_of_one_cell_are_both_excluded_never_chosen_by_position(
+    tmp_path: Path,
+) -> None:
     matrix = write_matrix(tmp_path, "dup", three_seeds())
-    clean = table_rows(render(matrix), "### Accuracy Comparison")
     plan = json.loads((matrix / "matrix.json").read_text())
     first = next(e for e in plan["runs"] if e["run_id"] == CAND_RUN)
     # The same (method, sparsity, seed) under another directory, and the same entry twice.
@@ -79,16 +81,21 @@ def test_duplicate_plan_entries_are_detected_and_counted_once(tmp_path: Path) ->
         matrix / "twin-of-seed0", lambda d: [e.update(test_top1=10.0) for e in d["epochs"]]
     )
     plan["runs"] += [twin, dict(first)]
-    (matrix / "matrix.json").write_text(json.dumps(plan))
+    (matrix / "matrix.json").write_text(json.dumps(seal(plan)))  # as a runner wrote it
 
     text = render(matrix)
-    assert table_rows(text, "### Accuracy Comparison") == clean
+    # Neither claimant of the seed-0 cell counts (the plan lists it twice): two seeds remain.
+    row = row_for(table_rows(text, "### Accuracy Comparison"), "50%")
+    assert "(2 of 3 seeds)" in row[1], row
     assert "(of 6 planned)" in text
     rows = table_rows(text, "## Excluded runs")
     twin_row = row_for(rows, "`twin-of-seed0`")
     assert twin_row[1] == "duplicate"
     assert f"`{CAND_RUN}`" in twin_row[2] and "seed 0" in twin_row[2]
-    assert sum(r[0] == f"`{CAND_RUN}`" and r[1] == "duplicate" for r in rows) == 1
+    assert "neither counts" in twin_row[2]
+    ours = [r for r in rows if r[0] == f"`{CAND_RUN}`"]
+    assert all(r[1] == "duplicate" for r in ours) and len(ours) == 2
+    assert any("`twin-of-seed0`" in r[2] for r in ours)  # named, not silently dropped
     assert "10.00" not in text
 
 

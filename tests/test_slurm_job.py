@@ -5,6 +5,7 @@ thing against a local Slurm."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from lib import slurm_job
 from lib.runner import RUN_FILE
 from lib.slurm_job import MatrixRun
+from lib.store import seal
 
 # Stops at SIGTERM like the trainer (exit 143); otherwise trains for a minute.
 TRAINER = """\
@@ -38,6 +40,9 @@ def task(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / RUN_FILE).write_text("{}\n")
+    # the sealed plan the task checks its run.json against before launching (lib/store.py)
+    plan = seal({"runs": [{"run_id": "run", "spec": {}}]})
+    (tmp_path / "matrix.json").write_text(json.dumps(plan))
     trainer = tmp_path / "trainer.py"
     trainer.write_text(TRAINER)
     monkeypatch.setattr(slurm_job, "default_child_cmd", lambda: [sys.executable, str(trainer)])

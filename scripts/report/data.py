@@ -1,15 +1,17 @@
 """Load one matrix's result files into plain records the report and the plots share.
 
 Reads only `results/<matrix>/matrix.json` (the plan, statuses, config snapshot, report
-settings) and each run's `metrics.json` (through `lib.metrics.read_metrics`). The per-run
+settings), each run's `metrics.json` and `tracking.json`, all through the results store
+(lib/store.py: never through a link, within its limits, the plan's seal checked, each run's
+recorded identity checked against its planned run). The per-run
 summary is always re-derived with `lib.metrics.summarize`, the one definition of best/final/
 std/peak-to-final, so a report never disagrees with the trainer about what those mean.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +25,33 @@ from lib.metrics import (
     STATUS_RUNNING,
     STOPPED_BY_TIME_BUDGET,
     MatrixWithoutPlan,
-    MetricsError,
-    read_metrics,
     summarize,
 )
 from lib.metrics import (
     newest_matrix as lib_newest_matrix,
 )
 from lib.spec import RunSpec, method_key
-from lib.tracking import read_state
+from lib.store import (
+    STATE_CHANGED,
+    STATE_PENDING,
+    MatrixStore,
+    StoreError,
+    identity_problem,
+    spec_identity,
+)
 
-STATUS_PENDING = "pending"
+STATUS_PENDING = STATE_PENDING
 STATUS_UNREADABLE = "unreadable"  # metrics.json exists but is corrupt or of another schema
+STATUS_CHANGED = STATE_CHANGED  # metrics.json says it is another run than the plan's
 
 # What a report says about runs that are not (yet) part of the numbers, in this order.
-UNFINISHED_ORDER = (STATUS_FAILED, STATUS_UNREADABLE, STATUS_RUNNING, STATUS_PENDING)
+UNFINISHED_ORDER = (
+    STATUS_FAILED,
+    STATUS_CHANGED,
+    STATUS_UNREADABLE,
+    STATUS_RUNNING,
+    STATUS_PENDING,
+)
 
 # lib.memory's `memory_kind` values. The lifetime RSS is the process's peak since it started
 # (where the per-epoch peak cannot be reset); it is still the run's own process.
@@ -70,7 +84,7 @@ class RunResult:
     state_memory: dict[str, Any] | None = None
     model_info: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
-    duplicate_of: str | None = None  # the run_id of the planned run with the same identity
+    duplicate_of: str | None = None  # the run_id of another planned run with the same identity
     tracking: dict[str, Any] = field(default_factory=dict)  # tracking.json: live tracker links
     identity: dict[str, Any] | None = None  # metrics.json's identity block (what was run)
 
@@ -92,8 +106,12 @@ class RunResult:
         the plots can never disagree about which runs they use."""
         if self.duplicate_of is not None:
             return "duplicate", (
-                f"the plan already has `{self.duplicate_of}` for this method, "
-                f"{self.target_sparsity * 100:g}% sparsity and seed {self.seed}"
+                f"the plan also has `{self.duplicate_of}` for this method, "
+                f"{self.target_sparsity * 100:g}% sparsity and seed {self.seed}; neither "
+                "counts"
+                if self.duplicate_of != self.run_id
+                else f"the plan lists `{self.run_id}` twice ({self.target_sparsity * 100:g}% "
+                f"sparsity, seed {self.seed}); it counts once"
             )
         if not self.completed:
             return self.status, self.reason or self.status
@@ -189,6 +207,7 @@ class MatrixResults:
     # The tuning axis's trials (lib/tuning.py): the tuning section reads them; no table,
     # average or plot counts them as replicates (the reruns of the chosen setting are `runs`).
     trials: list[RunResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the store said about the plan
 
     def counted(self, key: str | None = None, sparsity: float | None = None) -> list[RunResult]:
         """The runs that enter the numbers (`RunResult.counts`), optionally of one method
@@ -303,16 +322,19 @@ def epoch_problem(epochs: list[Any]) -> str | None:
     return None
 
 
-def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
-    """One run from its matrix.json entry and (if present) its metrics.json."""
+def load_run(store: MatrixStore, entry: dict[str, Any]) -> RunResult:
+    """One run from its matrix.json entry and (if present) its metrics.json, read through the
+    store (no link followed, within its limits, no more epochs than planned)."""
+    run_dir = store.path / entry["run_id"]
     metrics_path = run_dir / METRICS_FILE
     metrics = None
     unreadable_reason = None
-    if metrics_path.exists():
-        try:
-            metrics = read_metrics(metrics_path, per_layer=False)
-        except MetricsError as e:
-            unreadable_reason = str(e)
+    try:
+        metrics = store.read_metrics(entry["run_id"], entry.get("spec"))
+    except FileNotFoundError:
+        pass
+    except (OSError, StoreError) as e:
+        unreadable_reason = str(e)
 
     spec = entry.get("spec") or (metrics or {}).get("spec")
     run_id = entry.get("run_id") or (metrics or {}).get("run_id") or run_dir.name
@@ -351,8 +373,21 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
         reason=entry.get("error"),
         log_tail=entry.get("log_tail"),
         spec=spec,
-        tracking=read_state(run_dir),
+        tracking=store.read_tracking(entry["run_id"]),
     )
+    if unreadable_reason is None and metrics is not None:
+        recorded = {
+            "run_id": metrics.get("run_id"),
+            "identity": identity,
+            "spec_identity": spec_identity(metrics.get("spec")),
+        }
+        changed = identity_problem(run_id, entry.get("spec"), recorded)
+        if changed is not None:
+            # Another configuration than the plan's: never in the cell it claims (nor its own).
+            result.target_sparsity, result.seed = _planned_target_and_seed(spec)
+            result.status = STATUS_CHANGED
+            result.reason = f"{metrics_path}: {changed.split(': ', 1)[-1]}"
+            return result
     if unreadable_reason is not None:
         result.status = STATUS_UNREADABLE
         result.reason = unreadable_reason
@@ -427,32 +462,31 @@ def load_run(run_dir: Path, entry: dict[str, Any]) -> RunResult:
 def load_matrix(matrix_dir: str | Path) -> MatrixResults:
     matrix_dir = Path(matrix_dir)
     plan_path = matrix_dir / MATRIX_FILE
-    if not plan_path.is_file():
-        raise ReportError(f"no matrix at {matrix_dir}: {plan_path} does not exist")
     try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"{plan_path}: not valid JSON ({e})") from None
-    if not isinstance(plan, dict) or not isinstance(plan.get("runs", []), list):
-        raise ReportError(f"{plan_path}: expected an object with a 'runs' list")
+        store = MatrixStore(matrix_dir)  # the matrix directory itself: never a link
+        plan = store.read_plan(others=True)
+    except FileNotFoundError:
+        raise ReportError(f"no matrix at {matrix_dir}: {plan_path} does not exist") from None
+    except StoreError as e:
+        raise ReportError(str(e)) from None
+    except OSError as e:
+        raise ReportError(f"{plan_path}: cannot be read ({e.strerror or e})") from None
+    for note in store.notes:
+        print(f"report: {note}", file=sys.stderr)
 
-    entries: list[dict[str, Any]] = [
-        e for e in plan.get("runs", []) if isinstance(e, dict) and e.get("run_id")
-    ]
+    entries: list[dict[str, Any]] = plan.get("runs", [])
     listed = {e["run_id"] for e in entries}
     # Only the plan's runs count. A run directory the plan does not list (an older plan, a
     # hand-copied run) would otherwise become an extra replicate: it is named, not loaded.
-    stray = sorted(
-        p.parent.name for p in matrix_dir.glob(f"*/{METRICS_FILE}") if p.parent.name not in listed
-    )
+    stray = [name for name in store.run_dirs_with(METRICS_FILE) if name not in listed]
 
     runs: list[RunResult] = []
     trials: list[RunResult] = []
     duplicates: list[RunResult] = []
     seen_ids: set[str] = set()
-    by_identity: dict[tuple[str, float, int], str] = {}
+    by_identity: dict[tuple[str, float, int], RunResult] = {}
     for entry in entries:
-        run = load_run(matrix_dir / entry["run_id"], entry)
+        run = load_run(store, entry)
         if is_trial(run.spec):
             if run.run_id not in seen_ids:
                 trials.append(run)
@@ -460,15 +494,20 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
             continue
         identity = (run.method_key, run.target_sparsity, run.seed)
         if run.run_id in seen_ids:
-            run.duplicate_of = run.run_id  # the same entry listed twice
+            run.duplicate_of = run.run_id  # the same entry listed twice: counted once
         elif identity in by_identity and run.method_key != "unknown":
-            run.duplicate_of = by_identity[identity]
+            # Two planned runs claim one cell: neither is chosen by its position.
+            first = by_identity[identity]
+            run.duplicate_of = first.run_id
+            if first.duplicate_of is None:
+                first.duplicate_of = run.run_id
         seen_ids.add(run.run_id)
         if run.duplicate_of is not None:
             duplicates.append(run)
             continue
-        by_identity[identity] = run.run_id
+        by_identity[identity] = run
         runs.append(run)
+    store.close()
     if not runs and not trials:
         raise ReportError(f"matrix {matrix_dir.name!r} is empty: {plan_path} lists no runs")
     return MatrixResults(
@@ -479,6 +518,7 @@ def load_matrix(matrix_dir: str | Path) -> MatrixResults:
         duplicates=duplicates,
         stray=stray,
         trials=trials,
+        notes=list(store.notes),
     )
 
 
