@@ -293,6 +293,9 @@ def test_the_report_shows_each_studys_selection_the_median_and_the_reruns(tuned_
 
 
 def test_a_matrix_of_trials_only_reports_its_tuning_section(tuned_matrix, tmp_path):
+    import shutil
+
+    from lib.store import seal
     from scripts.report.cells import resolve_comparison
     from scripts.report.data import load_matrix
     from scripts.report.sections import render_report
@@ -302,9 +305,9 @@ def test_a_matrix_of_trials_only_reports_its_tuning_section(tuned_matrix, tmp_pa
     manifest["runs"] = [r for r in manifest["runs"] if "_tuned" not in r["run_id"]]
     copy = tmp_path / "tuning-tiny"
     copy.mkdir()
-    (copy / "matrix.json").write_text(json.dumps(manifest))
-    for entry in manifest["runs"]:
-        (copy / entry["run_id"]).symlink_to(matrix_dir / entry["run_id"])
+    (copy / "matrix.json").write_text(json.dumps(seal(manifest)))  # as a runner wrote it
+    for entry in manifest["runs"]:  # copies: the store follows no link
+        shutil.copytree(matrix_dir / entry["run_id"], copy / entry["run_id"])
     results = load_matrix(copy)
     assert results.runs == [] and len(results.trials) == 8
     text = render_report(results, resolve_comparison(results, None, None))
