@@ -15,7 +15,9 @@ own process, the way make runs it:
 
 Each is timed warm (the tree was just written, so it is in the page cache) twice: the first
 command reads every metrics.json and writes the run index (lib/run_index.py), the second pass
-is what every later command costs. Unless --no-cold, the commands are timed once more on a
+is what every later command costs. The dry run is then timed beside a copy of the matrix as a
+second matrix in the same results directory: its duration estimate reads only that matrix's
+speeds.json. Unless --no-cold, the commands are timed once more on a
 copy of the tree (cp -a: times kept, so its index too) after asking the kernel to drop its
 page cache (needs root; without it the fresh copy is all there is, and the line says so).
 Peak memory is the process's maximum resident set (wait4); the tree is generated in a child
@@ -192,6 +194,21 @@ def measure(config_path: Path, matrix_dir: Path) -> dict[str, tuple[float, float
     return {name: timed(argv, env) for name, argv in commands.items()}
 
 
+def dry_run_beside_another(config_path: Path, matrix_dir: Path) -> tuple[float, float]:
+    """Issue 30, item 2: the dry run's seconds with a copy of the matrix beside it as a second
+    matrix in the same results directory, the first time and then. The duration estimate
+    reads the other matrix's speeds.json (lib/run_index.py) and nothing else of it; the copy
+    starts without one, as a tree from before it does."""
+    from lib.run_index import SPEEDS_FILE
+
+    other = matrix_dir.with_name(matrix_dir.name + "-other")
+    shutil.copytree(matrix_dir, other)
+    (other / SPEEDS_FILE).unlink(missing_ok=True)
+    env = {**os.environ, "KCONFIG_CONFIG": str(config_path)}
+    argv = [sys.executable, "-m", "lib.cli", "dry-run"]
+    return timed(argv, env)[0], timed(argv, env)[0]
+
+
 def drop_page_cache() -> bool:
     try:
         os.sync()
@@ -268,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
             print(row(f"{runs:,} ({label})", cold))
             if not dropped:
                 cold_note = "(not root: the copy was just written, so much of it is cached)"
+        beside = dry_run_beside_another(config_path, matrix_dir)
+        print(
+            f"dry run beside a second matrix of {runs:,} runs (a copy of this one, without its "
+            f"speeds.json): {beside[0]:.1f} s the first time (that matrix's speeds.json is "
+            f"built from its run index), then {beside[1]:.1f} s; alone {warm['dry run'][0]:.1f} s"
+        )
         print(
             f"tree {tree_megabytes(matrix_dir):,.0f} MB, largest metrics.json "
             f"{metrics_kilobytes(matrix_dir):,.0f} KB, generated in {generated:.0f} s"
