@@ -684,10 +684,12 @@ def sparsity_figure(
                 )  # fmt: skip
                 labelled = True
             if uncounted:
+                name = None if labelled else method_display_name(key)
                 _draw_uncounted(
-                    ax, uncounted, palette[key], None, 1, field="sparsity", scale=100,
+                    ax, uncounted, palette[key], name, 1, field="sparsity", scale=100,
                     linewidth=widths[key],
                 )  # fmt: skip
+                labelled = True
     for target in sorted({r.target_sparsity for r in runs}):
         ax.axhline(target * 100, color="grey", linestyle=":", linewidth=1)
         ax.annotate(
