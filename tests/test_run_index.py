@@ -224,10 +224,13 @@ def test_bench_matrix_quick_prints_the_table_and_the_goals():
         re.MULTILINE,
     )
     assert len(rows) == 2 and int(rows[0].replace(",", "")) > 1, result.stdout
+    assert re.search(
+        rf"CPU seconds .*: dry run {number} s, status {number} s, .*report", result.stdout
+    )
     assert re.search(rf"largest metrics.json {number} KB", result.stdout)
     assert re.search(
         rf"dry run beside a second matrix of {number} runs .*: {number} s the first time .*, "
-        rf"then {number} s; alone {number} s",
+        rf"then {number} s \({number} s CPU\); alone {number} s \({number} s CPU\)",
         result.stdout,
     )
     assert re.search(r"goals at .* runs: dry run .*: (met|NOT MET); status", result.stdout)
