@@ -19,8 +19,9 @@ completed runs per speed key (a few lines): the dry run's duration estimate lear
 matrices through that file alone, so its cost does not depend on how many runs they hold. It
 is written with the index by every command that reads the matrix's runs through it (dry run,
 status, continue, test-matrix when its runs finish, the Slurm submission); a matrix without one
-(a tree from before it) gets one from its runs' files the first time an estimate needs it.
-Derived like the index: deleting it loses nothing.
+(a tree from before it) gets one from its runs' files the first time an estimate needs it; a
+matrix none of whose runs has completed yet gets one that says so. Derived like the index:
+deleting it loses nothing.
 """
 
 from __future__ import annotations
@@ -207,8 +208,8 @@ class RunIndex:
                 pass
         path = self.matrix_dir / SPEEDS_FILE
         document = _speeds_document(self.speeds())
-        if not document["speeds"] and not path.exists():
-            return  # nothing learnt: no file in a directory that holds no completed run
+        if not (self.entries or self.seen) and not path.exists():
+            return  # no run read: no file in a directory that may not be a matrix's
         try:
             if json.loads(path.read_text(encoding="utf-8")) == document:
                 return
