@@ -15,7 +15,9 @@ own process, the way make runs it:
 
 Each is timed warm (the tree was just written, so it is in the page cache) twice: the first
 command reads every metrics.json and writes the run index (lib/run_index.py), the second pass
-is what every later command costs. Unless --no-cold, the commands are timed once more on a
+is what every later command costs. The dry run is then timed beside a copy of the matrix as a
+second matrix in the same results directory: its duration estimate reads only that matrix's
+speeds.json. Unless --no-cold, the commands are timed once more on a
 copy of the tree (cp -a: times kept, so its index too) after asking the kernel to drop its
 page cache (needs root; without it the fresh copy is all there is, and the line says so).
 Peak memory is the process's maximum resident set (wait4); the tree is generated in a child
@@ -147,8 +149,9 @@ def generate(folder: Path, runs: int, epochs: int) -> tuple[Path, Path, int]:
     return config_path, matrix_dir, len(specs)
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MB) of one command, which must succeed."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, peak resident MB, CPU seconds: user + system) of one command, which
+    must succeed. On a shared machine load stretches the wall time; the CPU time stays."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -159,10 +162,10 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024  # Linux: kilobytes
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # maxrss in KB
 
 
-def measure(config_path: Path, matrix_dir: Path) -> dict[str, tuple[float, float]]:
+def measure(config_path: Path, matrix_dir: Path) -> dict[str, tuple[float, float, float]]:
     env = {**os.environ, "KCONFIG_CONFIG": str(config_path), "MPLBACKEND": "Agg"}
     results_dir = str(matrix_dir.parent)
     py = sys.executable
@@ -192,6 +195,23 @@ def measure(config_path: Path, matrix_dir: Path) -> dict[str, tuple[float, float
     return {name: timed(argv, env) for name, argv in commands.items()}
 
 
+def dry_run_beside_another(
+    config_path: Path, matrix_dir: Path
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Issue 30, item 2: the dry run's seconds with a copy of the matrix beside it as a second
+    matrix in the same results directory, the first time and then. The duration estimate
+    reads the other matrix's speeds.json (lib/run_index.py) and nothing else of it; the copy
+    starts without one, as a tree from before it does."""
+    from lib.run_index import SPEEDS_FILE
+
+    other = matrix_dir.with_name(matrix_dir.name + "-other")
+    shutil.copytree(matrix_dir, other)
+    (other / SPEEDS_FILE).unlink(missing_ok=True)
+    env = {**os.environ, "KCONFIG_CONFIG": str(config_path)}
+    argv = [sys.executable, "-m", "lib.cli", "dry-run"]
+    return timed(argv, env), timed(argv, env)
+
+
 def drop_page_cache() -> bool:
     try:
         os.sync()
@@ -210,9 +230,9 @@ def metrics_kilobytes(matrix_dir: Path) -> float:
     return max(sizes) / 1e3
 
 
-def row(label: str, figures: dict[str, tuple[float, float]]) -> str:
+def row(label: str, figures: dict[str, tuple[float, float, float]]) -> str:
     cells = [f"{figures[name][0]:.1f} s" for name in ("dry run", "status", "continue")]
-    seconds, mb = figures["report"]
+    seconds, mb, _ = figures["report"]
     cells.append(f"{seconds:.1f} s, {mb:,.0f} MB")
     return f"| {label} | " + " | ".join(cells) + " |"
 
@@ -253,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         print(row(f"{runs:,} (warm, first command builds the run index)", first))
         warm = measure(config_path, matrix_dir)
         print(row(f"{runs:,} (warm, run index in place)", warm))
+        print(
+            "CPU seconds (user + system) of that pass, which load on a shared machine does not "
+            "stretch as it does the wall time: "
+            + ", ".join(f"{name} {figures[2]:.1f} s" for name, figures in warm.items())
+        )
         cold_note = None
         if not args.no_cold:
             copy = folder / "copy"
@@ -268,6 +293,14 @@ def main(argv: list[str] | None = None) -> None:
             print(row(f"{runs:,} ({label})", cold))
             if not dropped:
                 cold_note = "(not root: the copy was just written, so much of it is cached)"
+        first_beside, beside = dry_run_beside_another(config_path, matrix_dir)
+        alone = warm["dry run"]
+        print(
+            f"dry run beside a second matrix of {runs:,} runs (a copy of this one, without its "
+            f"speeds.json): {first_beside[0]:.1f} s the first time (that matrix's speeds.json "
+            f"is built from its run index), then {beside[0]:.1f} s ({beside[2]:.1f} s CPU); "
+            f"alone {alone[0]:.1f} s ({alone[2]:.1f} s CPU)"
+        )
         print(
             f"tree {tree_megabytes(matrix_dir):,.0f} MB, largest metrics.json "
             f"{metrics_kilobytes(matrix_dir):,.0f} KB, generated in {generated:.0f} s"

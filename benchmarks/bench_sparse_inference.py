@@ -93,10 +93,44 @@ def cpu_report(model: nn.Module, image_size: int, batch: int, rounds: int) -> No
     )
 
 
-def cuda_report(model: nn.Module, tokens: int, rounds: int) -> None:
-    """2:4 semi-structured Linear layers against their dense fp16 form, layer by layer."""
+CONV_UNSUPPORTED = "no semi-structured convolution kernel"
+
+
+def semi_structured(linear: nn.Linear) -> nn.Linear:
+    """A copy of a 2:4-pruned Linear layer whose weight is a torch semi-structured sparse
+    tensor (CUDA, compute capability 8.0+); RuntimeError or ValueError where torch refuses its
+    shape, dtype or device."""
     from torch.sparse import to_sparse_semi_structured
 
+    sparse = copy.deepcopy(linear)
+    sparse.weight = nn.Parameter(to_sparse_semi_structured(sparse.weight))
+    return sparse
+
+
+def convert_semi_structured(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """Replace every eligible Linear layer of a 2:4-pruned `model` by its semi-structured form,
+    in place; return (converted layer names, {unsupported layer: why}), every Conv2d among
+    the unsupported."""
+    converted: list[str] = []
+    unsupported: dict[str, str] = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d):
+            unsupported[name] = CONV_UNSUPPORTED
+        if not isinstance(module, nn.Linear):
+            continue
+        try:
+            sparse = semi_structured(module)
+        except (RuntimeError, ValueError) as e:
+            unsupported[name] = str(e).splitlines()[0][:60]
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+        converted.append(name)
+    return converted, unsupported
+
+
+def cuda_report(model: nn.Module, tokens: int, rounds: int) -> None:
+    """2:4 semi-structured Linear layers against their dense fp16 form, layer by layer."""
     device = torch.device("cuda")
     print(f"CUDA ({torch.cuda.get_device_name(device)}), fp16, {tokens} rows per Linear:")
     print(f"  {'layer':<28} {'shape':>12} {'dense ms':>9} {'2:4 ms':>8} {'speedup':>8}")
@@ -104,7 +138,7 @@ def cuda_report(model: nn.Module, tokens: int, rounds: int) -> None:
     convs = [name for name, m in pruned.named_modules() if isinstance(m, nn.Conv2d)]
     if convs:
         print(
-            f"  {len(convs)} Conv2d layers unsupported: no semi-structured convolution kernel "
+            f"  {len(convs)} Conv2d layers unsupported: {CONV_UNSUPPORTED} "
             f"({', '.join(convs[:3])}{', ...' if len(convs) > 3 else ''})"
         )
     for name, module in pruned.named_modules():
@@ -112,9 +146,8 @@ def cuda_report(model: nn.Module, tokens: int, rounds: int) -> None:
             continue
         shape = "x".join(map(str, module.weight.shape))
         x = torch.randn(tokens, module.in_features, device=device, dtype=torch.half)
-        sparse = copy.deepcopy(module)
         try:
-            sparse.weight = nn.Parameter(to_sparse_semi_structured(sparse.weight))
+            sparse = semi_structured(module)
             times = latencies({"dense": module, "2:4": sparse}, x, rounds)
         except (RuntimeError, ValueError) as e:
             print(f"  {name:<28} {shape:>12} unsupported: {str(e).splitlines()[0][:60]}")

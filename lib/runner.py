@@ -63,7 +63,15 @@ from lib.metrics import (
     summarize,
     write_metrics_document,
 )
-from lib.run_index import INDEX_FILE, RunIndex, run_record
+from lib.run_index import (
+    INDEX_FILE,
+    SPEEDS_FILE,
+    RunIndex,
+    add_speeds,
+    other_matrices_speeds,
+    run_record,
+    speed_key,
+)
 from lib.spec import DataSpec, RunSpec, sparsity_token
 from lib.store import (
     LIMITS,
@@ -376,7 +384,12 @@ def refuse_links(matrix_dir: Path, runs: list[Run]) -> None:
     """Refuse the matrix when a file the framework writes is a symbolic link: in a results
     directory others can write, a link planted there would make this runner truncate or append
     to the file it points to."""
-    paths = [matrix_dir, matrix_dir / MATRIX_FILE, matrix_dir / INDEX_FILE]
+    paths = [
+        matrix_dir,
+        matrix_dir / MATRIX_FILE,
+        matrix_dir / INDEX_FILE,
+        matrix_dir / SPEEDS_FILE,
+    ]
     for run in runs:
         paths += [run.run_dir, *(run.run_dir / name for name in RUN_FILES)]
     for path in paths:
@@ -996,9 +1009,11 @@ class _Runner(MatrixSession):
             f"{failed_before} failed earlier{' (not retried)' if failed_before else ''}, "
             f"{len(queue)} to run in {count(self.slot_count, 'slot')}"
         )
+        launched = False
         while True:
             while self.may_launch() and queue and self.free_slots:
                 run, slot = queue.pop(0), self.free_slots.pop(0)
+                launched = True
                 try:
                     self.launch(run, slot)
                 except StoreError as e:  # its directory became a link: never written into
@@ -1037,7 +1052,20 @@ class _Runner(MatrixSession):
                 self.report_progress()
             time.sleep(POLL_SECONDS)
         self.write_manifest()
+        if launched:
+            self.refresh_index()
         return self.summarize_end()
+
+    def refresh_index(self) -> None:
+        """Record the runs as they ended in the run index and the matrix's speeds.json, which
+        other matrices' duration estimates read instead of these runs' files."""
+        index = RunIndex(self.matrix_dir)
+        for run in self.runs:
+            try:
+                index.record(run.spec.run_id)
+            except MetricsError:
+                continue
+        index.save()
 
     def may_launch(self) -> bool:
         return (
@@ -1249,43 +1277,19 @@ STATE_NEW = STORE_PENDING
 STATE_CHANGED = STORE_CHANGED
 
 
-def _speed_key(spec_dict: dict[str, Any]) -> tuple:
-    """Runs whose epochs take comparable time: same network, data, size and device."""
-    return (
-        spec_dict["model"]["name"],
-        spec_dict["data"]["name"],
-        spec_dict["data"]["image_size"],
-        spec_dict["train"]["batch_size"],
-        spec_dict["train"]["max_steps_per_epoch"],
-        spec_dict["train"]["device"],
-        spec_dict["train"].get("gpus_per_run", 1),
-    )
-
-
-def seconds_per_epoch(results_root: Path) -> tuple[dict[tuple, float], float | None]:
-    """Mean seconds per epoch of the completed runs under `results_root`, per speed key and
-    over all of them."""
-    per_key: dict[tuple, list[float]] = {}
-    indexes: dict[Path, RunIndex] = {}
-    for path in sorted(Path(results_root).glob(f"*/*/{METRICS_FILE}")):
-        matrix_dir = path.parent.parent
-        index = indexes.get(matrix_dir) or indexes.setdefault(matrix_dir, RunIndex(matrix_dir))
-        try:
-            doc = index.record(path.parent.name)
-            summary = doc["summary"]
-            if summary.get("status") != STATUS_COMPLETED or not summary.get("epochs_completed"):
-                continue
-            per_epoch = float(summary["total_seconds"]) / summary["epochs_completed"]
-            key = _speed_key(doc["spec"])
-        except (MetricsError, KeyError, TypeError, ValueError):
-            continue
-        if math.isfinite(per_epoch) and per_epoch > 0:
-            per_key.setdefault(key, []).append(per_epoch)
+def seconds_per_epoch(
+    results_root: Path, indexes: dict[str, RunIndex]
+) -> tuple[dict[tuple, float], float | None]:
+    """Mean seconds per epoch of completed runs, per speed key and over all of them: the runs
+    of the matrices whose `indexes` the plan just read, and of the other matrices under
+    `results_root` through their speeds.json (lib/run_index.py), one small file each."""
+    speeds = other_matrices_speeds(results_root, set(indexes))
     for index in indexes.values():
-        index.save()
-    means = {k: sum(v) / len(v) for k, v in per_key.items()}
-    everything = [s for v in per_key.values() for s in v]
-    return means, (sum(everything) / len(everything) if everything else None)
+        add_speeds(speeds, index.speeds())
+    means = {key: seconds / runs for key, (seconds, runs) in speeds.items()}
+    total_runs = sum(runs for _, runs in speeds.values())
+    overall = sum(seconds for seconds, _ in speeds.values()) / total_runs if total_runs else None
+    return means, overall
 
 
 def plan_state(spec: RunSpec, run_dir: Path, index: RunIndex | None = None) -> tuple[str, int]:
@@ -1352,11 +1356,9 @@ def input_cores_line(data: DataSpec, device: str) -> str | None:
 def format_plan(specs: list[RunSpec], results_root: Path) -> str:
     """The dry-run text: one line per run, the counts, and an estimated duration."""
     results_root = Path(results_root)
-    means, overall = seconds_per_epoch(results_root)
     rows = []
     counts: dict[str, int] = {}
-    remaining_seconds = 0.0
-    without_comparable = 0  # runs estimated from the mean of unlike runs
+    to_estimate: list[tuple[RunSpec, int]] = []  # (run, epochs it has trained)
     indexes: dict[str, RunIndex] = {}
     for spec in specs:
         index = indexes.get(spec.matrix) or indexes.setdefault(
@@ -1378,14 +1380,20 @@ def format_plan(specs: list[RunSpec], results_root: Path) -> str:
                 state,
             )
         )
-        if state in (STATE_RESUMABLE, STATE_NEW) and overall is not None:
-            per_epoch = means.get(_speed_key(spec.to_dict()))
+        if state in (STATE_RESUMABLE, STATE_NEW):
+            to_estimate.append((spec, trained))
+    means, overall = seconds_per_epoch(results_root, indexes)
+    for index in indexes.values():
+        index.save()
+    remaining_seconds = 0.0
+    without_comparable = 0  # runs estimated from the mean of unlike runs
+    if overall is not None:
+        for spec, trained in to_estimate:
+            per_epoch = means.get(speed_key(spec.to_dict()))
             if per_epoch is None:
                 per_epoch = overall
                 without_comparable += 1
             remaining_seconds += per_epoch * max(0, spec.train.epochs - trained)
-    for index in indexes.values():
-        index.save()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -46,6 +46,7 @@ METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
 TRACKING_FILE = "tracking.json"
 INDEX_FILE = "index.json"
+SPEEDS_FILE = "speeds.json"  # beside the index: seconds per epoch per kind of run
 RECORD_FILE = "slurm.json"
 LOCK_FILE = ".lock"
 
@@ -59,6 +60,7 @@ LIMITS = {
     RUN_FILE: 1 * MiB,
     TRACKING_FILE: 1 * MiB,
     INDEX_FILE: 128 * MiB,
+    SPEEDS_FILE: 1 * MiB,
     RECORD_FILE: 16 * MiB,
     LOCK_FILE: 4096,
 }

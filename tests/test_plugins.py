@@ -565,7 +565,9 @@ def test_the_example_plugin_installs_trains_beside_adamw_and_is_a_report_row(
     assert report_main(["--results-dir", str(tmp_path / "results"), "--matrix", "plug"]) == 0
     text = (results / "report.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| Sparsity | "))
-    assert header == "| Sparsity | AdamW + magnitude | Lion + magnitude |"
+    assert header == (
+        "| Sparsity | AdamW + magnitude | Lion + magnitude | Compression | Theoretical speedup |"
+    )
     assert "  - Lion (dense) (`lion_dense`)" in text
     assert 'optimizer.distribution = "prunebench-lion"' in text
     assert 'optimizer.distribution_version = "0.1.0"' in text

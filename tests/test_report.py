@@ -21,6 +21,7 @@ from report_helpers import (
     CAND_50,
     CAND_70,
     CANDIDATE,
+    PARAMETERS,
     PRUNABLE,
     FakeRun,
     pop_std,
@@ -28,6 +29,7 @@ from report_helpers import (
     row_dict,
     row_for,
     seed_like_runs,
+    table_header,
     table_rows,
     write_matrix,
 )
@@ -50,11 +52,19 @@ def test_accuracy_table_matches_the_seed_format(seed_matrix: Path) -> None:
     rows = table_rows(text, "### Accuracy Comparison")
     # Column order: candidate, baseline, Improvement; best counts only epochs at the target.
     # One seed: no lead can be judged, so nothing is bold (issue #25).
-    assert row_for(rows, "50%") == ["50%", "74.54%", "73.22%", "+1.32%"]
-    assert row_for(rows, "70%") == ["70%", "72.30%", "72.98%", "-0.68%"]
+    # What the sparsity buys, from the runs' parameter and MAC counts (issue 27, item 2)
+    seventy = f"{PARAMETERS / (PARAMETERS - round(0.7 * PRUNABLE)):.2f}x"
+    assert seventy == "3.32x"  # the unprunable parameters (biases, BN) keep it below 1 / 0.3
+    costs = {"50%": ["2.00x", "2.00x"], "70%": [seventy, f"{1 / 0.3:.2f}x"]}
+    for heading in ("### Accuracy Comparison", "### Final Accuracy"):
+        assert table_header(text, heading)[-3:] == [
+            "Improvement", "Compression", "Theoretical speedup",
+        ]  # fmt: skip
+    assert row_for(rows, "50%") == ["50%", "74.54%", "73.22%", "+1.32%", *costs["50%"]]
+    assert row_for(rows, "70%") == ["70%", "72.30%", "72.98%", "-0.68%", *costs["70%"]]
     finals = table_rows(text, "### Final Accuracy")
-    assert row_for(finals, "50%") == ["50%", "74.08%", "72.97%", "+1.11%"]
-    assert row_for(finals, "70%") == ["70%", "72.00%", "72.60%", "-0.60%"]
+    assert row_for(finals, "50%") == ["50%", "74.08%", "72.97%", "+1.11%", *costs["50%"]]
+    assert row_for(finals, "70%") == ["70%", "72.00%", "72.60%", "-0.60%", *costs["70%"]]
     assert "**" not in "".join("".join(r) for r in rows + finals)
     # The denser-than-target epoch never leaks into a number; only the per-run stability table
     # shows it, as "best of any epoch" with the sparsity it was measured at.
@@ -164,7 +174,7 @@ def test_several_seeds_mean_std_confidence_and_significance(tmp_path: Path) -> N
     # mean 74.5, sample std 0.5 ; mean 73.2, sample std 0.2 ; t(0.975, 2) = 4.3027
     # Welch p = 0.032, but Holm over the 2 sparsities gives 0.065: not significant, so
     # neither the leading cell nor the improvement is bold (issue #25).
-    assert row_for(rows, "50%") == ["50%", "74.50 ± 0.50%", "73.20 ± 0.20%", "+1.30% (n.s.)"]
+    assert row_for(rows, "50%")[:4] == ["50%", "74.50 ± 0.50%", "73.20 ± 0.20%", "+1.30% (n.s.)"]
     # 72.0 ± 1.0 vs 72.0 ± 0.5: a tie in means (unsigned), not significant
     assert row_for(rows, "70%")[3] == "0.00% (n.s.)"
 
@@ -207,7 +217,7 @@ def test_a_lead_beyond_the_noise_is_called_so(tmp_path: Path) -> None:
     runs = [r for r in multi_seed_runs() if r.target == 0.5]  # one comparison: no Holm
     text = write_report(write_matrix(tmp_path, "one-level", runs)).read_text()
     row = row_for(table_rows(text, "### Accuracy Comparison"), "**50%**")
-    assert row == ["**50%**", "**74.50 ± 0.50%**", "73.20 ± 0.20%", "**+1.30%**"]
+    assert row[:4] == ["**50%**", "**74.50 ± 0.50%**", "73.20 ± 0.20%", "**+1.30%**"]
     summary = text.split("## Executive Summary")[1].split("## Test Configuration")[0]
     assert "The lead is **significant**" in summary and "**AdamWPrune" in summary
     assert "(Welch p = 0.032, df = 2.6; the 95% CI" in summary and "Holm" not in summary
@@ -270,7 +280,7 @@ def test_one_run_matrix_renders(tmp_path: Path) -> None:
     text = write_report(matrix).read_text()
     assert "only **AdamWPrune (AdamW base) state/hybrid** has results: 74.54%" in text
     rows = table_rows(text, "### Accuracy Comparison")
-    assert rows == [["50%", "74.54%"]]  # no baseline configured: no Improvement column
+    assert rows == [["50%", "74.54%", "2.00x", "2.00x"]]  # no baseline: no Improvement column
 
 
 def test_pruned_run_that_never_reaches_its_target_has_no_best(tmp_path: Path) -> None:
@@ -431,7 +441,7 @@ def test_cli_baseline_override_flips_the_improvement(seed_matrix: Path) -> None:
     args += ["--candidate", BASELINE]
     assert cli.main(args) == 0
     rows = table_rows((seed_matrix / "report.md").read_text(), "### Accuracy Comparison")
-    assert row_for(rows, "50%") == ["50%", "73.22%", "74.54%", "-1.32%"]
+    assert row_for(rows, "50%")[:4] == ["50%", "73.22%", "74.54%", "-1.32%"]
 
 
 # --------------------------------------------------------------------------- compare
@@ -519,7 +529,31 @@ def test_dense_runs_fill_the_zero_row_and_are_never_the_default_candidate(tmp_pa
     text = write_report(write_matrix(tmp_path, "dense", runs)).read_text()
     rows = table_rows(text, "### Accuracy Comparison")
     assert rows == [  # one seed: nothing is bold
-        ["0% (dense)", "76.00%", "75.50%", "+0.50%"],
-        ["50%", "74.00%", "73.00%", "+1.00%"],
+        ["0% (dense)", "76.00%", "75.50%", "+0.50%", "1.00x", "1.00x"],
+        ["50%", "74.00%", "73.00%", "+1.00%", "2.00x", "2.00x"],
     ]
     assert "— candidate" in text.split("`adamwprune-adamw_state-hybrid`")[1].splitlines()[0]
+
+
+def test_accuracy_tables_show_the_range_of_costs_where_methods_differ(tmp_path: Path) -> None:
+    """Methods at one target that prune to different densities (a layer-wise baseline, one
+    that stops short): the row gives their range; runs written before the counts: no columns."""
+    from report_helpers import MACS
+
+    runs = [
+        FakeRun("adamwprune", "state", 0.5, 0, [70.0, 71.0], sparsity=[0.5, 0.5]),
+        FakeRun("adamwspam", "magnitude", 0.5, 0, [69.0, 70.0], sparsity=[0.5, 0.6]),
+    ]
+    text = write_report(write_matrix(tmp_path, "costs", runs)).read_text()
+    compression = [PARAMETERS / (PARAMETERS - round(s * PRUNABLE)) for s in (0.5, 0.6)]
+    speedup = [MACS / round(MACS * (1 - s)) for s in (0.5, 0.6)]
+    row = row_dict(text, "### Accuracy Comparison", "50%")
+    assert row["Compression"] == f"{compression[0]:.2f}–{compression[1]:.2f}x"
+    assert row["Theoretical speedup"] == f"{speedup[0]:.2f}–{speedup[1]:.2f}x" == "2.00–2.50x"
+    assert "else their range" in text
+
+    for run in runs:
+        run.extra = {"model_info": {"parameters": 1}}  # an older file: no parameters_total
+    text = write_report(write_matrix(tmp_path / "old", "old", runs)).read_text()
+    assert "Compression" not in table_header(text, "### Accuracy Comparison")
+    assert "else their range" not in text

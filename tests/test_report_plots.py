@@ -179,3 +179,63 @@ def test_the_report_tables_what_pruning_buys(tmp_path) -> None:
     assert base[0][2:5] == ["3", f"{ratio:.2f}x", "2.00x"]
     assert base[1][4] == f"{1 / 0.3:.2f}x"
     assert row_for(rows, "AdamWSPAM (dense)")[3:5] == ["1.00x", "1.00x"]
+
+
+def test_sparsity_plot_is_mean_and_band_per_cell_and_stays_so_at_scale(tmp_path) -> None:
+    """Issue 30, item 5: per method and target the mean measured sparsity with its 95% band;
+    each seed thin while a cell has few, past MAX_RUN_CURVES only the band and the mean, so
+    thousands of runs draw a line count set by the cells, not the runs."""
+    curves = [[0.2, 0.4, 0.5], [0.3, 0.5, 0.5], [0.1, 0.3, 0.5]]
+    runs = [
+        FakeRun("adamwprune", "state", 0.5, seed, [70.0, 71.0, 72.0], sparsity=curve)
+        for seed, curve in enumerate(curves)
+    ]
+    runs.append(FakeRun("adamwprune", "state", 0.5, 3, [70.0], status="failed", error="boom"))
+    results = load_matrix(write_matrix(tmp_path / "few", "few", runs))
+    fig, ax = plots.sparsity_figure(results, [CAND])
+    means = [ln for ln in ax.get_lines() if ln.get_label().startswith("AdamWPrune")]
+    assert len(means) == 1 and "mean of 3 seeds, 95% band" in means[0].get_label()
+    assert list(means[0].get_ydata()) == pytest.approx([20.0, 40.0, 50.0])
+    assert len([c for c in ax.collections if c.get_label().startswith("_band")]) == 1
+    assert len([ln for ln in ax.get_lines() if ln.get_label() == "_seed"]) == 3
+    [failed] = [ln for ln in ax.get_lines() if ln.get_label() == "_uncounted"]
+    assert failed.get_linestyle() == "--" and list(failed.get_ydata()) == [50.0]
+    plt.close(fig)
+
+    many = plots.MAX_RUN_CURVES + 2
+    runs = [
+        FakeRun("adamwprune", "state", target, seed, [70.0, 71.0], sparsity=[target / 2, target])
+        for target in (0.5, 0.7)
+        for seed in range(many)
+    ]
+    runs += [
+        FakeRun("adamwprune", "state", 0.5, seed, [70.0], status="failed", error="boom")
+        for seed in range(many, 2 * many)
+    ]
+    results = load_matrix(write_matrix(tmp_path / "many", "many", runs))
+    fig, ax = plots.sparsity_figure(results, [CAND])
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "_seed" not in labels
+    assert labels.count("_uncounted") == 1  # the failed runs' mean, dashed
+    means = [ln for ln in ax.get_lines() if ln.get_label() == "_mean" or "seeds" in ln.get_label()]
+    assert sorted(list(m.get_ydata()) for m in means) == [[25.0, 50.0], [35.0, 70.0]]
+    assert len([c for c in ax.collections if c.get_label().startswith("_band")]) == 2
+    plt.close(fig)
+
+
+def test_accuracy_plot_draws_many_uncounted_runs_as_one_dashed_mean(tmp_path) -> None:
+    many = plots.MAX_RUN_CURVES + 1
+    runs = [FakeRun("adamwprune", "state", 0.5, s, [70.0, 72.0]) for s in range(2)]
+    runs += [
+        FakeRun("adamwprune", "state", 0.5, s, [60.0, 62.0 + s], status="failed", error="boom")
+        for s in range(2, 2 + many)
+    ]
+    results = load_matrix(write_matrix(tmp_path, "m", runs))
+    fig, ax = plt.subplots()
+    plots.draw_accuracy_mean(ax, results, [CAND], 0.5, first_epoch=1)
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    name = plots.method_display_name(CAND)
+    assert dashed[0].get_label() == f"{name}: mean of {many} runs that do not count"
+    assert list(dashed[0].get_ydata()) == pytest.approx([60.0, 62.0 + (2 + 1 + many) / 2])
+    plt.close(fig)

@@ -20,7 +20,7 @@ from lib.metrics import (
     build_document,
     write_metrics_document,
 )
-from lib.run_index import INDEX_FILE, RunIndex, run_record
+from lib.run_index import INDEX_FILE, SPEEDS_FILE, RunIndex, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +128,86 @@ def test_status_and_the_dry_run_state_read_through_the_index(matrix):
     assert (matrix_dir / INDEX_FILE).is_file()
 
 
+# -- speeds.json: what other matrices' duration estimates read (issue 30, item 2) ---------------
+
+
+def test_the_estimate_learns_from_another_matrix_through_its_speeds_json_alone(
+    tiny_spec, tmp_path, monkeypatch
+):
+    from lib import run_index
+    from lib.runner import format_plan
+
+    root = tmp_path / "results"
+    for seed in range(3):  # 3 + 4 + 5 s per run: 4 s per epoch
+        done = tiny_spec(tmp_path, matrix="other", seed=seed, train={"epochs": 3})
+        write_run(root / "other", done, [epoch(n, 50.0) for n in (1, 2, 3)], STATUS_COMPLETED)
+    new = tiny_spec(tmp_path, matrix="m", train={"epochs": 3})
+    assert not (root / "other" / SPEEDS_FILE).exists()  # a tree from before speeds.json
+    assert "estimated duration: 12s one run at a time" in format_plan([new], root)
+    # ... which got one from its runs' files, the first time an estimate needed it
+    written = json.loads((root / "other" / SPEEDS_FILE).read_text())
+    assert written["version"] == 1 and len(written["speeds"]) == 1
+    assert written["speeds"][0]["runs"] == 3
+    assert written["speeds"][0]["mean_seconds_per_epoch"] == pytest.approx(4.0)
+
+    # From then on the other matrix costs that one file: neither its run index nor any of
+    # its metrics.json is opened, however many runs it holds.
+    opened: list[Path] = []
+    real_read, real_init = run_index.read_metrics, RunIndex.__init__
+
+    def spy_read(path, **kwargs):
+        opened.append(Path(path))
+        return real_read(path, **kwargs)
+
+    def spy_init(self, matrix_dir):
+        opened.append(Path(matrix_dir) / INDEX_FILE)
+        real_init(self, matrix_dir)
+
+    monkeypatch.setattr(run_index, "read_metrics", spy_read)
+    monkeypatch.setattr(RunIndex, "__init__", spy_init)
+    for seed in range(3, 40):
+        more = tiny_spec(tmp_path, matrix="other", seed=seed, train={"epochs": 3})
+        (root / "other" / more.run_id).mkdir()
+    assert "estimated duration: 12s one run at a time" in format_plan([new], root)
+    assert opened and not [p for p in opened if "other" in p.parts], opened
+
+
+def test_speeds_json_is_derived_rebuilt_when_deleted_or_damaged_and_follows_the_runs(matrix):
+    matrix_dir, spec = matrix
+    path = write_run(matrix_dir, spec, [epoch(1, 50.0)], STATUS_RUNNING)
+    index = RunIndex(matrix_dir)
+    index.record(spec.run_id)
+    index.save()
+    # No completed run yet: nothing learnt, and said so (other matrices' estimates then read
+    # this small file instead of looking through the runs again)
+    assert json.loads((matrix_dir / SPEEDS_FILE).read_text()) == {"version": 1, "speeds": []}
+    write_run(matrix_dir, spec, [epoch(n, 50.0) for n in (1, 2)], STATUS_COMPLETED)
+    index = RunIndex(matrix_dir)
+    index.record(spec.run_id)
+    index.save()
+    speeds = matrix_dir / SPEEDS_FILE
+    first = json.loads(speeds.read_text())
+    assert [row["mean_seconds_per_epoch"] for row in first["speeds"]] == [3.5]
+    speeds.unlink()  # deleting it loses nothing
+    assert run_index_speeds(matrix_dir) == {tuple(first["speeds"][0]["key"]): (3.5, 1)}
+    assert json.loads(speeds.read_text()) == first
+    speeds.write_text("{torn")
+    assert run_index_speeds(matrix_dir) == {tuple(first["speeds"][0]["key"]): (3.5, 1)}
+    assert json.loads(speeds.read_text()) == first
+    path.unlink()  # the run is gone: the next command that reads the matrix forgets it
+    index = RunIndex(matrix_dir)
+    with pytest.raises(MetricsError):
+        index.record(spec.run_id)
+    index.save()
+    assert json.loads(speeds.read_text())["speeds"] == []
+
+
+def run_index_speeds(matrix_dir: Path) -> dict:
+    from lib.run_index import matrix_speeds
+
+    return matrix_speeds(matrix_dir)
+
+
 @pytest.mark.slow
 def test_bench_matrix_quick_prints_the_table_and_the_goals():
     result = subprocess.run(
@@ -146,7 +226,15 @@ def test_bench_matrix_quick_prints_the_table_and_the_goals():
         re.MULTILINE,
     )
     assert len(rows) == 2 and int(rows[0].replace(",", "")) > 1, result.stdout
+    assert re.search(
+        rf"CPU seconds .*: dry run {number} s, status {number} s, .*report", result.stdout
+    )
     assert re.search(rf"largest metrics.json {number} KB", result.stdout)
+    assert re.search(
+        rf"dry run beside a second matrix of {number} runs .*: {number} s the first time .*, "
+        rf"then {number} s \({number} s CPU\); alone {number} s \({number} s CPU\)",
+        result.stdout,
+    )
     assert re.search(r"goals at .* runs: dry run .*: (met|NOT MET); status", result.stdout)
 
 

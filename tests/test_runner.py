@@ -171,6 +171,9 @@ def test_runs_every_run_once_and_records_the_matrix(tmp_path, monkeypatch):
         assert count(run_dir, "start") == 1 and count(run_dir, "completed") == 1
     assert "2/2 completed, 0 failed" in out
     assert "2/2 done, 0 running, 0 queued" in out
+    # the runs it trained are in the matrix's speeds.json for other matrices' estimates
+    speeds = json.loads((matrix_dir / "speeds.json").read_text())
+    assert [row["runs"] for row in speeds["speeds"]] == [2]
 
 
 def test_finished_runs_are_skipped_and_left_untouched(tmp_path, monkeypatch):

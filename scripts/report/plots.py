@@ -134,14 +134,20 @@ def sparsity_points(results: MatrixResults, key: str) -> list[SparsityPoint]:
 MAX_RUN_CURVES = 10
 
 
-def _epoch_means(runs: list[RunResult], first_epoch: int) -> tuple[list[int], list, list, list]:
-    """Per epoch present in every run: mean test top-1 and its 95% interval over the runs."""
-    by_epoch = [{e["epoch"]: e["test_top1"] for e in reversed(r.epochs)} for r in runs]
-    common = set.intersection(*(set(top1) for top1 in by_epoch))
+def _epoch_means(
+    runs: list[RunResult], first_epoch: int, field: str = "test_top1", scale: float = 1.0
+) -> tuple[list[int], list, list, list]:
+    """Per epoch present in every run: the mean of `field` (times `scale`) and its 95%
+    interval over the runs."""
+    by_epoch = [
+        {e["epoch"]: e[field] * scale for e in reversed(r.epochs) if e.get(field) is not None}
+        for r in runs
+    ]
+    common = set.intersection(*(set(values) for values in by_epoch))
     epochs = sorted(e for e in common if e >= first_epoch)
     means, lows, highs = [], [], []
     for epoch in epochs:
-        values = [top1[epoch] for top1 in by_epoch]
+        values = [per_run[epoch] for per_run in by_epoch]
         est = estimate(values)
         means.append(est.mean)
         lows.append(est.ci_low if est.ci_low is not None else est.mean)
@@ -149,22 +155,45 @@ def _epoch_means(runs: list[RunResult], first_epoch: int) -> tuple[list[int], li
     return epochs, means, lows, highs
 
 
+def _run_curve(run: RunResult, first_epoch: int, field: str, scale: float) -> tuple[list, list]:
+    records = [e for e in run.epochs if e["epoch"] >= first_epoch and e.get(field) is not None]
+    return [e["epoch"] for e in records], [e[field] * scale for e in records]
+
+
 def _draw_mean_band(
-    ax: plt.Axes, runs: list[RunResult], color: str, label: str, first_epoch: int, tag: str
-) -> None:
+    ax: plt.Axes, runs: list[RunResult], color: str, label: str | None, first_epoch: int,
+    tag: str, field: str = "test_top1", scale: float = 1.0, linewidth: float = 1.8,
+) -> None:  # fmt: skip
     """Mean over the runs, its 95% band (several runs), and each run thin underneath while
-    there are few enough to tell apart (MAX_RUN_CURVES): past that, mean and band alone."""
+    there are few enough to tell apart (MAX_RUN_CURVES): past that, mean and band alone.
+    A None label keeps the cell out of the legend (a method already there)."""
     for run in runs if len(runs) <= MAX_RUN_CURVES else []:
-        records = [e for e in run.epochs if e["epoch"] >= first_epoch]
-        ax.plot(
-            [e["epoch"] for e in records], [e["test_top1"] for e in records], color=color,
-            linewidth=0.7, alpha=0.35, label="_seed",
-        )  # fmt: skip
-    epochs, means, lows, highs = _epoch_means(runs, first_epoch)
+        xs, ys = _run_curve(run, first_epoch, field, scale)
+        ax.plot(xs, ys, color=color, linewidth=0.7, alpha=0.35, label="_seed")
+    epochs, means, lows, highs = _epoch_means(runs, first_epoch, field, scale)
     if len(runs) > 1:
         ax.fill_between(epochs, lows, highs, color=color, alpha=0.18, label=f"_band_{tag}")
-        label += f" (mean of {len(runs)} seeds, 95% band)"
-    ax.plot(epochs, means, color=color, linewidth=1.8, label=label)
+        if label is not None:
+            label += f" (mean of {len(runs)} seeds, 95% band)"
+    ax.plot(epochs, means, color=color, linewidth=linewidth, label=label or "_mean")
+
+
+def _draw_uncounted(
+    ax: plt.Axes, runs: list[RunResult], color: str, name: str | None, first_epoch: int,
+    field: str = "test_top1", scale: float = 1.0, linewidth: float = 1.0,
+) -> None:  # fmt: skip
+    """Runs of a cell that do not count, dashed: each labelled with why while there are few
+    enough (MAX_RUN_CURVES), past that one dashed mean of them (their reasons are in the
+    report's tables). A None name leaves them out of the legend."""
+    if len(runs) <= MAX_RUN_CURVES:
+        for run in runs:
+            xs, ys = _run_curve(run, first_epoch, field, scale)
+            label = f"{name} seed {run.seed} ({run.exclusion[0]})" if name else "_uncounted"
+            ax.plot(xs, ys, color=color, linestyle="--", linewidth=linewidth, label=label)
+        return
+    epochs, means, _, _ = _epoch_means(runs, first_epoch, field, scale)
+    label = f"{name}: mean of {len(runs)} runs that do not count" if name else "_uncounted"
+    ax.plot(epochs, means, color=color, linestyle="--", linewidth=linewidth, label=label)
 
 
 def draw_accuracy_mean(
@@ -181,13 +210,9 @@ def draw_accuracy_mean(
         if counted:
             _draw_mean_band(ax, counted, palette[key], method_display_name(key), first_epoch, key)
             reached_epochs += [r.summary["target_reached_epoch"] for r in counted]
-        for run in (r for r in runs if not r.counts and r.epochs):
-            records = [e for e in run.epochs if e["epoch"] >= first_epoch]
-            ax.plot(
-                [e["epoch"] for e in records], [e["test_top1"] for e in records],
-                color=palette[key], linestyle="--", linewidth=1.0,
-                label=f"{method_display_name(key)} seed {run.seed} ({run.exclusion[0]})",
-            )  # fmt: skip
+        uncounted = [r for r in runs if not r.counts and r.epochs]
+        if uncounted:
+            _draw_uncounted(ax, uncounted, palette[key], method_display_name(key), first_epoch)
     reached = [e for e in reached_epochs if e is not None]
     if sparsity > 0 and reached and min(reached) >= first_epoch:
         ax.axvline(
@@ -620,34 +645,53 @@ def plot_memory_vs_accuracy(
 
 
 def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path) -> list[PlotFile]:
+    drawn = sparsity_figure(results, methods)
+    if drawn is None:
+        return []
+    path = out_dir / "sparsity.png"
+    _save(drawn[0], path)
+    return [
+        PlotFile(
+            path,
+            "Measured sparsity over training: mean per method and target with its 95% band over "
+            "the seeds (dotted lines: targets)",
+        )
+    ]
+
+
+def sparsity_figure(
+    results: MatrixResults, methods: Sequence[str]
+) -> tuple[plt.Figure, plt.Axes] | None:
+    """Measured sparsity per epoch: per method and target, the mean over the runs that count
+    with its 95% band (and each run thin while a cell has few), runs that do not count dashed."""
     runs = [r for r in results.runs if r.target_sparsity > 0 and r.epochs]
     if not runs:
-        return []
+        return None
     palette = colors(methods)
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    labelled: set[str] = set()
     # Methods share one schedule, so their curves often coincide: draw the earlier ones wider
     # so every method stays visible underneath the next.
     widths = {key: 1.4 + 1.2 * (len(methods) - 1 - i) for i, key in enumerate(methods)}
     for key in methods:
-        width = widths[key]
-        for run in (r for r in runs if r.method_key == key):
-            points = [
-                (e["epoch"], e["sparsity"] * 100)
-                for e in run.epochs
-                if e.get("sparsity") is not None
-            ]
-            if not points:
-                continue
-            label = None
-            if key not in labelled:
-                label = method_display_name(key)
-                labelled.add(key)
-            ax.plot(
-                [p[0] for p in points], [p[1] for p in points], color=palette[key],
-                linestyle="-" if run.counts else "--", linewidth=width, alpha=0.85,
-                label=label,
-            )  # fmt: skip
+        labelled = False
+        for target in sorted({r.target_sparsity for r in runs if r.method_key == key}):
+            cell = [r for r in runs if r.method_key == key and r.target_sparsity == target]
+            counted = [r for r in cell if r.counts and _run_curve(r, 1, "sparsity", 1)[0]]
+            uncounted = [r for r in cell if not r.counts and _run_curve(r, 1, "sparsity", 1)[0]]
+            if counted:
+                label = None if labelled else method_display_name(key)
+                _draw_mean_band(
+                    ax, counted, palette[key], label, 1, f"{key}_{target:g}", field="sparsity",
+                    scale=100, linewidth=widths[key],
+                )  # fmt: skip
+                labelled = True
+            if uncounted:
+                name = None if labelled else method_display_name(key)
+                _draw_uncounted(
+                    ax, uncounted, palette[key], name, 1, field="sparsity", scale=100,
+                    linewidth=widths[key],
+                )  # fmt: skip
+                labelled = True
     for target in sorted({r.target_sparsity for r in runs}):
         ax.axhline(target * 100, color="grey", linestyle=":", linewidth=1)
         ax.annotate(
@@ -661,9 +705,7 @@ def plot_sparsity(results: MatrixResults, methods: Sequence[str], out_dir: Path)
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    path = out_dir / "sparsity.png"
-    _save(fig, path)
-    return [PlotFile(path, "Measured sparsity over training (dotted lines: targets)")]
+    return fig, ax
 
 
 def plot_time_to_target(

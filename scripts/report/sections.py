@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lib import catalogue
@@ -243,6 +243,9 @@ def accuracy_table(
     with_improvement = comparison.candidate is not None and comparison.baseline is not None
     if with_improvement:
         header.append("Improvement")
+    with_costs = _with_costs(grid)
+    if with_costs:
+        header += list(COST_FIELDS.values())
     verdicts = improvement_verdicts(grid, comparison, attr)
     lead_verdicts = _lead_verdicts(grid, attr)
     rows = []
@@ -268,8 +271,30 @@ def accuracy_table(
             row.append(fmt_estimate(getattr(cell, attr), cell, bold=bold))
         if with_improvement:
             row.append(_improvement_text(verdicts[sparsity]))
+        if with_costs:
+            row += [_row_ratio(cells.values(), field) for field in COST_FIELDS]
         rows.append(row)
     return md_table(header, rows)
+
+
+# What the sparsity buys (summary fields, docs/metrics.md) and the columns that show it.
+COST_FIELDS = {"compression_ratio": "Compression", "theoretical_speedup": "Theoretical speedup"}
+
+
+def _with_costs(grid: list[tuple[float, dict[str, Cell]]]) -> bool:
+    """Whether the accuracy tables show COST_FIELDS: not for runs written before the counts."""
+    return any(_row_ratio(cells.values(), f) != "—" for _, cells in grid for f in COST_FIELDS)
+
+
+def _row_ratio(cells: Iterable[Cell], field: str) -> str:
+    """A `COST_FIELDS` figure of one accuracy-table row: the mean over each method's seeds that
+    count, one figure where the row's methods agree to print precision, else their range."""
+    distinct = {cell.key: cell for cell in cells if cell.counted}.values()
+    means = [_mean_of_all([r.summary.get(field) for r in c.counted]) for c in distinct]
+    shown = sorted({f"{m:.2f}" for m in means if m is not None}, key=float)
+    if not shown:
+        return "—"
+    return f"{shown[0]}x" if len(shown) == 1 else f"{shown[0]}–{shown[-1]}x"
 
 
 def interval_table(grid: list[tuple[float, dict[str, Cell]]], comparison: Comparison) -> str:
@@ -482,6 +507,16 @@ def section_accuracy(grid: list[tuple[float, dict[str, Cell]]], comparison: Comp
             "",
             "The 0% (dense) row shows each optimizer's dense run under its pruning methods' "
             f"columns ({names}): without pruning the methods are the same training.",
+        ]
+    if _with_costs(grid):
+        lines += [
+            "",
+            "*Compression* = all parameters / nonzero parameters, *Theoretical speedup* = dense "
+            "/ nonzero multiply-accumulates of one image, after the last epoch: the mean over "
+            "each method's seeds that count, one figure where the row's methods agree to two "
+            "decimals, else their range (lowest–highest method; each method's own in *What "
+            "pruning buys* below). Theoretical: a mask of zeros runs at dense speed without a "
+            "sparse kernel.",
         ]
     if comparison.baseline and comparison.candidate:
         lines += [
@@ -735,11 +770,15 @@ def _stability_cells(results: MatrixResults, comparison: Comparison) -> list[lis
     return rows
 
 
-def _mean_ratio(values: list[float | None]) -> str:
+def _mean_of_all(values: list[float | None]) -> float | None:
+    """The mean, or None when any value is unknown (runs written before the counts were)."""
     known = [v for v in values if v is not None]
-    if not known:
-        return "—"
-    return f"{statistics.fmean(known):.2f}x" if len(known) == len(values) else "—"
+    return statistics.fmean(known) if known and len(known) == len(values) else None
+
+
+def _mean_ratio(values: list[float | None]) -> str:
+    mean = _mean_of_all(values)
+    return "—" if mean is None else f"{mean:.2f}x"
 
 
 def section_operating_points(results: MatrixResults, comparison: Comparison) -> str:
