@@ -263,12 +263,16 @@ class RunIndex:
 def matrix_speeds(matrix_dir: Path) -> Speeds:
     """The speeds of another matrix for a duration estimate: its speeds.json, or, where it has
     none (a tree from before it, a damaged file), its runs' files once, writing it."""
-    index = RunIndex(matrix_dir)
-    if index.store is None:  # not a directory, or refused by the store (a link)
+    try:
+        with MatrixStore(matrix_dir) as store:  # never through a link
+            speeds = _read_speeds(store)
+    except (OSError, StoreError):  # not a directory, or refused by the store
         return {}
-    speeds = _read_speeds(index.store)
     if speeds is not None:
         return speeds
+    index = RunIndex(matrix_dir)
+    if index.store is None:
+        return {}
     for run_id in index.store.run_dirs_with(METRICS_FILE):
         try:
             index.record(run_id)

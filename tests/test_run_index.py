@@ -134,8 +134,8 @@ def test_status_and_the_dry_run_state_read_through_the_index(matrix):
 def test_the_estimate_learns_from_another_matrix_through_its_speeds_json_alone(
     tiny_spec, tmp_path, monkeypatch
 ):
-    from lib import run_index
     from lib.runner import format_plan
+    from lib.store import MatrixStore
 
     root = tmp_path / "results"
     for seed in range(3):  # 3 + 4 + 5 s per run: 4 s per epoch
@@ -153,17 +153,17 @@ def test_the_estimate_learns_from_another_matrix_through_its_speeds_json_alone(
     # From then on the other matrix costs that one file: neither its run index nor any of
     # its metrics.json is opened, however many runs it holds.
     opened: list[Path] = []
-    real_read, real_init = run_index.read_metrics, RunIndex.__init__
+    real_read, real_init = MatrixStore.read_metrics_fd, RunIndex.__init__
 
-    def spy_read(path, **kwargs):
-        opened.append(Path(path))
-        return real_read(path, **kwargs)
+    def spy_read(self, fd, run_id, planned=None):
+        opened.append(self.path / run_id / "metrics.json")
+        return real_read(self, fd, run_id, planned)
 
     def spy_init(self, matrix_dir):
         opened.append(Path(matrix_dir) / INDEX_FILE)
         real_init(self, matrix_dir)
 
-    monkeypatch.setattr(run_index, "read_metrics", spy_read)
+    monkeypatch.setattr(MatrixStore, "read_metrics_fd", spy_read)
     monkeypatch.setattr(RunIndex, "__init__", spy_init)
     for seed in range(3, 40):
         more = tiny_spec(tmp_path, matrix="other", seed=seed, train={"epochs": 3})
