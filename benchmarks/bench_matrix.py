@@ -84,33 +84,45 @@ def write_config(folder: Path, seeds: int, epochs: int) -> Path:
 
 
 def epoch_records(spec, names: list[str], rng: random.Random) -> list[dict]:
-    """Plausible per-epoch records of a finished run: the keys the trainer writes."""
+    """Plausible per-epoch records of a finished run: every key the trainer writes on one
+    CUDA device without a validation split (lib/train.py)."""
     target = spec.pruning.target
     epochs = spec.train.epochs
     records = []
     for epoch in range(1, epochs + 1):
         ramp = min(1.0, epoch / max(1, epochs // 2))
         sparsity = target * ramp
-        top1 = 76.0 * (1 - math.exp(-epoch / 15)) + rng.gauss(0, 0.3)
+        # accuracies as the trainer computes them: 100 * correct / images
+        correct = round(500 * (76.0 * (1 - math.exp(-epoch / 15)) + rng.gauss(0, 0.3)))
+        top1 = 100.0 * correct / 50000
         records.append(
             {
                 "epoch": epoch,
                 "train_loss": 4.0 * math.exp(-epoch / 20) + 0.5,
-                "train_top1": min(99.0, top1 + 5),
+                "train_top1": 100.0 * min(1268355, round(12811.67 * (top1 + 5))) / 1281167,
                 "train_images": 1281167,
                 "lr": 0.001 * (1 - epoch / (epochs + 1)),
                 "test_loss": 4.0 * math.exp(-epoch / 25) + 0.8,
                 "test_top1": top1,
-                "test_top5": min(99.9, top1 + 17),
+                "test_top5": 100.0 * min(49950, correct + 8500) / 50000,
                 "sparsity": sparsity,
                 "sparsity_per_layer": {
                     name: min(1.0, max(0.0, sparsity + rng.gauss(0, 0.02))) for name in names
                 },
                 "scheduled_sparsity": sparsity,
-                "epoch_seconds": 1500.0 + rng.random() * 60,
-                "train_seconds": 1400.0 + rng.random() * 60,
-                "images_per_second": 900.0 + rng.random() * 30,
-                "peak_memory_mb": 30000.0,
+                # measured figures at the precision the trainer records them (lib/train.py,
+                # lib/memory.py)
+                "epoch_seconds": round(1500.0 + rng.random() * 60, 3),
+                "train_seconds": round(1400.0 + rng.random() * 60, 3),
+                "images_per_second": round(900.0 + rng.random() * 30, 1),
+                "peak_memory_mb": round(30000.0 + rng.random() * 100, 2),
+                "peak_memory_reserved_mb": round(32000.0 + rng.random() * 100, 2),
+                "device_memory_used_mb": round(33500.0 + rng.random() * 100, 2),
+                "memory_kind": "cuda_allocated",
+                "train_steps": 5004,
+                "test_images": 50000,
+                "parameters_nonzero": round(25_557_032 * (1 - 0.92 * sparsity)),
+                "macs_nonzero": round(4_089_184_256 * (1 - 0.9 * sparsity)),
             }
         )
     return records

@@ -86,9 +86,13 @@ class PeakMemoryMeter:
         """`peak_memory_mb`, `peak_memory_reserved_mb` (CUDA only), `memory_kind`, and
         `device_memory_used_mb` (NVML, CUDA only, when available)."""
         if self.device.type == "cuda":
+            # MiB to 1/100 (about 10 KiB), the precision a figure printed in MiB with one
+            # decimal needs; the bytes' 16 digits would only make metrics.json longer.
             return {
-                "peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / MIB,
-                "peak_memory_reserved_mb": torch.cuda.max_memory_reserved(self.device) / MIB,
+                "peak_memory_mb": round(torch.cuda.max_memory_allocated(self.device) / MIB, 2),
+                "peak_memory_reserved_mb": round(
+                    torch.cuda.max_memory_reserved(self.device) / MIB, 2
+                ),
                 "device_memory_used_mb": _nvml_used_mb(self.device),
                 "memory_kind": KIND_CUDA,
             }
@@ -111,7 +115,7 @@ class PeakMemoryMeter:
 def _nvml_used_mb(device: torch.device) -> float | None:
     """Device-wide memory in use according to NVML (includes the context and other processes)."""
     try:
-        return torch.cuda.device_memory_used(device) / MIB
+        return round(torch.cuda.device_memory_used(device) / MIB, 2)
     except Exception:  # noqa: BLE001 - NVML is optional (pynvml missing, no permission, ...)
         return None
 

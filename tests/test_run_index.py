@@ -293,13 +293,37 @@ def test_a_100_epoch_resnet50_metrics_json_is_under_60_kb(tiny_spec, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import random
 
+    import torch
     from bench_matrix import epoch_records, layer_names
 
-    from lib.metrics import LAYERS_FILE
+    from lib.environment import capture_environment
+    from lib.metrics import LAYERS_FILE, read_metrics
 
     spec = tiny_spec(tmp_path, matrix="m", train={"epochs": 100})
     records = epoch_records(spec, layer_names(), random.Random(0))
+    model_info = {  # ResNet-50 on ImageNet, as the trainer writes it
+        "parameters": 25_557_032,
+        "prunable_parameters": 25_502_912,
+        "steps_per_epoch": 5004,
+        "train_images": 1_281_167,
+        "test_images": 50_000,
+        "num_classes": 1000,
+        "parameters_total": 25_557_032,
+        "macs_dense": 4_089_184_256,
+    }
+    document = build_document(
+        spec,
+        records,
+        status=STATUS_COMPLETED,
+        environment=capture_environment(torch.device("cpu")),
+        model_info=model_info,
+    )
     path = tmp_path / "metrics.json"
-    write_metrics_document(path, build_document(spec, records, status=STATUS_COMPLETED))
+    write_metrics_document(path, document)
     assert path.stat().st_size < 60_000
+    # one epoch record per line, and the document reads back whole
+    assert len(path.read_text().splitlines()) > 100
+    assert read_metrics(path, per_layer=False)["epochs"] == [
+        {k: v for k, v in r.items() if k != "sparsity_per_layer"} for r in records
+    ]
     assert (tmp_path / LAYERS_FILE).stat().st_size > path.stat().st_size  # nothing lost
