@@ -245,20 +245,38 @@ def _torch_bucket(params, grads, exp_avgs, exp_avg_sqs, theta, screen, coefficie
         torch._foreach_add_(params, params, alpha=decay)
 
 
-def _kernel_bucket(kernel, root, params, grads, exp_avgs, exp_avg_sqs, theta, coefficients):
-    """The same bucket on the compiled kernels (optimizers/spam_kernel.py). `root` (float32,
-    a bucket's size) takes the bucket's square-root inputs, one piece after the other:
-    first, where clipping is on, the spikes' v*theta, and torch.sqrt runs over them where
-    there is a spike; then the new v, and torch.sqrt runs over them for the update."""
-    beta1, beta2, eps, alpha, decay, weight_decay = coefficients
+def _kernel_buckets(lists: list[list[Tensor]], size: int, root: Tensor):
+    """lib.buckets.buckets' cut of `lists` (params, grads, exp_avgs, exp_avg_sqs) as raw
+    pointers for the kernels, without making a view: buckets of pieces (n, p, g, m, v, at),
+    `at` where the piece's square-root inputs go in `root`. Every tensor is float32 and dense
+    (contiguous or channels-last, its four roles with one layout), so the elements of a piece
+    are n consecutive floats in memory order from each pointer."""
     base = root.data_ptr()
-    pieces, offset = [], 0
-    for param, grad, avg, sq in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
-        n = grad.numel()
-        at = base + 4 * offset
-        pieces.append((n, param.data_ptr(), grad.data_ptr(), avg.data_ptr(), sq.data_ptr(), at))
-        offset += n
-    roots = root[:offset]
+    bucket, filled = [], 0
+    for tensors in zip(*lists, strict=True):
+        n = tensors[0].numel()
+        pointers = [t.data_ptr() for t in tensors]
+        start = 0
+        while start < n:
+            take = min(n - start, size - filled)
+            bucket.append((take, *(x + 4 * start for x in pointers), base + 4 * filled))
+            start += take
+            filled += take
+            if filled == size:
+                yield bucket, filled
+                bucket, filled = [], 0
+    if filled:
+        yield bucket, filled
+
+
+def _kernel_bucket(kernel, root, pieces, filled, theta, coefficients) -> None:
+    """One bucket of the step on the compiled kernels (optimizers/spam_kernel.py): `pieces`
+    from `_kernel_buckets`, `filled` elements of `root` in use. Where clipping is on, the
+    spikes' v*theta go into `root` and torch.sqrt runs over them (if there is a spike); then
+    the moments write the new v there, torch.sqrt runs over them again, and the update reads
+    them. Per element, the operations and their order are the reference's."""
+    beta1, beta2, eps, alpha, decay, weight_decay = coefficients
+    roots = root if filled == root.numel() else root[:filled]
     spiky = [False] * len(pieces)
     if theta is not None:
         spiky = [kernel.spam_limits(n, g, v, at, theta) > 0 for n, _, g, _, v, at in pieces]
@@ -326,7 +344,8 @@ def _self_check(kernel) -> str:
         coefficients = (0.9, 0.999, 1e-6, -1.3e-3, -1e-3 * weight_decay, weight_decay)
         theta = 50.0 if clipped else None
         root = torch.empty(sum(lengths))
-        _kernel_bucket(kernel, root, params, grads, avgs, sqs, theta, coefficients)
+        for pieces, filled in _kernel_buckets([params, grads, avgs, sqs], root.numel(), root):
+            _kernel_bucket(kernel, root, pieces, filled, theta, coefficients)
         _torch_bucket(*twins, theta, False, coefficients)
         for name, ours, theirs in zip("pgmv", (params, grads, avgs, sqs), twins, strict=True):
             for a, b in zip(ours, theirs, strict=True):
@@ -389,12 +408,13 @@ def spam_step(
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
             coefficients = (beta1, beta2, eps, -step_size * scale, decay, group["weight_decay"])
             lists = [[role[i] for i in indices] for role in (params, grads, exp_avgs, exp_avg_sqs)]
+            theta = clock.theta if clip else None
+            if kernel is not None:
+                for pieces, filled in _kernel_buckets(lists, size, root):
+                    _kernel_bucket(kernel, root, pieces, filled, theta, coefficients)
+                continue
             for bucket in buckets(lists, size):
-                theta = clock.theta if clip else None
-                if kernel is not None:
-                    _kernel_bucket(kernel, root, *bucket, theta, coefficients)
-                else:
-                    _torch_bucket(*bucket, theta, screen, coefficients)
+                _torch_bucket(*bucket, theta, screen, coefficients)
     clock.advance()
 
 
