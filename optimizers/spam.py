@@ -17,7 +17,11 @@ from the reference code, none of which changes a single number:
 - moments are zeroed in place at a reset instead of being reallocated;
 - the whole step runs one bucket at a time (lib/buckets.py): a few MiB of temporaries per
   step instead of about 9 B/param, and each bucket's data stays in cache across the step's
-  dozen passes (on CPU with one thread in buckets of `SPAM_CPU_BUCKET` elements, see there).
+  dozen passes (on CPU with one thread in buckets of `SPAM_CPU_BUCKET` elements, see there);
+- on CPU in float32 the bucket's work runs on compiled C loops (optimizers/spam_kernel.py:
+  three passes and torch.sqrt twice instead of about 13 torch passes), used only where a
+  self-check finds them bit-identical to the torch operations here; elsewhere, or with
+  `USE_KERNEL` off, the torch operations run.
 """
 
 from __future__ import annotations
@@ -33,14 +37,17 @@ from torch import Tensor
 from lib.buckets import bucket_elements, buckets
 from optimizers import spam_kernel
 
-# Elements per bucket of the SPAM step on CPU with one intra-op thread, at most
-# (lib.buckets.CPU_BUCKET when smaller). The step makes about 17 elementwise passes over a
-# bucket; with 2^16 elements (256 KiB per tensor) the bucket's weights, gradients, moments and
-# two temporaries fit a 2 MiB L2 cache, so only the first pass streams from memory. ResNet-18,
-# one thread, side by side (docs/benchmarks.md, issue 24): 4.6-4.9x fused AdamW's step instead
-# of 6.1x with 2^20 elements, bit-identical; 2^14 is slower again (Python cost per bucket).
-# With several threads lib.buckets' size stays: there each pass is split across the threads,
-# and small buckets were not measured reliably on the shared 2-core machine.
+# Elements per bucket of the SPAM step on CPU with one intra-op thread, and on the compiled
+# kernels with any number of threads (their passes are single-threaded), at most
+# (lib.buckets.CPU_BUCKET when smaller). The torch operations make about 17 elementwise passes
+# over a bucket, the kernels five; with 2^16 elements (256 KiB per tensor) the bucket's
+# weights, gradients, moments and temporaries fit a 2 MiB L2 cache, so only the first pass
+# streams from memory. ResNet-18, one thread, side by side (docs/benchmarks.md, issue 24): on
+# torch operations 4.6-4.9x fused AdamW's step instead of 6.1x with 2^20 elements,
+# bit-identical, and 2^14 slower again (Python cost per bucket); on the kernels 2^16 was faster
+# than 2^15 and 2^17. With several threads the torch operations keep lib.buckets' size: there
+# each pass is split across the threads, and small buckets were not measured reliably on the
+# shared 2-core machine.
 SPAM_CPU_BUCKET = 1 << 16
 
 

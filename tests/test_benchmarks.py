@@ -46,7 +46,16 @@ def test_bench_optimizers_quick_prints_every_method_and_the_clipping_table():
         r"goal <= 2\.0: (met|NOT MET)",
         out,
     )
-    assert re.search(rf"whole training step .*: {NUMBER}x fused AdamW's", out)
+    # ... beside SPAM on torch operations alone, on the same gradients, ending bit-identical
+    assert re.search(r"AdamWSPAM ran on: (compiled kernels|torch operations \()", out)
+    assert re.search(rf"AdamWSPAM on torch operations {NUMBER} s: ratio {NUMBER} \(IQR", out)
+    assert "the two AdamWSPAM runs end bit-identical: yes" in out
+    for batch in (8, 16):
+        assert re.search(
+            rf"whole training step \(forward\+backward {NUMBER} s, batch {batch}, .*\): "
+            rf"{NUMBER}x fused AdamW's \(on torch operations {NUMBER}x\), goal <= 1\.10",
+            out,
+        ), batch
 
 
 @pytest.mark.slow
