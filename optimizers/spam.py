@@ -419,6 +419,9 @@ def spam_step(
             if kernel is not None:
                 for pieces, filled in _kernel_buckets(lists, size, root):
                     _kernel_bucket(kernel, root, pieces, filled, theta, coefficients)
+                # Written through pointers: tell autograd, as an in-place torch op would, so
+                # that a graph which saved one of them refuses to backward through it.
+                torch.autograd.graph.increment_version([t for role in lists for t in role])
                 continue
             for bucket in buckets(lists, size):
                 _torch_bucket(*bucket, theta, screen, coefficients)

@@ -233,3 +233,20 @@ def test_kernel_step_temporaries_are_one_bucket_of_square_root_inputs():
         p.grad = torch.randn_like(p)
     bucket = min(lib.buckets.CPU_BUCKET, spam_module.SPAM_CPU_BUCKET)
     assert peak_transient_bytes(optimizer.step) <= 4 * bucket + 4096
+
+
+def test_a_graph_that_saved_a_weight_refuses_backward_after_a_kernel_step():
+    """The kernels write through pointers; autograd still learns of it (version counters), as
+    after torch's in-place operations: backward through a graph that saved the old weight is
+    an error, not a silently wrong gradient."""
+    p = nn.Parameter(torch.randn(8))
+    optimizer = AdamWSPAM([p])
+    loss = (p * p).sum()  # saves p
+    p.grad = torch.randn(8)
+    before = p._version
+    optimizer.step()
+    assert p._version > before
+    if kernels_expected():
+        assert spam_kernel.status().startswith("compiled kernels")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
