@@ -29,14 +29,16 @@ kernels' scalar tails are covered) and the kernel is used only where every bit a
 Where there is no C compiler, the compile fails, or a bit differs, spam.py keeps its torch
 operations (the same result, slower): `status()` says which and why.
 
-The shared library is cached under $XDG_CACHE_HOME/prunebench (else ~/.cache/prunebench,
-else the temporary directory), keyed by the source, the compiler flags and the CPU (it is
-built with -march=native), written to a temporary name and renamed, so processes that
-compile it at the same time do not see a partial file.
+The shared library is cached under $XDG_CACHE_HOME/prunebench (else ~/.cache/prunebench),
+keyed by the source, the compiler flags and the CPU (it is built with -march=native), written
+to a temporary name and renamed, so processes that compile it at the same time do not see a
+partial file. Where that directory cannot be made this user's own and private to them, each
+process compiles into a fresh private temporary directory instead (about a second).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -140,16 +142,20 @@ def _cpu_identity() -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> Path | None:
+    """$XDG_CACHE_HOME/prunebench or ~/.cache/prunebench, if it is a directory of this user's
+    that only they can write; else None (then nothing is cached: a shared library is never
+    loaded from a place another user could have written it to)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     path = Path(base) / "prunebench"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.stat()
     except OSError:
-        pass
-    return Path(tempfile.gettempdir())
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & 0o022 or not os.access(path, os.W_OK):
+        return None
+    return path
 
 
 def _compile() -> tuple[Path | None, str]:
@@ -161,6 +167,9 @@ def _compile() -> tuple[Path | None, str]:
         "\0".join([SOURCE, *FLAGS, compiler, platform.machine(), _cpu_identity()]).encode()
     ).hexdigest()[:16]
     directory = _cache_dir()
+    if directory is None:  # a private directory of this process's own, not cached
+        directory = Path(tempfile.mkdtemp(prefix="prunebench-spam-"))
+        atexit.register(shutil.rmtree, directory, True)
     target = directory / f"spam_kernel-{key}.so"
     if target.is_file():
         return target, ""

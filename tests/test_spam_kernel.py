@@ -218,6 +218,26 @@ def test_the_library_is_compiled_once_and_then_read_from_the_cache(fresh_kernel_
     assert first.parent.name == "prunebench" and first.name.startswith("spam_kernel-")
 
 
+def test_a_cache_directory_others_can_write_to_is_not_used(
+    fresh_kernel_state, monkeypatch, tmp_path
+):
+    """A shared library is loaded only from this user's private cache; else each process
+    compiles into a private temporary directory of its own."""
+    if not kernels_expected():
+        pytest.skip("no C compiler")
+    shared = tmp_path / "cache" / "prunebench"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    assert spam_kernel._cache_dir() is None
+    path, reason = spam_kernel._compile()
+    assert reason == "" and path is not None
+    assert shared not in path.parents and not list(shared.iterdir())
+    assert (path.parent.stat().st_mode & 0o077) == 0
+    assert spam_kernel.library(spam_module._self_check) is not None
+    shared.chmod(0o700)
+    assert spam_kernel._cache_dir() == shared
+
+
 def test_kernel_step_temporaries_are_one_bucket_of_square_root_inputs():
     """4 B per element of one bucket (the square-root inputs), whatever the model size."""
     params = [nn.Parameter(torch.randn(1000, 1000)) for _ in range(2)]
