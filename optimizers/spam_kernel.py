@@ -33,7 +33,7 @@ The shared library is cached under $XDG_CACHE_HOME/prunebench (else ~/.cache/pru
 keyed by the source, the compiler flags and the CPU (it is built with -march=native), written
 to a temporary name and renamed, so processes that compile it at the same time do not see a
 partial file. Where that directory cannot be made this user's own and private to them, each
-process compiles into a fresh private temporary directory instead (about a second).
+process compiles into a fresh private temporary directory instead (0.1 s here).
 """
 
 from __future__ import annotations
