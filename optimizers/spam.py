@@ -17,7 +17,11 @@ from the reference code, none of which changes a single number:
 - moments are zeroed in place at a reset instead of being reallocated;
 - the whole step runs one bucket at a time (lib/buckets.py): a few MiB of temporaries per
   step instead of about 9 B/param, and each bucket's data stays in cache across the step's
-  dozen passes (on CPU with one thread in buckets of `SPAM_CPU_BUCKET` elements, see there).
+  dozen passes (on CPU with one thread in buckets of `SPAM_CPU_BUCKET` elements, see there);
+- on CPU in float32 the bucket's work runs on compiled C loops (optimizers/spam_kernel.py:
+  three passes and torch.sqrt twice instead of about 13 torch passes), used only where a
+  self-check finds them bit-identical to the torch operations here; elsewhere, or with
+  `USE_KERNEL` off, the torch operations run.
 """
 
 from __future__ import annotations
@@ -31,15 +35,19 @@ import torch
 from torch import Tensor
 
 from lib.buckets import bucket_elements, buckets
+from optimizers import spam_kernel
 
-# Elements per bucket of the SPAM step on CPU with one intra-op thread, at most
-# (lib.buckets.CPU_BUCKET when smaller). The step makes about 17 elementwise passes over a
-# bucket; with 2^16 elements (256 KiB per tensor) the bucket's weights, gradients, moments and
-# two temporaries fit a 2 MiB L2 cache, so only the first pass streams from memory. ResNet-18,
-# one thread, side by side (docs/benchmarks.md, issue 24): 4.6-4.9x fused AdamW's step instead
-# of 6.1x with 2^20 elements, bit-identical; 2^14 is slower again (Python cost per bucket).
-# With several threads lib.buckets' size stays: there each pass is split across the threads,
-# and small buckets were not measured reliably on the shared 2-core machine.
+# Elements per bucket of the SPAM step on CPU with one intra-op thread, and on the compiled
+# kernels with any number of threads (their passes are single-threaded), at most
+# (lib.buckets.CPU_BUCKET when smaller). The torch operations make about 17 elementwise passes
+# over a bucket, the kernels five; with 2^16 elements (256 KiB per tensor) the bucket's
+# weights, gradients, moments and temporaries fit a 2 MiB L2 cache, so only the first pass
+# streams from memory. ResNet-18, one thread, side by side (docs/benchmarks.md, issue 24): on
+# torch operations 4.6-4.9x fused AdamW's step instead of 6.1x with 2^20 elements,
+# bit-identical, and 2^14 slower again (Python cost per bucket); on the kernels 2^16 was faster
+# than 2^15 and 2^17. With several threads the torch operations keep lib.buckets' size: there
+# each pass is split across the threads, and small buckets were not measured reliably on the
+# shared 2-core machine.
 SPAM_CPU_BUCKET = 1 << 16
 
 
@@ -219,6 +227,140 @@ def _denormals_flushed() -> bool:
 _SMALLEST_NORMAL = torch.tensor(torch.finfo(torch.float32).tiny)
 
 
+def _torch_bucket(params, grads, exp_avgs, exp_avg_sqs, theta, screen, coefficients) -> None:
+    """One bucket of the step with torch operations, the reference's own, in its order.
+
+    `theta` is None where clipping is off; `coefficients` is (beta1, beta2, eps, alpha,
+    decay, weight_decay), alpha = -step size * warmup scale, decay = -lr * weight_decay.
+    """
+    beta1, beta2, eps, alpha, decay, weight_decay = coefficients
+    if theta is not None:
+        _clip_bucket(grads, exp_avg_sqs, theta, screen)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    # p <- p - step m / (sqrt(v) + eps)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(denoms, eps)
+    updates = torch._foreach_div(exp_avgs, denoms)
+    del denoms
+    torch._foreach_add_(params, updates, alpha=alpha)
+    del updates
+    if weight_decay > 0.0:
+        # After the update and unscaled by the warmup, as p + (-lr wd) p like the reference.
+        torch._foreach_add_(params, params, alpha=decay)
+
+
+def _kernel_buckets(lists: list[list[Tensor]], size: int, root: Tensor):
+    """lib.buckets.buckets' cut of `lists` (params, grads, exp_avgs, exp_avg_sqs) as raw
+    pointers for the kernels, without making a view: buckets of pieces (n, p, g, m, v, at),
+    `at` where the piece's square-root inputs go in `root`. Every tensor is float32 and dense
+    (contiguous or channels-last, its four roles with one layout), so the elements of a piece
+    are n consecutive floats in memory order from each pointer."""
+    base = root.data_ptr()
+    bucket, filled = [], 0
+    for tensors in zip(*lists, strict=True):
+        n = tensors[0].numel()
+        pointers = [t.data_ptr() for t in tensors]
+        start = 0
+        while start < n:
+            take = min(n - start, size - filled)
+            bucket.append((take, *(x + 4 * start for x in pointers), base + 4 * filled))
+            start += take
+            filled += take
+            if filled == size:
+                yield bucket, filled
+                bucket, filled = [], 0
+    if filled:
+        yield bucket, filled
+
+
+def _kernel_bucket(kernel, root, pieces, filled, theta, coefficients) -> None:
+    """One bucket of the step on the compiled kernels (optimizers/spam_kernel.py): `pieces`
+    from `_kernel_buckets`, `filled` elements of `root` in use. Where clipping is on, the
+    spikes' v*theta go into `root` and torch.sqrt runs over them (if there is a spike); then
+    the moments write the new v there, torch.sqrt runs over them again, and the update reads
+    them. Per element, the operations and their order are the reference's."""
+    beta1, beta2, eps, alpha, decay, weight_decay = coefficients
+    roots = root if filled == root.numel() else root[:filled]
+    spiky = [False] * len(pieces)
+    if theta is not None:
+        spiky = [kernel.spam_limits(n, g, v, at, theta) > 0 for n, _, g, _, v, at in pieces]
+        if any(spiky):
+            torch.sqrt(roots, out=roots)
+    args = (beta1, 1 - beta1, beta2, 1 - beta2)
+    for (n, _, g, m, v, at), clip in zip(pieces, spiky, strict=True):
+        kernel.spam_moments(n, g, m, v, at, theta if clip else 0.0, clip, *args)
+    torch.sqrt(roots, out=roots)
+    decayed = weight_decay > 0.0
+    for n, p, _, m, v, at in pieces:
+        kernel.spam_update(n, p, m, v, at, eps, alpha, decay, decayed)
+
+
+# Whether SPAM may step on the compiled kernels where they are eligible (tests and the
+# benchmark turn it off to compare with the torch operations side by side).
+USE_KERNEL = True
+
+
+def _kernel(params, grads, exp_avgs, exp_avg_sqs):
+    """The compiled kernels if this group may use them: float32 on CPU, each tensor's four
+    roles in one dense layout (contiguous or channels-last, the same strides), and the
+    self-check passed (once per process)."""
+    if not USE_KERNEL:
+        return None
+    cpu, float32, channels_last = torch.device("cpu"), torch.float32, torch.channels_last
+    for roles in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
+        first = roles[0]
+        for t in roles:
+            if t.device != cpu or t.dtype != float32 or t.stride() != first.stride():
+                return None
+        if not first.is_contiguous() and not (
+            first.dim() == 4 and first.is_contiguous(memory_format=channels_last)
+        ):
+            return None
+    return spam_kernel.library(_self_check)
+
+
+def _self_check(kernel) -> str:
+    """Empty when the kernels give the torch path's bits on probe tensors, else what differed.
+
+    Lengths 1 to 67 and 4,099 (vectorised bodies and scalar tails), values at the edges
+    (signed zeros, denormals, inf, NaN), a few spikes, clipping on and off, decay on and off.
+    """
+    generator = torch.Generator().manual_seed(0)
+    lengths = [*range(1, 68), 4099]
+    specials = torch.tensor([0.0, -0.0, 1e-40, -1e-42, 1e-20, 3.0, -7.5, math.inf, math.nan])
+
+    def probe(scale):
+        tensors = []
+        for n in lengths:
+            t = torch.randn(n, generator=generator) * scale
+            t[torch.randint(0, n, (max(1, n // 10),), generator=generator)] = specials[
+                torch.randint(0, len(specials), (max(1, n // 10),), generator=generator)
+            ]
+            tensors.append(t)
+        return tensors
+
+    for clipped, weight_decay in ((True, 0.1), (False, 0.0)):
+        params, grads, avgs = probe(1.0), probe(0.01), probe(1e-3)
+        sqs = [(t * 1e-2).square_() for t in probe(1.0)]
+        for sq in sqs:
+            sq[:: max(1, len(sq) // 5)] = 0.0
+        twins = [[t.clone() for t in role] for role in (params, grads, avgs, sqs)]
+        coefficients = (0.9, 0.999, 1e-6, -1.3e-3, -1e-3 * weight_decay, weight_decay)
+        theta = 50.0 if clipped else None
+        root = torch.empty(sum(lengths))
+        for pieces, filled in _kernel_buckets([params, grads, avgs, sqs], root.numel(), root):
+            _kernel_bucket(kernel, root, pieces, filled, theta, coefficients)
+        _torch_bucket(*twins, theta, False, coefficients)
+        for name, ours, theirs in zip("pgmv", (params, grads, avgs, sqs), twins, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                if not torch.equal(a.view(torch.int32), b.view(torch.int32)):
+                    return f"{name} differs (length {a.numel()}, clipping {clipped})"
+    return ""
+
+
 @torch.no_grad()
 def spam_step(
     param_groups: list[dict[str, Any]], state: dict[Tensor, dict[str, Any]], clock: SpamClock
@@ -259,29 +401,30 @@ def spam_step(
             torch._foreach_zero_(exp_avg_sqs)
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         decay = -lr * group["weight_decay"]
-        size = _bucket_size(params[0].device)
-        screen = clip and _can_screen(params[0].device)
+        device = params[0].device
+        kernel = _kernel(params, grads, exp_avgs, exp_avg_sqs)
+        # The kernels' passes are single-threaded: buckets that fit L2 whatever the threads.
+        size = _bucket_size(device)
+        if kernel is not None:
+            size = min(bucket_elements(device), SPAM_CPU_BUCKET)
+        screen = clip and _can_screen(device)
+        root = None
+        if kernel is not None:  # the square-root inputs of one bucket
+            root = torch.empty(min(size, sum(p.numel() for p in params)))
         for k, indices in by_step.items():
             step_size = lr * math.sqrt(1 - beta2**k) / (1 - beta1**k)
+            coefficients = (beta1, beta2, eps, -step_size * scale, decay, group["weight_decay"])
             lists = [[role[i] for i in indices] for role in (params, grads, exp_avgs, exp_avg_sqs)]
-            for bucket_params, bucket_grads, bucket_avgs, bucket_sqs in buckets(lists, size):
-                if clip:
-                    _clip_bucket(bucket_grads, bucket_sqs, clock.theta, screen)
-                torch._foreach_mul_(bucket_avgs, beta1)
-                torch._foreach_add_(bucket_avgs, bucket_grads, alpha=1 - beta1)
-                torch._foreach_mul_(bucket_sqs, beta2)
-                torch._foreach_addcmul_(bucket_sqs, bucket_grads, bucket_grads, value=1 - beta2)
-                # p <- p - step m / (sqrt(v) + eps)
-                denoms = torch._foreach_sqrt(bucket_sqs)
-                torch._foreach_add_(denoms, eps)
-                updates = torch._foreach_div(bucket_avgs, denoms)
-                del denoms
-                torch._foreach_add_(bucket_params, updates, alpha=-step_size * scale)
-                del updates
-                if group["weight_decay"] > 0.0:
-                    # After the update and unscaled by the warmup, as p + (-lr wd) p like the
-                    # reference.
-                    torch._foreach_add_(bucket_params, bucket_params, alpha=decay)
+            theta = clock.theta if clip else None
+            if kernel is not None:
+                for pieces, filled in _kernel_buckets(lists, size, root):
+                    _kernel_bucket(kernel, root, pieces, filled, theta, coefficients)
+                # Written through pointers: tell autograd, as an in-place torch op would, so
+                # that a graph which saved one of them refuses to backward through it.
+                torch.autograd.graph.increment_version([t for role in lists for t in role])
+                continue
+            for bucket in buckets(lists, size):
+                _torch_bucket(*bucket, theta, screen, coefficients)
     clock.advance()
 
 

@@ -46,7 +46,14 @@ def test_bench_optimizers_quick_prints_every_method_and_the_clipping_table():
         r"goal <= 2\.0: (met|NOT MET)",
         out,
     )
-    assert re.search(rf"whole training step .*: {NUMBER}x fused AdamW's", out)
+    # ... beside SPAM on torch operations alone, on the same gradients, ending bit-identical
+    assert re.search(r"AdamWSPAM ran on: (compiled kernels|torch operations \()", out)
+    assert re.search(rf"AdamWSPAM on torch operations {NUMBER} s: ratio {NUMBER} \(IQR", out)
+    assert "the two AdamWSPAM runs end bit-identical: yes" in out
+    whole = rf"whole training step \(forward\+backward {NUMBER} s, batch {{}}, .*\): {NUMBER}x "
+    whole += rf"fused AdamW's \(on torch operations {NUMBER}x\), "
+    assert re.search(whole.format(8) + r"\(batch 8: the optimizer's largest share", out)
+    assert re.search(whole.format(16) + r"goal <= 1\.10: (met|NOT MET)", out)
 
 
 @pytest.mark.slow

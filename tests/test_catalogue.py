@@ -28,6 +28,7 @@ METHOD_CODE = (
     "lib/pruning_entries/",
     "optimizers/adamwprune.py",
     "optimizers/spam.py",
+    "optimizers/spam_kernel.py",
     "optimizers/masked.py",
     "optimizers/__init__.py",
     "lib/pruning.py",

@@ -209,8 +209,12 @@ def test_mask_updates_equal_the_whole_tensor_update_bit_for_bit(scope, end_step,
 # -- SPAM -----------------------------------------------------------------------------------------
 
 
-def test_spam_in_buckets_is_bit_identical_to_the_reference_loop(tiny_buckets):
-    """35 steps with interval 10: clipping from step 3, momentum resets at 10, 20, 30."""
+@pytest.mark.parametrize("use_kernel", [False, True], ids=["torch-ops", "compiled"])
+def test_spam_in_buckets_is_bit_identical_to_the_reference_loop(tiny_buckets, monkeypatch,
+                                                                use_kernel):  # fmt: skip
+    """35 steps with interval 10: clipping from step 3, momentum resets at 10, 20, 30; on the
+    torch operations and on the compiled kernels (optimizers/spam_kernel.py)."""
+    monkeypatch.setattr(spam_module, "USE_KERNEL", use_kernel)
     shapes = [(7, 5), (5,), (3, 2, 3, 3), (1,)]
     init = [
         torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)
@@ -227,8 +231,10 @@ def test_spam_in_buckets_is_bit_identical_to_the_reference_loop(tiny_buckets):
 
 
 def test_spam_step_temporaries_are_bounded_by_the_bucket(monkeypatch):
-    """A clipping SPAM step over 2M weights: ~8 B/param of temporaries unbucketed (4 B for
-    g^2, 4 for theta v), at most a few bytes per element of one 2^16-element bucket bucketed."""
+    """A clipping SPAM step over 2M weights on torch operations: ~8 B/param of temporaries
+    unbucketed (4 B for g^2, 4 for theta v), at most a few bytes per element of one
+    2^16-element bucket bucketed."""
+    monkeypatch.setattr(spam_module, "USE_KERNEL", False)
     params = [nn.Parameter(torch.randn(1000, 1000)) for _ in range(2)]
     optimizer = AdamWSPAM(params, theta=5000.0, clip_delay=1)
 
