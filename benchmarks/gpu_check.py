@@ -119,11 +119,13 @@ class Setting:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Setting:
         """The setting a check wrote to its work folder (JSON lists back to tuples)."""
-        return cls(**{
-            **d,
-            "bench_args": tuple(d["bench_args"]),
-            "part_limits": tuple(tuple(pair) for pair in d["part_limits"]),
-        })
+        return cls(
+            **{
+                **d,
+                "bench_args": tuple(d["bench_args"]),
+                "part_limits": tuple(tuple(pair) for pair in d["part_limits"]),
+            }
+        )
 
 
 def _usable_cpus() -> int:
@@ -490,10 +492,13 @@ def pytest_counts(output: str) -> dict[str, int]:
     """pytest's summary line ("3 passed, 1 skipped, 640 deselected in 12.3s") as counts."""
     counts = {}
     for line in output.strip().splitlines()[::-1]:
-        found = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", line)
+        found = re.findall(
+            r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", line
+        )
         if found:
-            counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
-                      for n, kind in found}
+            counts = {
+                kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in found
+            }
             break
     return counts
 
@@ -515,8 +520,12 @@ def part_pytest_gpu(setting: Setting, work: Path) -> dict[str, Any]:
     return {
         "passed": passed,
         "line": line,
-        "figures": {"command": command, "files": files, "counts": counts,
-                    "returncode": result.returncode},
+        "figures": {
+            "command": command,
+            "files": files,
+            "counts": counts,
+            "returncode": result.returncode,
+        },
     }
 
 
@@ -526,8 +535,9 @@ def part_input_pipeline(setting: Setting, work: Path) -> dict[str, Any]:
 
     from lib.data import build_loaders
 
-    spec = run_spec(setting, "adamw", work / "runs" / "input-pipeline", epochs=1,
-                    steps=setting.steps)
+    spec = run_spec(
+        setting, "adamw", work / "runs" / "input-pipeline", epochs=1, steps=setting.steps
+    )
     device = torch.device(setting.device)
     loader, _ = build_loaders(spec, device)
     loader.set_epoch(1)
@@ -571,8 +581,13 @@ def part_train(method: str):
     def run(setting: Setting, work: Path) -> dict[str, Any]:
         from lib.train import train
 
-        spec = run_spec(setting, method, work / "runs" / f"train-{method}",
-                        epochs=setting.epochs, steps=setting.steps)
+        spec = run_spec(
+            setting,
+            method,
+            work / "runs" / f"train-{method}",
+            epochs=setting.epochs,
+            steps=setting.steps,
+        )
         figures = training_figures(train(spec))
         losses = figures["train_loss_per_epoch"]
         falling = len(losses) >= 2 and all(map(math.isfinite, losses)) and losses[-1] < losses[0]
@@ -607,14 +622,22 @@ def part_train(method: str):
 
 def part_bench_optimizers(setting: Setting, work: Path) -> dict[str, Any]:
     output = work / "parts" / "bench-optimizers.data.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_optimizers.py"),
-               *setting.bench_args, "--json", str(output)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_optimizers.py"),
+        *setting.bench_args,
+        "--json",
+        str(output),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     (work / "logs" / "bench-optimizers.out").write_text(result.stdout + result.stderr)
     if result.returncode != 0 or not output.exists():
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"passed": False, "line": f"exit {result.returncode}: {tail}",
-                "figures": {"command": command}}
+        return {
+            "passed": False,
+            "line": f"exit {result.returncode}: {tail}",
+            "figures": {"command": command},
+        }
     data = json.loads(output.read_text())
     methods = data["methods"]
     prune = next(m for m in methods if m["label"].startswith("AdamWPrune"))
@@ -625,8 +648,11 @@ def part_bench_optimizers(setting: Setting, work: Path) -> dict[str, Any]:
         f"{prune['amortised_ratio']:.3f}x fused AdamW, AdamWSPAM {spam['amortised_ratio']:.3f}x "
         f"({len(methods)} methods, {data['setting']['rounds']} rounds)"
     )
-    return {"passed": finite and len(methods) >= 3, "line": line,
-            "figures": {"command": command, **data}}
+    return {
+        "passed": finite and len(methods) >= 3,
+        "line": line,
+        "figures": {"command": command, **data},
+    }
 
 
 def part_torchrun(setting: Setting, work: Path) -> dict[str, Any]:
@@ -665,8 +691,11 @@ def part_torchrun(setting: Setting, work: Path) -> dict[str, Any]:
     try:
         document = read_metrics(run_dir / "metrics.json")
     except Exception as e:  # noqa: BLE001 - reported as the part's failure
-        return {"passed": False, "line": f"runner exit {code}; no metrics.json ({e})",
-                "figures": {"runner_exit": code, "launched_by_torchrun": launched}}
+        return {
+            "passed": False,
+            "line": f"runner exit {code}; no metrics.json ({e})",
+            "figures": {"runner_exit": code, "launched_by_torchrun": launched},
+        }
     figures = training_figures(document)
     joined = all("ranks" in e for e in document["epochs"]) and bool(document["epochs"])
     figures.update(
@@ -690,7 +719,8 @@ def part_torchrun(setting: Setting, work: Path) -> dict[str, Any]:
         f"group of one {'joined' if joined else 'NOT joined'}"
         + (f", nccl log {'seen' if nccl_seen else 'NOT seen'}" if cuda else "")
         + (f", {figures['images_per_second']:,.0f} img/s" if figures["images_per_second"] else "")
-        + ", masks " + {None: "n/a", True: "exact", False: "NOT exact"}[figures["masks_exact"]]
+        + ", masks "
+        + {None: "n/a", True: "exact", False: "NOT exact"}[figures["masks_exact"]]
     )
     return {"passed": passed, "line": line, "figures": figures}
 
@@ -732,8 +762,14 @@ def part_compile(setting: Setting, work: Path) -> dict[str, Any]:
     _Run.evaluate = counting_evaluate
     torch._dynamo.reset()
     counters.clear()
-    spec = run_spec(setting, "adamwprune", work / "runs" / "compile",
-                    epochs=setting.compile_epochs, steps=setting.compile_steps, compile=True)
+    spec = run_spec(
+        setting,
+        "adamwprune",
+        work / "runs" / "compile",
+        epochs=setting.compile_epochs,
+        steps=setting.compile_steps,
+        compile=True,
+    )
     figures = training_figures(train(spec))
     rates = figures["images_per_second_per_epoch"]
     figures.update(
@@ -744,11 +780,15 @@ def part_compile(setting: Setting, work: Path) -> dict[str, Any]:
     document = json.loads((Path(spec.out_dir) / "metrics.json").read_text())
     if document["epochs"]:
         figures["first_epoch_seconds"] = document["epochs"][0]["epoch_seconds"]
-    no_recompile = len(graphs) == setting.compile_epochs and graphs[0] > 0 and all(
-        g == graphs[0] for g in graphs
+    no_recompile = (
+        len(graphs) == setting.compile_epochs
+        and graphs[0] > 0
+        and all(g == graphs[0] for g in graphs)
     )
     figures["no_recompilation"] = no_recompile
-    passed = figures["status"] == "completed" and no_recompile and figures["masks_exact"] is not False
+    passed = (
+        figures["status"] == "completed" and no_recompile and figures["masks_exact"] is not False
+    )
     if figures["status"] != "completed":
         line = f"run {figures['status']}: {figures['error']}"
     else:
@@ -811,14 +851,19 @@ def last_line(path: Path) -> str:
 def execute_part(name: str, setting: Setting, work: Path, seconds_left: float) -> dict[str, Any]:
     limit = min(setting.limit(name), seconds_left)
     if limit < 20:
-        return {"status": STATUS_SKIPPED, "line": f"not run: {seconds_left:.0f} s of the budget "
-                "left", "seconds": 0.0, "figures": {}}
+        return {
+            "status": STATUS_SKIPPED,
+            "line": f"not run: {seconds_left:.0f} s of the budget left",
+            "seconds": 0.0,
+            "figures": {},
+        }
     log = work / "logs" / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "part", name, "--work", str(work)]
     start = time.perf_counter()
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             code = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -828,11 +873,21 @@ def execute_part(name: str, setting: Setting, work: Path, seconds_left: float) -
     seconds = time.perf_counter() - start
     fragment = work / "parts" / f"{name}.json"
     if code is None:
-        return {"status": STATUS_FAIL, "line": f"timed out after {limit:.0f} s ({last_line(log)})",
-                "seconds": seconds, "figures": {}, "log": str(log)}
+        return {
+            "status": STATUS_FAIL,
+            "line": f"timed out after {limit:.0f} s ({last_line(log)})",
+            "seconds": seconds,
+            "figures": {},
+            "log": str(log),
+        }
     if not fragment.exists():
-        return {"status": STATUS_FAIL, "line": f"exit {code}: {last_line(log)}",
-                "seconds": seconds, "figures": {}, "log": str(log)}
+        return {
+            "status": STATUS_FAIL,
+            "line": f"exit {code}: {last_line(log)}",
+            "seconds": seconds,
+            "figures": {},
+            "log": str(log),
+        }
     result = json.loads(fragment.read_text())
     return {
         "status": STATUS_PASS if result["passed"] and code == 0 else STATUS_FAIL,
@@ -848,17 +903,22 @@ def goals(parts: dict[str, dict[str, Any]], setting: Setting) -> list[dict[str, 
     out = []
     bench = parts.get("bench-optimizers", {}).get("figures", {})
     ratio = next(
-        (m["amortised_ratio"] for m in bench.get("methods", [])
-         if m["label"].startswith("AdamWPrune")),
+        (
+            m["amortised_ratio"]
+            for m in bench.get("methods", [])
+            if m["label"].startswith("AdamWPrune")
+        ),
         None,
     )
-    out.append({
-        "goal": f"AdamWPrune amortised step <= {GOAL_PRUNE_RATIO}x fused AdamW on the GPU",
-        "target": GOAL_PRUNE_RATIO,
-        "measured": ratio,
-        "met": None if ratio is None else ratio <= GOAL_PRUNE_RATIO,
-        "note": "" if setting.device == "cuda" else "cpu dry run: not the goal's setting",
-    })
+    out.append(
+        {
+            "goal": f"AdamWPrune amortised step <= {GOAL_PRUNE_RATIO}x fused AdamW on the GPU",
+            "target": GOAL_PRUNE_RATIO,
+            "measured": ratio,
+            "met": None if ratio is None else ratio <= GOAL_PRUNE_RATIO,
+            "note": "" if setting.device == "cuda" else "cpu dry run: not the goal's setting",
+        }
+    )
     ceiling = parts.get("input-pipeline", {}).get("figures", {}).get("images_per_second")
     rates = {
         m: parts.get(f"resnet50-{m}", {}).get("figures", {}).get("images_per_second")
@@ -867,18 +927,22 @@ def goals(parts: dict[str, dict[str, Any]], setting: Setting) -> list[dict[str, 
     target, named = float(GOAL_IMAGES_PER_SECOND), "3,000 img/s"
     if ceiling is not None and ceiling < GOAL_IMAGES_PER_SECOND:
         target = ceiling
-        named = (f"the input pipeline's measured ceiling, {ceiling:,.0f} img/s (below "
-                 f"{GOAL_IMAGES_PER_SECOND:,})")
+        named = (
+            f"the input pipeline's measured ceiling, {ceiling:,.0f} img/s (below "
+            f"{GOAL_IMAGES_PER_SECOND:,})"
+        )
     measured = rates["adamw"]
-    out.append({
-        "goal": f"ResNet-50 training through the real input pipeline at >= {named}",
-        "target": target,
-        "measured": measured,
-        "measured_per_method": rates,
-        "input_pipeline_ceiling": ceiling,
-        "met": None if measured is None else measured >= target,
-        "note": "" if setting.device == "cuda" else "cpu dry run: not the goal's setting",
-    })
+    out.append(
+        {
+            "goal": f"ResNet-50 training through the real input pipeline at >= {named}",
+            "target": target,
+            "measured": measured,
+            "measured_per_method": rates,
+            "input_pipeline_ceiling": ceiling,
+            "met": None if measured is None else measured >= target,
+            "note": "" if setting.device == "cuda" else "cpu dry run: not the goal's setting",
+        }
+    )
     return out
 
 
@@ -896,31 +960,46 @@ def run_check(args: argparse.Namespace) -> int:
     selected = PARTS if not args.parts else tuple(args.parts.split(","))
     unknown = [p for p in selected if p not in PARTS]
     if unknown:
-        print(f"gpu-check: --parts {args.parts!r}: unknown part {unknown[0]!r}; accepted: "
-              f"{', '.join(PARTS)}", flush=True)
+        print(
+            f"gpu-check: --parts {args.parts!r}: unknown part {unknown[0]!r}; accepted: "
+            f"{', '.join(PARTS)}",
+            flush=True,
+        )
         return EXIT_SETUP
     started = datetime.datetime.now(datetime.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     out_path = Path(args.out) if args.out else RESULTS_ROOT / stamp / "gpu-check.json"
     out_path = out_path if out_path.is_absolute() else Path.cwd() / out_path
     work = out_path.parent
-    used = [sub for sub in ("parts", "runs") if (work / sub).is_dir() and any((work / sub).iterdir())]
+    used = [
+        sub for sub in ("parts", "runs") if (work / sub).is_dir() and any((work / sub).iterdir())
+    ]
     if used:
         # Finished runs there would be reported again instead of measured.
-        print(f"gpu-check: --out {out_path}: {work / used[0]} already holds an earlier check's "
-              "results; give a file in a new or empty folder", flush=True)
+        print(
+            f"gpu-check: --out {out_path}: {work / used[0]} already holds an earlier check's "
+            "results; give a file in a new or empty folder",
+            flush=True,
+        )
         return EXIT_SETUP
     for sub in ("parts", "logs", "runs"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     (work / "setting.json").write_text(json.dumps(dataclasses.asdict(setting), indent=2) + "\n")
-    print(f"gpu-check ({setting.mode}): {len(selected)} parts, budget {setting.budget:.0f} s; "
-          f"logs and runs under {work}", flush=True)
+    print(
+        f"gpu-check ({setting.mode}): {len(selected)} parts, budget {setting.budget:.0f} s; "
+        f"logs and runs under {work}",
+        flush=True,
+    )
     clock = time.perf_counter()
     parts: dict[str, dict[str, Any]] = {}
     for name in PARTS:
         if name not in selected:
-            parts[name] = {"status": STATUS_NOT_RUN, "line": "not selected", "seconds": 0.0,
-                           "figures": {}}
+            parts[name] = {
+                "status": STATUS_NOT_RUN,
+                "line": "not selected",
+                "seconds": 0.0,
+                "figures": {},
+            }
             continue
         left = setting.budget - (time.perf_counter() - clock)
         parts[name] = execute_part(name, setting, work, left)
@@ -943,12 +1022,21 @@ def run_check(args: argparse.Namespace) -> int:
     for goal in document["goals"]:
         measured = goal["measured"]
         verdict = {None: "not measured", True: "met", False: "NOT met"}[goal["met"]]
-        value = "" if measured is None else f": {measured:,.3f}" if measured < 100 else f": {measured:,.0f}"
+        value = (
+            ""
+            if measured is None
+            else f": {measured:,.3f}"
+            if measured < 100
+            else f": {measured:,.0f}"
+        )
         note = f" ({goal['note']})" if goal["note"] else ""
         print(f"goal  {goal['goal']}{value} -> {verdict}{note}", flush=True)
     count = sum(p["status"] == STATUS_PASS for p in ran)
-    print(f"gpu-check: {count}/{len(ran)} parts passed in {document['seconds']:.0f} s; figures in "
-          f"{out_path}", flush=True)
+    print(
+        f"gpu-check: {count}/{len(ran)} parts passed in {document['seconds']:.0f} s; figures in "
+        f"{out_path}",
+        flush=True,
+    )
     return EXIT_PASSED if passed else EXIT_FAILED
 
 
@@ -956,12 +1044,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run the check")
-    run.add_argument("--cpu-dry-run", action="store_true",
-                     help="every part on the CPU at tiny sizes (tests the check itself)")
-    run.add_argument("--out", help="the JSON file (default results/gpu-check/<time>/gpu-check.json)")
+    run.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="every part on the CPU at tiny sizes (tests the check itself)",
+    )
+    run.add_argument(
+        "--out", help="the JSON file (default results/gpu-check/<time>/gpu-check.json)"
+    )
     run.add_argument("--parts", help=f"comma-separated subset of: {', '.join(PARTS)}")
     run.add_argument("--budget", type=float, help="seconds for the whole check")
-    run.add_argument("--data-root", help=f"where the generated JPEGs are kept (default {DATA_ROOT})")
+    run.add_argument(
+        "--data-root", help=f"where the generated JPEGs are kept (default {DATA_ROOT})"
+    )
     sub.add_parser("preflight", help="exit 3 with one line when no GPU is visible")
     part = sub.add_parser("part", help="(internal) run one part in this process")
     part.add_argument("name", choices=PARTS)

@@ -67,20 +67,37 @@ def collect_plan(wheelhouse: Path, python: str = sys.executable) -> list[list[st
         [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheelhouse), str(ROOT)],
     ]
     # --platform any: pure-Python wheels only, whatever the GPU machine's Python and CPU.
-    download = [*pip, "download", "--only-binary=:all:", "--platform", "any", "--dest",
-                str(wheelhouse)]
+    download = [
+        *pip,
+        "download",
+        "--only-binary=:all:",
+        "--platform",
+        "any",
+        "--dest",
+        str(wheelhouse),
+    ]
     requirements = [pinned(name) for name in REQUIREMENTS]
     commands.append([*download, *requirements])
     commands.append([*download, "--python-version", "3.10", *BACKPORTS])
     return commands
 
 
-def install_plan(
-    wheelhouse: Path, target: Path, python: str = sys.executable
-) -> list[list[str]]:
+def install_plan(wheelhouse: Path, target: Path, python: str = sys.executable) -> list[list[str]]:
     """The pip commands that install the check's wheels from `wheelhouse` only into `target`."""
-    offline = [python, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse),
-               "--target", str(target), "--upgrade", "--quiet", "--disable-pip-version-check"]
+    offline = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--find-links",
+        str(wheelhouse),
+        "--target",
+        str(target),
+        "--upgrade",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     return [
         # Its runtime dependencies beyond torch are the ones below or not used by the check.
         [*offline, "--no-deps", f"{PROJECT}=={project_version()}"],
@@ -136,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if status == EXIT_OK:
             wheels = sorted(w.name for w in wheelhouse.glob("*.whl"))
             size = sum(w.stat().st_size for w in wheelhouse.glob("*.whl"))
-            print(f"gpu-wheels: {len(wheels)} wheels, {size / 2**20:.1f} MiB in {wheelhouse}; "
-                  "carry it with the checkout and run make gpu-check there", flush=True)
+            print(
+                f"gpu-wheels: {len(wheels)} wheels, {size / 2**20:.1f} MiB in {wheelhouse}; "
+                "carry it with the checkout and run make gpu-check there",
+                flush=True,
+            )
         return status
     missing = missing_wheels(wheelhouse)
     if missing:
@@ -146,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             if not wheelhouse.is_dir()
             else f"no wheel for {', '.join(missing)} in {wheelhouse}"
         )
-        print(f"gpu-check: {what}; run make gpu-wheels where the package registry is reachable "
-              "and carry wheelhouse/ here", flush=True)
+        print(
+            f"gpu-check: {what}; run make gpu-wheels where the package registry is reachable "
+            "and carry wheelhouse/ here",
+            flush=True,
+        )
         return EXIT_SETUP
     return run(install_plan(wheelhouse, target))
 

@@ -241,7 +241,11 @@ class RunGroup:
         `images_per_second` stays the whole run's (every rank's images over the wall time)."""
         if not self.distributed:
             return memory
-        mine = {"rank": self.rank, "images_per_second": round(rank_images / train_seconds, 1), **memory}
+        mine = {
+            "rank": self.rank,
+            "images_per_second": round(rank_images / train_seconds, 1),
+            **memory,
+        }
         ranks = self.gather(mine)
 
         def largest(key: str) -> float | None:

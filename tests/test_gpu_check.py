@@ -192,8 +192,15 @@ def test_cpu_dry_run_writes_every_part_and_goal_to_one_json(tmp_path):
     out = tmp_path / "check" / "gpu-check.json"
     selected = "environment,resnet50-adamwprune"
     result = run_script(
-        "run", "--cpu-dry-run", "--parts", selected, "--out", str(out),
-        "--data-root", str(tmp_path / "data"), timeout=600,
+        "run",
+        "--cpu-dry-run",
+        "--parts",
+        selected,
+        "--out",
+        str(out),
+        "--data-root",
+        str(tmp_path / "data"),
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
