@@ -78,3 +78,21 @@ def _private_plan_key() -> None:
 
 
 _private_plan_key()
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A site directory on sys.path for installing test plug-ins into (tests/test_plugins.py
+    `install`); the method catalogue is found again before and after."""
+    import sys
+
+    from lib import catalogue
+
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    catalogue.reset()
+    yield path
+    for module in [m for m in sys.modules if m.endswith("_pkg")]:
+        del sys.modules[module]
+    catalogue.reset()

@@ -4,12 +4,10 @@ run again (nothing re-trained), report, continue; plus the bad inputs that cross
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
 
 from lib import config as cfg
 from lib.metrics import read_metrics
@@ -39,18 +37,6 @@ CONFIG_REPORT_BASELINE="adamw_magnitude"
 """
 
 
-def cli(*args: str, config: Path, results: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KCONFIG_CONFIG": str(config), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_matrix(tmp_path_factory):
     """A finished tiny matrix: (config path, results dir, first test-matrix output)."""
@@ -58,16 +44,16 @@ def tiny_matrix(tmp_path_factory):
     config = tmp / ".config"
     results = tmp / "results"
     config.write_text(TINY + f'CONFIG_RESULTS_DIR="{results}"\nCONFIG_DATA_DIR="{tmp}/data"\n')
-    res = cli("lib.cli", "olddefconfig", config=config, results=results)
+    res = cli("lib.cli", "olddefconfig", config=config)
     assert res.returncode == 0, res.stderr
-    res = cli("lib.cli", "test-matrix", config=config, results=results)
+    res = cli("lib.cli", "test-matrix", config=config)
     assert res.returncode == 0, res.stdout + res.stderr
     return config, results, res.stdout
 
 
 def test_dry_run_lists_the_plan(tiny_matrix):
     config, results, _ = tiny_matrix
-    res = cli("lib.cli", "dry-run", config=config, results=results)
+    res = cli("lib.cli", "dry-run", config=config)
     assert res.returncode == 0, res.stderr
     for run_id in (
         "resnet18_adamw_dense_seed0",
@@ -96,11 +82,11 @@ def test_running_again_trains_nothing_and_touches_nothing(tiny_matrix):
         p for p in (results / "tiny").rglob("*") if p.is_file() and p.parent != results / "tiny"
     )
     before = {p: p.stat().st_mtime_ns for p in files}
-    res = cli("lib.cli", "test-matrix", config=config, results=results)
+    res = cli("lib.cli", "test-matrix", config=config)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4 already completed" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in files} == before
-    res = cli("lib.cli", "continue", "--results-dir", str(results), config=config, results=results)
+    res = cli("lib.cli", "continue", "--results-dir", str(results), config=config)
     assert res.returncode == 0, res.stdout + res.stderr
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
@@ -109,10 +95,10 @@ def test_continue_and_report_look_under_the_configured_results_dir(tiny_matrix):
     # CONFIG_RESULTS_DIR is a temporary directory here, not ./results: make continue and make
     # report (no --results-dir) must find the matrix make test-matrix wrote there.
     config, results, _ = tiny_matrix
-    res = cli("lib.cli", "continue", "--matrix", "tiny", config=config, results=results)
+    res = cli("lib.cli", "continue", "--matrix", "tiny", config=config)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4 already completed" in res.stdout
-    res = cli("scripts.report", "--matrix", "tiny", config=config, results=results)
+    res = cli("scripts.report", "--matrix", "tiny", config=config)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip().splitlines()[-1]) == results / "tiny" / "report.md"
 
@@ -126,7 +112,6 @@ def test_report_renders_tables_and_plots(tiny_matrix):
         "--matrix",
         "tiny",
         config=config,
-        results=results,
     )
     assert res.returncode == 0, res.stderr
     report = Path(res.stdout.strip().splitlines()[-1])
@@ -145,7 +130,7 @@ def test_changed_config_for_existing_runs_is_refused(tiny_matrix, tmp_path):
         TINY.replace("CONFIG_TRAIN_EPOCHS=2", "CONFIG_TRAIN_EPOCHS=3")
         + f'CONFIG_RESULTS_DIR="{results}"\nCONFIG_DATA_DIR="{tmp_path}/data"\n'
     )
-    res = cli("lib.cli", "test-matrix", config=config, results=results)
+    res = cli("lib.cli", "test-matrix", config=config)
     assert res.returncode == 2
     assert "epochs" in res.stdout + res.stderr
 
@@ -179,7 +164,7 @@ def test_missing_dataset_is_refused_before_any_run_starts(tmp_path):
         TINY.replace("CONFIG_DATASET_SYNTHETIC=y", "CONFIG_DATASET_IMAGENET=y")
         + f'CONFIG_RESULTS_DIR="{results}"\nCONFIG_DATA_DIR="{tmp_path}/nowhere"\n'
     )
-    res = cli("lib.cli", "test-matrix", config=config, results=results)
+    res = cli("lib.cli", "test-matrix", config=config)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -164,19 +164,6 @@ def install(
     catalogue.reset()
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A site directory on sys.path; the catalogue is found again before and after."""
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
-    catalogue.reset()
-    yield path
-    for module in [m for m in sys.modules if m.endswith("_pkg")]:
-        del sys.modules[module]
-    catalogue.reset()
-
-
 TINY = """\
 CONFIG_MODEL_RESNET18=y
 CONFIG_MODEL_STEM_CIFAR=y

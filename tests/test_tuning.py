@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
 
 from lib import catalogue
 from lib import config as cfg
@@ -214,18 +212,6 @@ def test_selection_uses_held_out_validation_when_the_trainer_wrote_it():
 # end to end: trials, then reruns, then the report
 
 
-def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KCONFIG_CONFIG": str(config), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
 def tuned_matrix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tuning")
@@ -381,19 +367,6 @@ def test_without_held_out_validation_the_report_warns_it_selected_on_test(tuned_
 # a plug-in's search space (docs/plugins.md)
 
 
-@pytest.fixture
-def plugin_site(tmp_path, monkeypatch):
-    """A site directory on sys.path for tests.test_plugins.install (as its `site` fixture)."""
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
-    catalogue.reset()
-    yield path
-    for module in [m for m in sys.modules if m.endswith("_pkg")]:
-        del sys.modules[module]
-    catalogue.reset()
-
-
 def plugin_with_search_space(site: Path, dimension: str) -> None:
     from tests.test_plugins import OPTIMIZER_FRAGMENT, OPTIMIZER_MODULE, install
 
@@ -412,8 +385,8 @@ def plugin_with_search_space(site: Path, dimension: str) -> None:
     install(site, "fake-opt", "fakeopt", module=module, fragment=fragment)
 
 
-def test_a_plugin_searches_its_own_settings(plugin_site, tmp_path):
-    plugin_with_search_space(plugin_site, "lr")
+def test_a_plugin_searches_its_own_settings(site, tmp_path):
+    plugin_with_search_space(site, "lr")
     config = tiny_config(
         tmp_path, "CONFIG_OPTIMIZER_FAKEOPT=y\n# CONFIG_OPTIMIZER_ADAMWPRUNE is not set\n"
     )
@@ -426,8 +399,8 @@ def test_a_plugin_searches_its_own_settings(plugin_site, tmp_path):
         assert spec.optimizer.lr == OptimizerSpec().lr  # a plug-in reads only its settings
 
 
-def test_a_plugin_search_dimension_that_is_none_of_its_settings_is_one_line(plugin_site):
-    plugin_with_search_space(plugin_site, "momentum")
+def test_a_plugin_search_dimension_that_is_none_of_its_settings_is_one_line(site):
+    plugin_with_search_space(site, "momentum")
     reason = catalogue.catalogue().broken["fakeopt"]
     assert "search dimension 'momentum' (log) is not accepted" in reason and "\n" not in reason
 
