@@ -33,8 +33,8 @@ def test_a_compiled_run_does_not_recompile_after_its_first_epoch(tiny_spec, tmp_
     graphs_after_epoch = []
     evaluate = _Run.evaluate
 
-    def counting_evaluate(self, epoch):
-        result = evaluate(self, epoch)
+    def counting_evaluate(self, epoch, *args):
+        result = evaluate(self, epoch, *args)
         graphs_after_epoch.append(counters["stats"]["unique_graphs"])
         return result
 
