@@ -132,6 +132,29 @@ def open_dir(
         raise _refusal(shown, e, "directory") from None
 
 
+def open_run_dir(path: str | os.PathLike[str]) -> int:
+    """A descriptor of the run directory `path`, opened relative to its matrix directory with
+    neither opened through a link: what the trainer and `record_failure` write through.
+    StoreError for a link or anything but a directory; FileNotFoundError passes through."""
+    path = Path(os.path.abspath(path))
+    parent = open_dir(path.parent)
+    try:
+        return open_dir(path.name, parent, path)
+    finally:
+        os.close(parent)
+
+
+def same_dir(path: str | os.PathLike[str], fd: int) -> bool:
+    """Whether `path` still names the directory `fd` was opened on (not a link, not another
+    directory moved in its place)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def open_regular(name: str | os.PathLike[str], dir_fd: int | None, shown: Path) -> int:
     """A read-only descriptor of the regular file `name` (relative to `dir_fd`), never through
     a link, never blocking on a FIFO. FileNotFoundError passes through."""

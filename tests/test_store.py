@@ -541,3 +541,40 @@ def test_executor_options_read_back_pass_the_checks_of_a_config(tmp_path, no_lau
     assert cli.main(argv) == 2 and no_launch == []
     line = one_line(capsys.readouterr().err)
     assert "CONFIG_SLURM_EXTRA_ARGS" in line and "the Slurm executor sets them" in line
+
+
+# -- what the trainer, the run index and record_failure write ----------------------------------
+
+
+def test_a_run_directory_swapped_for_a_link_while_a_run_trains_stops_it_unwritten(
+    tmp_path, tiny_spec, monkeypatch, capsys
+):
+    import lib.train
+
+    spec = tiny_spec(tmp_path)  # 2 epochs
+    run_dir = Path(spec.out_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(spec.to_json() + "\n")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    original = lib.train._Run.train_one_epoch
+
+    def swap_before_epoch_2(self, epoch, deadline):
+        if epoch == 2:  # epoch 1 is on disk; the directory is moved and a link takes its place
+            run_dir.rename(tmp_path / "moved")
+            run_dir.symlink_to(victim)
+        return original(self, epoch, deadline)
+
+    monkeypatch.setattr(lib.train._Run, "train_one_epoch", swap_before_epoch_2)
+    rc = lib.train.main([str(run_dir / "run.json")])
+    err = one_line(capsys.readouterr().err)
+    assert rc == lib.train.EXIT_FAILED
+    assert "no longer the run directory" in err and str(run_dir) in err, err
+    assert list(victim.iterdir()) == []  # nothing written through the link
+    moved = tmp_path / "moved"  # the directory the run opened: epoch 1, as it was left
+    doc = json.loads((moved / METRICS_FILE).read_text())
+    assert doc["summary"]["status"] == STATUS_RUNNING and len(doc["epochs"]) == 1
+    checkpoint = lib.train.torch.load(moved / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert not list(moved.glob(".*.tmp"))  # no temporary file left behind
+
