@@ -43,6 +43,7 @@ from lib import tracking
 from lib.atomic import (
     EXIT_ENVIRONMENT,
     atomic_write_at,
+    exists_at,
     open_no_follow,
     set_aside_corrupt,
     storage_error,
@@ -83,6 +84,7 @@ from lib.store import (
     key_path,
     open_dir,
     open_regular,
+    open_run_dir,
     owner_name,
     read_bytes,
     read_json_path,
@@ -885,6 +887,8 @@ class _Runner(MatrixSession):
         run.environment_failure = environment
         try:
             record_failure(run.spec, reason, environment_failure=environment)
+        except StoreError as e:  # its directory became a link: nothing written through it
+            self.say(f"{run.spec.run_id}: failure not recorded in metrics.json: {e}")
         except OSError as e:
             if storage_error(e, run.metrics_path) is None:
                 raise
@@ -1113,17 +1117,31 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     The trainer does this itself for failures it sees; a child killed from outside (the OOM
     killer, a segfault) leaves `running` behind, which would make the next runner relaunch it
     as if it had only been interrupted. Failed runs are retried only when asked.
+
+    Written relative to the run directory's descriptor (lib/store.py): a run directory that is
+    a link, or is swapped for one, is refused with a StoreError (one line), its target
+    untouched.
     """
+    dir_fd = open_run_dir(spec.out_dir)  # StoreError for a link
+    try:
+        _record_failure_at(dir_fd, spec, reason, environment_failure=environment_failure)
+    finally:
+        os.close(dir_fd)
+
+
+def _record_failure_at(
+    dir_fd: int, spec: RunSpec, reason: str, *, environment_failure: bool
+) -> None:
     path = Path(spec.out_dir) / METRICS_FILE
     try:
-        doc = read_metrics(path)
+        doc = read_metrics(path, dir_fd=dir_fd)
     except MetricsError:
         doc = None
     if doc is not None and doc["summary"].get("status") == STATUS_FAILED:
         return
     if doc is None:
-        if path.exists():
-            set_aside_corrupt(path)
+        if exists_at(METRICS_FILE, dir_fd):
+            set_aside_corrupt(path, dir_fd=dir_fd)
         write_metrics_document(
             path,
             build_document(
@@ -1133,6 +1151,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
                 error=reason,
                 environment_failure=environment_failure,
             ),
+            dir_fd=dir_fd,
         )
         return
     previous = doc.get("summary") or {}
@@ -1145,7 +1164,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
         environment_failure=environment_failure,
         model_info=doc.get("model_info"),
     )
-    write_metrics_document(path, doc)
+    write_metrics_document(path, doc, dir_fd=dir_fd)
 
 
 def open_matrix(

@@ -187,10 +187,14 @@ class MatrixRun:
             last = self._last_log_line()
             if returncode > 0 and last:
                 reason += f": {last}"
-            spec = RunSpec.from_json((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-            if not spec.out_dir:
-                spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(run_dir)})
-            record_failure(spec, reason)
+            try:  # through the store: neither run.json nor the run directory may be a link
+                with MatrixStore(run_dir.parent) as store:
+                    spec = RunSpec.from_dict(store.read_run_json(run_dir.name, RUN_FILE))
+                if not spec.out_dir:
+                    spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(run_dir)})
+                record_failure(spec, reason)
+            except (OSError, StoreError) as e:
+                reason += f" (not recorded in metrics.json: {one_line(e)})"
         raise RunFailed(f"{run_dir.name}: {reason}")
 
     def _recorded_error(self) -> str | None:

@@ -578,3 +578,46 @@ def test_a_run_directory_swapped_for_a_link_while_a_run_trains_stops_it_unwritte
     assert checkpoint["epoch"] == 1
     assert not list(moved.glob(".*.tmp"))  # no temporary file left behind
 
+
+def test_the_run_index_replaces_planted_links_and_leaves_their_targets_alone(tmp_path):
+    from lib.run_index import INDEX_FILE, SPEEDS_FILE, RunIndex
+
+    matrix_dir, _, specs = planned(tmp_path)
+    for spec in specs:  # settled (an hour old), so that the index keeps their records
+        metrics = finish(matrix_dir, spec) / METRICS_FILE
+        os.utime(metrics, (metrics.stat().st_atime - 3600, metrics.stat().st_mtime - 3600))
+    victims = {}
+    for name in (INDEX_FILE, SPEEDS_FILE):
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_text("not yours\n")
+        (matrix_dir / name).symlink_to(victims[name])
+    index = RunIndex(matrix_dir)
+    for spec in specs:
+        assert index.record(spec.run_id, spec.to_dict())["run_id"] == spec.run_id
+    index.save()
+    for name, victim in victims.items():
+        assert victim.read_text() == "not yours\n", name
+        assert (matrix_dir / name).is_file() and not (matrix_dir / name).is_symlink(), name
+    written = json.loads((matrix_dir / INDEX_FILE).read_text())
+    assert sorted(written["runs"]) == sorted(spec.run_id for spec in specs)
+    assert json.loads((matrix_dir / SPEEDS_FILE).read_text())  # the speeds of the runs read
+
+
+def test_record_failure_into_a_run_directory_that_is_a_link_is_refused_untouched(
+    tmp_path, tiny_spec
+):
+    from lib.runner import record_failure
+
+    spec = tiny_spec(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    document = build_document(spec, [dict(EPOCH)], status=STATUS_RUNNING)
+    atomic_write_json(victim / METRICS_FILE, document)
+    before = (victim / METRICS_FILE).read_bytes()
+    Path(spec.out_dir).symlink_to(victim)
+    with pytest.raises(StoreError) as refused:
+        record_failure(spec, "killed by the OOM killer")
+    message = one_line(str(refused.value))
+    assert "is a symbolic link" in message and spec.out_dir in message
+    assert (victim / METRICS_FILE).read_bytes() == before
+    assert sorted(p.name for p in victim.iterdir()) == [METRICS_FILE]
