@@ -632,6 +632,10 @@ class MatrixSession:
     def write_manifest(self) -> None:
         try:
             self._write_manifest()
+        except StoreError as e:  # the matrix directory became a link: not written through
+            if self.manifest_error is None:
+                self.say(f"matrix.json not updated: {e}")
+            self.manifest_error = str(e)
         except OSError as e:
             environment = storage_error(e, self.matrix_dir / MATRIX_FILE)
             if environment is None:
@@ -662,7 +666,11 @@ class MatrixSession:
                 f"matrix.json written without a seal: {key_path()} cannot be created or is "
                 "readable by others; make continue refuses an unsealed plan"
             )
-        atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed)
+        dir_fd = open_dir(self.matrix_dir)  # never through a link (lib/store.py)
+        try:
+            atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def carry_over_manifest(self) -> None:
         """Keep what an earlier runner of this matrix recorded: creation time, attempts,
@@ -701,11 +709,15 @@ class MatrixSession:
                 try:
                     doc = index.record(run.spec.run_id, run.spec.to_dict())
                 except MetricsError as e:
-                    moved = set_aside_corrupt(path)
-                    self.say(
-                        f"{run.spec.run_id}: metrics.json is unreadable ({e}); moved to "
-                        f"{moved.name}, this run trains again (from its checkpoint if any)"
-                    )
+                    try:
+                        moved = _set_aside_metrics(index, run)
+                    except StoreError as refused:  # its directory is a link: left alone
+                        self.say(f"{run.spec.run_id}: metrics.json is unreadable ({e}): {refused}")
+                    else:
+                        self.say(
+                            f"{run.spec.run_id}: metrics.json is unreadable ({e}); moved to "
+                            f"{moved.name}, this run trains again (from its checkpoint if any)"
+                        )
             if doc is not None:
                 run.note_metrics(doc)
                 run.metrics_mtime = path.stat().st_mtime
@@ -729,6 +741,18 @@ class MatrixSession:
                 queue.append(run)
         index.save()
         return queue
+
+
+def _set_aside_metrics(index: RunIndex, run: Run) -> Path:
+    """Set a run's unreadable metrics.json aside, renamed relative to its run directory's
+    descriptor (lib/store.py: neither directory opened through a link)."""
+    if index.store is None:
+        raise StoreError(index.refused or f"{index.matrix_dir} cannot be opened")
+    dir_fd = index.store.run_dir_fd(run.spec.run_id)
+    try:
+        return set_aside_corrupt(run.metrics_path, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class _Runner(MatrixSession):

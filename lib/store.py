@@ -14,6 +14,11 @@ So every file read from a matrix directory goes through here, and here every ope
   types; extra fields are fine);
 - fails with a StoreError whose message is one line naming the file and the field.
 
+Writes under `results/<matrix>/` are relative to descriptors opened here as well (`open_dir`,
+`open_run_dir`; `lib.atomic.atomic_file(..., dir_fd=)`, `atomic_write_at`): the runner's
+matrix.json and run.json, the trainer's metrics.json and checkpoints, `record_failure`, the
+run index, the Slurm executor's files and the report's report.md and CSV files.
+
 The plan (matrix.json) is sealed: the runner signs it with an HMAC under a key only its user
 can read (`~/.config/prunebench/plan.key`, or PRUNEBENCH_KEY_FILE), and `make continue`, the
 Slurm jobs, `make status` and the report check that seal before they submit, launch or read

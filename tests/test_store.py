@@ -621,3 +621,49 @@ def test_record_failure_into_a_run_directory_that_is_a_link_is_refused_untouched
     assert "is a symbolic link" in message and spec.out_dir in message
     assert (victim / METRICS_FILE).read_bytes() == before
     assert sorted(p.name for p in victim.iterdir()) == [METRICS_FILE]
+
+
+def test_an_unreadable_metrics_json_behind_a_linked_run_directory_is_not_set_aside(
+    tmp_path, tiny_spec, monkeypatch
+):
+    import lib.runner
+
+    spec = tiny_spec(tmp_path, matrix="m")
+    matrix_dir = tmp_path / "m"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / METRICS_FILE).write_text("{torn")
+    original = lib.runner._Runner.classify
+
+    def swap_then_classify(self):  # after open_matrix's checks, before the runs are read
+        (matrix_dir / spec.run_id).symlink_to(victim)
+        return original(self)
+
+    monkeypatch.setattr(lib.runner._Runner, "classify", swap_then_classify)
+    rc, out = run_matrix([spec], matrix_dir, config_snapshot={}, report_settings={})
+    assert rc == 1 and "is a symbolic link" in out, out
+    assert sorted(p.name for p in victim.iterdir()) == [METRICS_FILE]  # not renamed through it
+    assert (victim / METRICS_FILE).read_text() == "{torn"
+
+
+def test_a_matrix_directory_swapped_for_a_link_before_the_report_writes_gets_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from scripts.report import output
+
+    matrix = write_matrix(tmp_path, "m", [FakeRun("adamwprune", "state", 0.5, 0, [70.0])])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    original = output.load_matrix
+
+    def load_then_swap(matrix_dir):  # read through the store, then swapped for a link
+        results = original(matrix_dir)
+        matrix.rename(tmp_path / "moved")
+        matrix.symlink_to(victim)
+        return results
+
+    monkeypatch.setattr(output, "load_matrix", load_then_swap)
+    rc = report_cli.main(["--results-dir", str(tmp_path), "--matrix", "m"])
+    err = one_line(capsys.readouterr().err)
+    assert rc == 2 and "is a symbolic link" in err and "nothing written" in err, err
+    assert [p.name for p in victim.iterdir() if p.suffix in (".md", ".csv")] == []
