@@ -77,10 +77,12 @@ def _umask() -> int:
     return mask
 
 
-def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+def open_no_follow(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o666, *, dir_fd: int | None = None
+) -> int:
     """`os.open` that refuses a symbolic link at `path` (OSError, errno ELOOP) instead of
-    opening the file it points to."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    opening the file it points to; relative to `dir_fd` when given."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
 
 
 def _temporary_at(dir_fd: int, name: str) -> tuple[int, str]:

@@ -667,3 +667,15 @@ def test_a_matrix_directory_swapped_for_a_link_before_the_report_writes_gets_not
     err = one_line(capsys.readouterr().err)
     assert rc == 2 and "is a symbolic link" in err and "nothing written" in err, err
     assert [p.name for p in victim.iterdir() if p.suffix in (".md", ".csv")] == []
+
+
+def test_the_lock_is_never_created_through_a_linked_matrix_directory(tmp_path):
+    from lib.lock import LockRefused, MatrixLock
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "m").symlink_to(victim)
+    with pytest.raises(LockRefused) as refused:
+        MatrixLock(tmp_path / "m").acquire()
+    assert "is a symbolic link" in one_line(str(refused.value))
+    assert list(victim.iterdir()) == []
