@@ -9,6 +9,8 @@ gets the mode `open()` would give it, 0666 less the umask (not mkstemp's 0600), 
 can read results as they read any file of the owner.
 
 Files appended to in place (train.log, the matrix lock) are opened with `open_no_follow`.
+Under results/ the directory is opened once by lib/store.py (never through a link) and every
+write is relative to its descriptor (`atomic_file(..., dir_fd=)`, `atomic_write_at`).
 """
 
 from __future__ import annotations
@@ -75,34 +77,66 @@ def _umask() -> int:
     return mask
 
 
-def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+def open_no_follow(
+    path: str | os.PathLike[str], flags: int, mode: int = 0o666, *, dir_fd: int | None = None
+) -> int:
     """`os.open` that refuses a symbolic link at `path` (OSError, errno ELOOP) instead of
-    opening the file it points to."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    opening the file it points to; relative to `dir_fd` when given."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def _temporary_at(dir_fd: int, name: str) -> tuple[int, str]:
+    """A new file `.<name>.<random>.tmp` in the directory `dir_fd`, created exclusively and
+    never through a link (mkstemp's guarantees, relative to a descriptor): (fd, its name)."""
+    while True:
+        candidate = f".{name}.{os.urandom(6).hex()}.tmp"
+        try:
+            fd = os.open(
+                candidate,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,  # the mode is set below, as for mkstemp's file
+                dir_fd=dir_fd,
+            )
+        except FileExistsError:
+            continue
+        return fd, candidate
 
 
 @contextmanager
 def atomic_file(
-    path: str | os.PathLike[str], mode: str = "wb", newline: str | None = None
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    newline: str | None = None,
+    *,
+    dir_fd: int | None = None,
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on a clean exit flush, fsync and rename it over
     `path`. On any error the temporary file is removed and `path` is left untouched; a full
-    disk (or quota, or read-only mount) raises StorageError naming `path`."""
+    disk (or quota, or read-only mount) raises StorageError naming `path`.
+
+    With `dir_fd` (a directory lib/store.py opened without following links) the file is
+    `path`'s last component in that directory: temporary file, rename and clean-up are all
+    relative to the descriptor, so a directory swapped for a link after it was opened is
+    never written through; `path` then only names the file in errors."""
     path = Path(path)
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if dir_fd is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        else:
+            fd, tmp = _temporary_at(dir_fd, path.name)
         with os.fdopen(fd, mode, **text) as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        target = path if dir_fd is None else path.name
+        os.replace(tmp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as error:
         if tmp is not None:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
         environment = storage_error(error, path)
@@ -115,42 +149,15 @@ def atomic_write_at(dir_fd: int, name: str, text: str, shown: Path) -> None:
     """`atomic_write_text` relative to a directory descriptor (lib/store.py opened it without
     following links): a directory swapped for a link after it was opened is not written
     through. `shown` names the file in errors."""
-    tmp = None
-    try:
-        while tmp is None:
-            candidate = f".{name}.{os.urandom(6).hex()}.tmp"
-            try:
-                fd = os.open(
-                    candidate,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o666,  # less the umask, as open() gives
-                    dir_fd=dir_fd,
-                )
-            except FileExistsError:
-                continue
-            tmp = candidate
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException as error:
-        if tmp is not None:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-        environment = storage_error(error, shown)
-        if environment is not None and environment is not error:
-            raise environment from error
-        raise
+    with atomic_file(Path(shown).with_name(name), "w", dir_fd=dir_fd) as f:
+        f.write(text)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """torch.save through `atomic_file`."""
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+    """torch.save through `atomic_file` (relative to `dir_fd` when given)."""
     import torch
 
-    with atomic_file(path, "wb") as f:
+    with atomic_file(path, "wb", dir_fd=dir_fd) as f:
         torch.save(obj, f)
 
 
@@ -160,14 +167,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
-def set_aside_corrupt(path: Path) -> Path:
+def set_aside_corrupt(path: Path, *, dir_fd: int | None = None) -> Path:
     """Rename a damaged file to `<name>.corrupt-<UTC time>` beside it (kept as evidence, out
-    of the way of a fresh one); return the new path."""
+    of the way of a fresh one); return the new path. With `dir_fd` the file is `path`'s name
+    in that directory and the rename is relative to it (a link is renamed, not followed)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
-    while target.exists():
+    while exists_at(target if dir_fd is None else target.name, dir_fd):
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
         n += 1
-    os.replace(path, target)
+    if dir_fd is None:
+        os.replace(path, target)
+    else:
+        os.replace(path.name, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     return target
+
+
+def exists_at(path: str | os.PathLike[str], dir_fd: int | None = None) -> bool:
+    """Whether anything (a link included, never followed) is at `path`, relative to `dir_fd`
+    when given."""
+    try:
+        os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

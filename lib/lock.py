@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lib.atomic import open_no_follow, storage_error
-from lib.store import LIMITS, StoreError, open_regular, read_bytes
+from lib.store import LIMITS, StoreError, open_dir, open_regular, read_bytes
 
 LOCK_FILE = ".lock"
 # How long a runner waits for a lock whose recorded runner is gone: right after a kill -9 the
@@ -90,13 +90,22 @@ class MatrixLock:
         return self.fd
 
     def acquire(self) -> str | None:
+        try:  # relative to the matrix directory, itself never opened through a link
+            dir_fd = open_dir(self.path.parent)
+        except StoreError as e:
+            raise LockRefused(str(e)) from None
+        except OSError as e:
+            raise LockRefused(self._unusable(e)) from None
         try:
             # O_NONBLOCK: a FIFO planted at the name must not hang the runner
-            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
+            fd = open_no_follow(self.path.name, flags, dir_fd=dir_fd)
         except PermissionError:
             raise
         except OSError as e:
             raise LockRefused(self._unusable(e)) from None
+        finally:
+            os.close(dir_fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise LockRefused(

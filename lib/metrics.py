@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib.atomic import atomic_file
+from lib.atomic import atomic_file, exists_at
 
 if TYPE_CHECKING:
     from lib.spec import RunSpec
@@ -53,27 +53,36 @@ class MetricsError(ValueError):
     """A metrics.json that cannot be read or does not follow the schema."""
 
 
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+def atomic_write_json(
+    path: str | os.PathLike[str], data: Any, *, dir_fd: int | None = None
+) -> None:
     """Write JSON so that `path` holds either the old or the new document, never a torn one
-    (`lib.atomic.atomic_file`): a failure (disk full, permission) leaves the old file."""
+    (`lib.atomic.atomic_file`): a failure (disk full, permission) leaves the old file. With
+    `dir_fd` the file is `path`'s name in that directory (lib/store.py opened it)."""
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_file(path, "w") as f:
+    with atomic_file(path, "w", dir_fd=dir_fd) as f:
         f.write(text)
 
 
-def _read_layers(path: Path) -> dict[int, dict[str, float]]:
-    """Epoch -> per-layer sparsity from a sparsity_per_layer.json; {} when absent or damaged
-    (per-layer sparsity is a detail: the run's results stand without it)."""
+def _read_layers(path: Path, dir_fd: int | None = None) -> dict[int, dict[str, float]]:
+    """Epoch -> per-layer sparsity from a sparsity_per_layer.json (through the store: a
+    regular file, never a link; `path`'s name in `dir_fd` when given); {} when absent,
+    damaged or refused (per-layer sparsity is a detail: the run's results stand without it)."""
+    from lib.store import read_json_at
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_at(dir_fd, path.name if dir_fd is not None else str(path), path)
         return {int(row["epoch"]): row[PER_LAYER] for row in data["epochs"]}
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return {}
 
 
-def write_metrics_document(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
+def write_metrics_document(
+    path: str | os.PathLike[str], doc: dict[str, Any], *, dir_fd: int | None = None
+) -> None:
     """Write a run's metrics.json (schema SCHEMA_VERSION) atomically, its epochs' per-layer
-    sparsity going to sparsity_per_layer.json beside it (written first, compact).
+    sparsity going to sparsity_per_layer.json beside it (written first, compact). With
+    `dir_fd` (the run directory, opened by lib/store.py) both are written relative to it.
 
     Records without it (a document read with per_layer=False) keep what that file holds for
     their epochs; epochs no longer in the document are dropped from it."""
@@ -81,11 +90,12 @@ def write_metrics_document(path: str | os.PathLike[str], doc: dict[str, Any]) ->
     epochs = doc.get("epochs") or []
     rows = {e["epoch"]: e[PER_LAYER] for e in epochs if isinstance(e.get(PER_LAYER), dict)}
     layers_path = path.with_name(LAYERS_FILE)
-    if len(rows) < len(epochs) and layers_path.exists():
+    layers_there = exists_at(layers_path if dir_fd is None else LAYERS_FILE, dir_fd)
+    if len(rows) < len(epochs) and layers_there:
         numbers = {e.get("epoch") for e in epochs}
-        kept = {n: v for n, v in _read_layers(layers_path).items() if n in numbers}
+        kept = {n: v for n, v in _read_layers(layers_path, dir_fd).items() if n in numbers}
         rows = {**kept, **rows}
-    if rows or layers_path.exists():
+    if rows or layers_there:
         text = json.dumps(
             {
                 "schema_version": 1,
@@ -95,12 +105,12 @@ def write_metrics_document(path: str | os.PathLike[str], doc: dict[str, Any]) ->
             separators=(",", ":"),
             allow_nan=False,
         )
-        with atomic_file(layers_path, "w") as f:
+        with atomic_file(layers_path, "w", dir_fd=dir_fd) as f:
             f.write(text + "\n")
     stripped = {k: v for k, v in doc.items() if k != "epochs"}
     stripped["schema_version"] = SCHEMA_VERSION
     records = [{k: v for k, v in e.items() if k != PER_LAYER} for e in epochs]
-    with atomic_file(path, "w") as f:
+    with atomic_file(path, "w", dir_fd=dir_fd) as f:
         f.write(_document_text(stripped, records))
 
 
@@ -119,17 +129,21 @@ def _document_text(head: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return text.replace(marker, body) + "\n"
 
 
-def read_metrics(path: str | os.PathLike[str], *, per_layer: bool = True) -> dict[str, Any]:
+def read_metrics(
+    path: str | os.PathLike[str], *, per_layer: bool = True, dir_fd: int | None = None
+) -> dict[str, Any]:
     """Load and minimally validate a metrics.json; raise MetricsError naming the file.
 
     With `per_layer` the epochs get their per-layer sparsity back from sparsity_per_layer.json
     (version 2), so the document is the one the trainer built; without, a reader that does not
-    use it (the report, the run index) skips that file."""
+    use it (the report, the run index) skips that file. With `dir_fd` the file is `path`'s
+    name in that directory (the run directory, opened by lib/store.py)."""
     path = Path(path)
-    from lib.store import StoreError, check_metrics, read_json_path
+    from lib.store import StoreError, check_metrics, read_json_at
 
+    name = str(path) if dir_fd is None else path.name
     try:  # a regular file, never through a link, within the store's limits (lib/store.py)
-        data = check_metrics(read_json_path(path, METRICS_FILE), path)
+        data = check_metrics(read_json_at(dir_fd, name, path, METRICS_FILE), path)
     except FileNotFoundError:
         raise MetricsError(f"{path}: no such file") from None
     except OSError as e:
@@ -138,7 +152,7 @@ def read_metrics(path: str | os.PathLike[str], *, per_layer: bool = True) -> dic
         raise MetricsError(str(e)) from None
     version = data["schema_version"]
     if per_layer and version >= 2:
-        layers = _read_layers(path.with_name(LAYERS_FILE))
+        layers = _read_layers(path.with_name(LAYERS_FILE), dir_fd)
         for record in data["epochs"]:
             if isinstance(record, dict) and record.get("epoch") in layers:
                 record.setdefault(PER_LAYER, layers[record["epoch"]])

@@ -239,7 +239,11 @@ class RunIndex:
             return
         if self.changed:
             try:
-                atomic_write_json(self.path, {"version": INDEX_VERSION, "runs": self.entries})
+                atomic_write_json(
+                    self.path,
+                    {"version": INDEX_VERSION, "runs": self.entries},
+                    dir_fd=self.store.fd,  # relative to the matrix directory, never a link
+                )
                 self.changed = False
             except (OSError, ValueError):
                 pass
@@ -255,7 +259,7 @@ class RunIndex:
         if current == document:
             return
         try:
-            atomic_write_json(self.matrix_dir / SPEEDS_FILE, document)
+            atomic_write_json(self.matrix_dir / SPEEDS_FILE, document, dir_fd=self.store.fd)
         except (OSError, ValueError):
             pass
 

@@ -43,6 +43,7 @@ from lib import tracking
 from lib.atomic import (
     EXIT_ENVIRONMENT,
     atomic_write_at,
+    exists_at,
     open_no_follow,
     set_aside_corrupt,
     storage_error,
@@ -83,6 +84,7 @@ from lib.store import (
     key_path,
     open_dir,
     open_regular,
+    open_run_dir,
     owner_name,
     read_bytes,
     read_json_path,
@@ -630,6 +632,10 @@ class MatrixSession:
     def write_manifest(self) -> None:
         try:
             self._write_manifest()
+        except StoreError as e:  # the matrix directory became a link: not written through
+            if self.manifest_error is None:
+                self.say(f"matrix.json not updated: {e}")
+            self.manifest_error = str(e)
         except OSError as e:
             environment = storage_error(e, self.matrix_dir / MATRIX_FILE)
             if environment is None:
@@ -660,7 +666,11 @@ class MatrixSession:
                 f"matrix.json written without a seal: {key_path()} cannot be created or is "
                 "readable by others; make continue refuses an unsealed plan"
             )
-        atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed)
+        dir_fd = open_dir(self.matrix_dir)  # never through a link (lib/store.py)
+        try:
+            atomic_write_json(self.matrix_dir / MATRIX_FILE, sealed, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def carry_over_manifest(self) -> None:
         """Keep what an earlier runner of this matrix recorded: creation time, attempts,
@@ -699,11 +709,15 @@ class MatrixSession:
                 try:
                     doc = index.record(run.spec.run_id, run.spec.to_dict())
                 except MetricsError as e:
-                    moved = set_aside_corrupt(path)
-                    self.say(
-                        f"{run.spec.run_id}: metrics.json is unreadable ({e}); moved to "
-                        f"{moved.name}, this run trains again (from its checkpoint if any)"
-                    )
+                    try:
+                        moved = _set_aside_metrics(index, run)
+                    except StoreError as refused:  # its directory is a link: left alone
+                        self.say(f"{run.spec.run_id}: metrics.json is unreadable ({e}): {refused}")
+                    else:
+                        self.say(
+                            f"{run.spec.run_id}: metrics.json is unreadable ({e}); moved to "
+                            f"{moved.name}, this run trains again (from its checkpoint if any)"
+                        )
             if doc is not None:
                 run.note_metrics(doc)
                 run.metrics_mtime = path.stat().st_mtime
@@ -727,6 +741,18 @@ class MatrixSession:
                 queue.append(run)
         index.save()
         return queue
+
+
+def _set_aside_metrics(index: RunIndex, run: Run) -> Path:
+    """Set a run's unreadable metrics.json aside, renamed relative to its run directory's
+    descriptor (lib/store.py: neither directory opened through a link)."""
+    if index.store is None:
+        raise StoreError(index.refused or f"{index.matrix_dir} cannot be opened")
+    dir_fd = index.store.run_dir_fd(run.spec.run_id)
+    try:
+        return set_aside_corrupt(run.metrics_path, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class _Runner(MatrixSession):
@@ -885,6 +911,8 @@ class _Runner(MatrixSession):
         run.environment_failure = environment
         try:
             record_failure(run.spec, reason, environment_failure=environment)
+        except StoreError as e:  # its directory became a link: nothing written through it
+            self.say(f"{run.spec.run_id}: failure not recorded in metrics.json: {e}")
         except OSError as e:
             if storage_error(e, run.metrics_path) is None:
                 raise
@@ -1113,17 +1141,31 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
     The trainer does this itself for failures it sees; a child killed from outside (the OOM
     killer, a segfault) leaves `running` behind, which would make the next runner relaunch it
     as if it had only been interrupted. Failed runs are retried only when asked.
+
+    Written relative to the run directory's descriptor (lib/store.py): a run directory that is
+    a link, or is swapped for one, is refused with a StoreError (one line), its target
+    untouched.
     """
+    dir_fd = open_run_dir(spec.out_dir)  # StoreError for a link
+    try:
+        _record_failure_at(dir_fd, spec, reason, environment_failure=environment_failure)
+    finally:
+        os.close(dir_fd)
+
+
+def _record_failure_at(
+    dir_fd: int, spec: RunSpec, reason: str, *, environment_failure: bool
+) -> None:
     path = Path(spec.out_dir) / METRICS_FILE
     try:
-        doc = read_metrics(path)
+        doc = read_metrics(path, dir_fd=dir_fd)
     except MetricsError:
         doc = None
     if doc is not None and doc["summary"].get("status") == STATUS_FAILED:
         return
     if doc is None:
-        if path.exists():
-            set_aside_corrupt(path)
+        if exists_at(METRICS_FILE, dir_fd):
+            set_aside_corrupt(path, dir_fd=dir_fd)
         write_metrics_document(
             path,
             build_document(
@@ -1133,6 +1175,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
                 error=reason,
                 environment_failure=environment_failure,
             ),
+            dir_fd=dir_fd,
         )
         return
     previous = doc.get("summary") or {}
@@ -1145,7 +1188,7 @@ def record_failure(spec: RunSpec, reason: str, *, environment_failure: bool = Fa
         environment_failure=environment_failure,
         model_info=doc.get("model_info"),
     )
-    write_metrics_document(path, doc)
+    write_metrics_document(path, doc, dir_fd=dir_fd)
 
 
 def open_matrix(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lib.atomic import atomic_write_text
+from lib.atomic import atomic_write_at
 from lib.config import SlurmSettings
 from lib.errors import one_line
 from lib.lock import LockRefused
@@ -435,6 +435,15 @@ def check_partition_limits(
 # ---------------------------------------------------------------------------------------------
 
 
+def _open_to_write(path: Path) -> int:
+    """A descriptor of `path`'s directory to write `path` relative to (lib/store.py: never
+    opened through a link); SlurmError (one line) where the directory is a link."""
+    try:
+        return open_dir(path.parent)
+    except StoreError as e:
+        raise SlurmError(f"{path} not written: {e}") from None
+
+
 def read_record(matrix_dir: Path) -> dict[str, Any] | None:
     path = Path(matrix_dir) / RECORD_FILE
     try:
@@ -700,7 +709,11 @@ def submit_matrix(
         prepare_submitit_folder(matrix_dir)
         for run in queue:
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run.run_dir / RUN_FILE, run.spec.to_json() + "\n")
+            dir_fd = _open_to_write(run.run_dir / RUN_FILE)
+            try:
+                atomic_write_at(dir_fd, RUN_FILE, run.spec.to_json() + "\n", run.run_dir / RUN_FILE)
+            finally:
+                os.close(dir_fd)
         params = sbatch_parameters(settings, queue[0].spec, len(queue), matrix_dir.name)
         jobs = _submit_array(submitit, params, matrix_dir, [run.run_dir for run in queue])
         job_id = str(jobs[0].job_id).split("_")[0]
@@ -715,7 +728,11 @@ def submit_matrix(
                 "folder": str(_folder(matrix_dir)),
             }
         )
-        atomic_write_json(matrix_dir / RECORD_FILE, record)
+        dir_fd = _open_to_write(matrix_dir / RECORD_FILE)
+        try:
+            atomic_write_json(matrix_dir / RECORD_FILE, record, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     except SlurmError as e:
         print(f"error: {e}", file=out, flush=True)
         return EXIT_REFUSED

@@ -40,7 +40,7 @@ from lib.runner import (
     record_failure,
 )
 from lib.spec import RunSpec
-from lib.store import MatrixStore, StoreError
+from lib.store import MatrixStore, StoreError, open_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 1.0
@@ -127,9 +127,17 @@ class MatrixRun:
             f"{_utc_now()} on {socket.gethostname()}: {' '.join(cmd)}\n"
         )
         if job.global_rank == 0:
-            # never through a link planted in the results directory (docs/runner.md)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            log = os.fdopen(open_no_follow(run_dir / LOG_FILE, flags), "ab")
+            # never through a link planted in the results directory (docs/runner.md): relative
+            # to the run directory's descriptor, itself opened without following links
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                dir_fd = open_run_dir(run_dir)
+            except (OSError, StoreError) as e:
+                raise RunFailed(f"{run_dir.name}: not launched: {one_line(e)}") from None
+            try:
+                log = os.fdopen(os.open(LOG_FILE, flags, 0o666, dir_fd=dir_fd), "ab")
+            finally:
+                os.close(dir_fd)
         else:
             log = None  # submitit's own log of this task
         try:
@@ -187,10 +195,14 @@ class MatrixRun:
             last = self._last_log_line()
             if returncode > 0 and last:
                 reason += f": {last}"
-            spec = RunSpec.from_json((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-            if not spec.out_dir:
-                spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(run_dir)})
-            record_failure(spec, reason)
+            try:  # through the store: neither run.json nor the run directory may be a link
+                with MatrixStore(run_dir.parent) as store:
+                    spec = RunSpec.from_dict(store.read_run_json(run_dir.name, RUN_FILE))
+                if not spec.out_dir:
+                    spec = RunSpec.from_dict({**spec.to_dict(), "out_dir": str(run_dir)})
+                record_failure(spec, reason)
+            except (OSError, StoreError) as e:
+                reason += f" (not recorded in metrics.json: {one_line(e)})"
         raise RunFailed(f"{run_dir.name}: {reason}")
 
     def _recorded_error(self) -> str | None:
@@ -202,7 +214,9 @@ class MatrixRun:
 
     def _last_log_line(self) -> str | None:
         try:
-            with open(Path(self.run_dir) / LOG_FILE, "rb") as f:
+            with os.fdopen(
+                open_no_follow(Path(self.run_dir) / LOG_FILE, os.O_RDONLY | os.O_NONBLOCK), "rb"
+            ) as f:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
                 lines = f.read().decode("utf-8", "replace").strip().splitlines()
         except OSError:

@@ -14,6 +14,11 @@ So every file read from a matrix directory goes through here, and here every ope
   types; extra fields are fine);
 - fails with a StoreError whose message is one line naming the file and the field.
 
+Writes under `results/<matrix>/` are relative to descriptors opened here as well (`open_dir`,
+`open_run_dir`; `lib.atomic.atomic_file(..., dir_fd=)`, `atomic_write_at`): the runner's
+matrix.json and run.json, the trainer's metrics.json and checkpoints, `record_failure`, the
+run index, the Slurm executor's files and the report's report.md and CSV files.
+
 The plan (matrix.json) is sealed: the runner signs it with an HMAC under a key only its user
 can read (`~/.config/prunebench/plan.key`, or PRUNEBENCH_KEY_FILE), and `make continue`, the
 Slurm jobs, `make status` and the report check that seal before they submit, launch or read
@@ -130,6 +135,29 @@ def open_dir(
             except OSError:
                 pass
         raise _refusal(shown, e, "directory") from None
+
+
+def open_run_dir(path: str | os.PathLike[str]) -> int:
+    """A descriptor of the run directory `path`, opened relative to its matrix directory with
+    neither opened through a link: what the trainer and `record_failure` write through.
+    StoreError for a link or anything but a directory; FileNotFoundError passes through."""
+    path = Path(os.path.abspath(path))
+    parent = open_dir(path.parent)
+    try:
+        return open_dir(path.name, parent, path)
+    finally:
+        os.close(parent)
+
+
+def same_dir(path: str | os.PathLike[str], fd: int) -> bool:
+    """Whether `path` still names the directory `fd` was opened on (not a link, not another
+    directory moved in its place)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def open_regular(name: str | os.PathLike[str], dir_fd: int | None, shown: Path) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import secrets
 from collections.abc import Iterable
@@ -378,10 +377,14 @@ def _is_rank_zero() -> bool:
         return True
 
 
-def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run's tracking.json ({} when there is none or it cannot be read)."""
+def read_state(run_dir: str | os.PathLike[str], dir_fd: int | None = None) -> dict[str, Any]:
+    """A run's tracking.json ({} when there is none or it cannot be read). With `dir_fd` (the
+    run directory, opened by lib/store.py) it is read relative to that descriptor."""
+    from lib.store import read_json_at
+
+    path = Path(run_dir) / STATE_FILE
     try:
-        state = json.loads((Path(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
+        state = read_json_at(dir_fd, STATE_FILE if dir_fd is not None else str(path), path)
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) and isinstance(state.get("sinks"), dict) else {}
@@ -395,17 +398,25 @@ class Tracker:
         self.spec = spec
         self.steps_per_epoch = steps_per_epoch
         self.state: dict[str, Any] = {}
+        self.dir_fd: int | None = None  # the run directory's descriptor, when the trainer has one
 
     @classmethod
     def start(
-        cls, spec: RunSpec, *, steps_per_epoch: int, finished_epochs: list[dict[str, Any]]
+        cls,
+        spec: RunSpec,
+        *,
+        steps_per_epoch: int,
+        finished_epochs: list[dict[str, Any]],
+        dir_fd: int | None = None,
     ) -> Tracker:
         """Open the run's sinks (continuing their earlier runs) and log the finished epochs
-        that have not reached them yet."""
+        that have not reached them yet. tracking.json is read and written relative to
+        `dir_fd` (the run directory the trainer opened) when given."""
         tracker = cls(spec, steps_per_epoch)
+        tracker.dir_fd = dir_fd
         if not spec.tracking.sinks or not _is_rank_zero():
             return tracker
-        state = read_state(spec.out_dir)
+        state = read_state(spec.out_dir, dir_fd)
         state.setdefault("sinks", {})
         state.update(version=STATE_VERSION, steps_per_epoch=steps_per_epoch)
         state.setdefault("last_step", 0)
@@ -513,7 +524,7 @@ class Tracker:
         if not self.sinks:
             return
         try:
-            atomic_write_json(Path(self.spec.out_dir) / STATE_FILE, self.state)
+            atomic_write_json(Path(self.spec.out_dir) / STATE_FILE, self.state, dir_fd=self.dir_fd)
         except Exception as error:  # noqa: BLE001 - disk full, read-only: the run goes on
             # Without its record a relaunch would log steps twice: stop tracking instead.
             for sink in list(self.sinks):

@@ -9,6 +9,10 @@ Output in `spec.out_dir`:
 - `checkpoint_best.pt`: model weights of the selected epoch among epochs at target sparsity
   (highest held-out validation top-1 with a validation split, else highest test top-1).
 
+The run directory is opened once (lib/store.py, never through a link) and every file above is
+read and written relative to that descriptor; a run directory swapped for a link (or moved)
+while the run trains stops the run with one line, nothing written through the link.
+
 Resuming is exact (on CPU): the data order and augmentation of an epoch depend only on the run
 seed and the epoch (lib.data), and every other RNG is restored from the checkpoint, so a killed
 and relaunched run ends with the metrics an uninterrupted run would have had (timings aside).
@@ -58,6 +62,7 @@ from lib.atomic import (
     EXIT_ENVIRONMENT,
     StorageError,
     atomic_torch_save,
+    exists_at,
     set_aside_corrupt,
     storage_error,
 )
@@ -87,6 +92,14 @@ from lib.pruning import (
     state_memory,
 )
 from lib.spec import LR_SCHEDULES, PRECISIONS, RunSpec, TrainSpec
+from lib.store import (
+    RUN_FILE,
+    StoreError,
+    open_regular,
+    open_run_dir,
+    read_json_path,
+    same_dir,
+)
 from lib.tracking import Tracker
 from models import build_model, count_parameters
 from optimizers import build_optimizer
@@ -105,6 +118,11 @@ PROGRESS_SECONDS = 30.0
 
 class RunError(OneLineError, RuntimeError):
     """A run that cannot start or continue as configured (one-line message)."""
+
+
+class RunDirectoryMoved(RunError):
+    """The run directory is no longer at its path (a link or another directory took its
+    place while the run trained): the run stops without writing anything more."""
 
 
 class DamagedCheckpoint(RunError):
@@ -325,11 +343,14 @@ class _StopOnSignals:
 
 
 class _Run:
-    def __init__(self, spec: RunSpec, stop: _StopOnSignals, group: RunGroup) -> None:
+    def __init__(self, spec: RunSpec, stop: _StopOnSignals, group: RunGroup, dir_fd: int) -> None:
         self.spec = spec
         self.stop = stop
         self.group = group  # the run's ranks; only rank 0 writes files
         self.out_dir = Path(spec.out_dir)
+        # The run directory, opened once by train() (lib/store.py: never through a link);
+        # every file of the run is read and written relative to it.
+        self.dir_fd = dir_fd
         self.metrics_path = self.out_dir / METRICS_FILE
         self.last_path = self.out_dir / LAST_CHECKPOINT
         self.best_path = self.out_dir / BEST_CHECKPOINT
@@ -338,6 +359,17 @@ class _Run:
         self.model_info: dict[str, Any] = {}
         self.state_memory: dict[str, Any] = {}
         self.tracker = Tracker()  # none until setup() opens the spec's sinks
+
+    def here(self) -> int:
+        """The run directory's descriptor, once out_dir is checked to still name it: a run
+        directory swapped for a link (or moved) while the run trains stops the run, and
+        nothing is written through the link (writes are relative to the descriptor anyway)."""
+        if not same_dir(self.out_dir, self.dir_fd):
+            raise RunDirectoryMoved(
+                f"{self.out_dir} is no longer the run directory this run opened (a link or "
+                "another directory took its place); stopping without writing through it"
+            )
+        return self.dir_fd
 
     # -- metrics.json ---------------------------------------------------------------------------
 
@@ -360,14 +392,18 @@ class _Run:
     ) -> dict[str, Any]:
         doc = self.document(status, error, environment_failure=environment_failure)
         if self.group.is_main:
-            write_metrics_document(self.metrics_path, doc)
+            write_metrics_document(self.metrics_path, doc, dir_fd=self.here())
         return doc
 
     def fail_on_damaged_checkpoint(self, damaged: DamagedCheckpoint) -> dict[str, Any]:
         """Record the failure (so no later runner relaunches it blindly), keep the damaged file
         beside the run under another name, and say how to start the run again from scratch."""
         # Every rank finds it damaged; rank 0 moves it.
-        aside = set_aside_corrupt(self.last_path) if self.group.is_main else self.last_path
+        aside = (
+            set_aside_corrupt(self.last_path, dir_fd=self.here())
+            if self.group.is_main
+            else self.last_path
+        )
         message = (
             f"{self.last_path} is damaged ({damaged.cause}); moved to {aside.name}: "
             f"make continue MATRIX={self.spec.matrix} RERUN_FAILED=1 restarts this run from "
@@ -375,7 +411,7 @@ class _Run:
         )
         print(f"run failed: {message}", flush=True)
         try:  # what metrics.json recorded so far stays (train() checked that it is this run's)
-            previous = read_metrics(self.metrics_path)
+            previous = read_metrics(self.metrics_path, dir_fd=self.dir_fd)
             self.epochs = list(previous["epochs"])
             self.environment = previous.get("environment") or {}
             self.model_info = previous.get("model_info") or {}
@@ -419,6 +455,8 @@ class _Run:
             self.write_metrics(STATUS_RUNNING)
             print(f"{interrupted}; state saved after epoch {len(self.epochs)}", flush=True)
             raise
+        except RunDirectoryMoved:
+            raise  # nowhere safe to record it: train()'s caller says it in one line
         except Exception as error:  # noqa: BLE001 - every failure is recorded, then reported
             if self.stop.signum is not None:
                 # The signal reached the whole process group (a scheduler stopping a job) and a
@@ -568,15 +606,23 @@ class _Run:
             ddp = self.group.wrap(self.model, self.device)
             self.train_model = torch.compile(ddp) if train.compile else ddp
         self.tracker = Tracker.start(
-            spec, steps_per_epoch=self.steps_per_epoch, finished_epochs=self.epochs
+            spec,
+            steps_per_epoch=self.steps_per_epoch,
+            finished_epochs=self.epochs,
+            dir_fd=self.here() if self.group.is_main else self.dir_fd,
         )
         self.write_metrics(STATUS_RUNNING)
 
     def load_last_checkpoint(self) -> dict[str, Any] | None:
-        if not self.last_path.exists():
+        try:  # relative to the run directory, never through a link (lib/store.py)
+            fd = open_regular(LAST_CHECKPOINT, self.dir_fd, self.last_path)
+        except FileNotFoundError:
             return None
+        except StoreError as e:  # a link, a FIFO, a directory: set aside like a torn file
+            raise DamagedCheckpoint(self.last_path, e) from None
         try:
-            checkpoint = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            with os.fdopen(fd, "rb") as f:
+                checkpoint = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a torn/foreign file must not be trained on
             raise DamagedCheckpoint(self.last_path, e) from None
         problem = checkpoint_structure_problem(checkpoint)
@@ -608,6 +654,7 @@ class _Run:
                 "rng": rng_state(),
             },
             self.last_path,
+            dir_fd=self.here(),
         )
 
     def save_best_checkpoint(self, record: dict[str, Any]) -> None:
@@ -620,6 +667,7 @@ class _Run:
                 "model": self.model.state_dict(),
             },
             self.best_path,
+            dir_fd=self.here(),
         )
 
     # -- epochs ---------------------------------------------------------------------------------
@@ -895,10 +943,21 @@ def train(spec: RunSpec) -> dict[str, Any]:
         raise RunError(f"run {spec.run_id} has no out_dir; the planner sets it")
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / METRICS_FILE
-    if metrics_path.exists():
+    try:  # opened once, never through a link; the run's files are all relative to it
+        dir_fd = open_run_dir(out_dir)
+    except StoreError as e:
+        raise RunError(str(e)) from None
+    try:
+        return _train_in(spec, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _train_in(spec: RunSpec, dir_fd: int) -> dict[str, Any]:
+    metrics_path = Path(spec.out_dir) / METRICS_FILE
+    if exists_at(METRICS_FILE, dir_fd):
         try:
-            previous = read_metrics(metrics_path)
+            previous = read_metrics(metrics_path, dir_fd=dir_fd)
         except MetricsError:
             previous = None  # torn or foreign: rebuilt from the checkpoint below
         if previous is not None and _spec_identity(previous) != spec.identity():
@@ -910,7 +969,7 @@ def train(spec: RunSpec) -> dict[str, Any]:
             print(f"run {spec.run_id} already completed; nothing to do", flush=True)
             return previous
     with _StopOnSignals() as stop, RunGroup.start(spec.train, resolve_device) as group:
-        run = _Run(spec, stop, group)
+        run = _Run(spec, stop, group, dir_fd)
         status = STATUS_RUNNING  # interrupted, unless execute() returns
         try:
             doc = run.execute()
@@ -928,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.run_json)
     try:
-        spec = RunSpec.from_json(path.read_text(encoding="utf-8"))
+        spec = RunSpec.from_dict(read_json_path(path, RUN_FILE))  # never through a link
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error: cannot read run spec {path}: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_BAD_SPEC

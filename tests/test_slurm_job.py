@@ -114,3 +114,26 @@ def test_a_warning_while_training_stops_the_trainer_and_the_task_is_resubmitted(
     assert run._child is not None and run._child.returncode in (143, -signal.SIGTERM)
     (again,) = resubmitted
     assert isinstance(again.function, MatrixRun) and again.function.run_dir == run.run_dir
+
+
+def test_a_run_directory_swapped_for_a_link_after_the_plan_check_gets_no_log(
+    task, tmp_path, monkeypatch
+):
+    run, _ = task
+    run_dir = tmp_path / "run"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    checked = slurm_job.planned_run
+
+    def check_then_swap(path):  # the plan holds, then the directory is swapped for a link
+        checked(path)
+        run_dir.rename(tmp_path / "moved")
+        run_dir.symlink_to(victim)
+
+    monkeypatch.setattr(slurm_job, "planned_run", check_then_swap)
+    with pytest.raises(slurm_job.RunFailed) as refused:
+        run()
+    message = str(refused.value)
+    assert "not launched" in message and "is a symbolic link" in message and "\n" not in message
+    assert list(victim.iterdir()) == []  # no train.log written through the link
+    assert run._child is None  # no trainer started

@@ -541,3 +541,141 @@ def test_executor_options_read_back_pass_the_checks_of_a_config(tmp_path, no_lau
     assert cli.main(argv) == 2 and no_launch == []
     line = one_line(capsys.readouterr().err)
     assert "CONFIG_SLURM_EXTRA_ARGS" in line and "the Slurm executor sets them" in line
+
+
+# -- what the trainer, the run index and record_failure write ----------------------------------
+
+
+def test_a_run_directory_swapped_for_a_link_while_a_run_trains_stops_it_unwritten(
+    tmp_path, tiny_spec, monkeypatch, capsys
+):
+    import lib.train
+
+    spec = tiny_spec(tmp_path)  # 2 epochs
+    run_dir = Path(spec.out_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(spec.to_json() + "\n")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    original = lib.train._Run.train_one_epoch
+
+    def swap_before_epoch_2(self, epoch, deadline):
+        if epoch == 2:  # epoch 1 is on disk; the directory is moved and a link takes its place
+            run_dir.rename(tmp_path / "moved")
+            run_dir.symlink_to(victim)
+        return original(self, epoch, deadline)
+
+    monkeypatch.setattr(lib.train._Run, "train_one_epoch", swap_before_epoch_2)
+    rc = lib.train.main([str(run_dir / "run.json")])
+    err = one_line(capsys.readouterr().err)
+    assert rc == lib.train.EXIT_FAILED
+    assert "no longer the run directory" in err and str(run_dir) in err, err
+    assert list(victim.iterdir()) == []  # nothing written through the link
+    moved = tmp_path / "moved"  # the directory the run opened: epoch 1, as it was left
+    doc = json.loads((moved / METRICS_FILE).read_text())
+    assert doc["summary"]["status"] == STATUS_RUNNING and len(doc["epochs"]) == 1
+    checkpoint = lib.train.torch.load(moved / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert not list(moved.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_the_run_index_replaces_planted_links_and_leaves_their_targets_alone(tmp_path):
+    from lib.run_index import INDEX_FILE, SPEEDS_FILE, RunIndex
+
+    matrix_dir, _, specs = planned(tmp_path)
+    for spec in specs:  # settled (an hour old), so that the index keeps their records
+        metrics = finish(matrix_dir, spec) / METRICS_FILE
+        os.utime(metrics, (metrics.stat().st_atime - 3600, metrics.stat().st_mtime - 3600))
+    victims = {}
+    for name in (INDEX_FILE, SPEEDS_FILE):
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_text("not yours\n")
+        (matrix_dir / name).symlink_to(victims[name])
+    index = RunIndex(matrix_dir)
+    for spec in specs:
+        assert index.record(spec.run_id, spec.to_dict())["run_id"] == spec.run_id
+    index.save()
+    for name, victim in victims.items():
+        assert victim.read_text() == "not yours\n", name
+        assert (matrix_dir / name).is_file() and not (matrix_dir / name).is_symlink(), name
+    written = json.loads((matrix_dir / INDEX_FILE).read_text())
+    assert sorted(written["runs"]) == sorted(spec.run_id for spec in specs)
+    assert json.loads((matrix_dir / SPEEDS_FILE).read_text())  # the speeds of the runs read
+
+
+def test_record_failure_into_a_run_directory_that_is_a_link_is_refused_untouched(
+    tmp_path, tiny_spec
+):
+    from lib.runner import record_failure
+
+    spec = tiny_spec(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    document = build_document(spec, [dict(EPOCH)], status=STATUS_RUNNING)
+    atomic_write_json(victim / METRICS_FILE, document)
+    before = (victim / METRICS_FILE).read_bytes()
+    Path(spec.out_dir).symlink_to(victim)
+    with pytest.raises(StoreError) as refused:
+        record_failure(spec, "killed by the OOM killer")
+    message = one_line(str(refused.value))
+    assert "is a symbolic link" in message and spec.out_dir in message
+    assert (victim / METRICS_FILE).read_bytes() == before
+    assert sorted(p.name for p in victim.iterdir()) == [METRICS_FILE]
+
+
+def test_an_unreadable_metrics_json_behind_a_linked_run_directory_is_not_set_aside(
+    tmp_path, tiny_spec, monkeypatch
+):
+    import lib.runner
+
+    spec = tiny_spec(tmp_path, matrix="m")
+    matrix_dir = tmp_path / "m"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / METRICS_FILE).write_text("{torn")
+    original = lib.runner._Runner.classify
+
+    def swap_then_classify(self):  # after open_matrix's checks, before the runs are read
+        (matrix_dir / spec.run_id).symlink_to(victim)
+        return original(self)
+
+    monkeypatch.setattr(lib.runner._Runner, "classify", swap_then_classify)
+    rc, out = run_matrix([spec], matrix_dir, config_snapshot={}, report_settings={})
+    assert rc == 1 and "is a symbolic link" in out, out
+    assert sorted(p.name for p in victim.iterdir()) == [METRICS_FILE]  # not renamed through it
+    assert (victim / METRICS_FILE).read_text() == "{torn"
+
+
+def test_a_matrix_directory_swapped_for_a_link_before_the_report_writes_gets_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from scripts.report import output
+
+    matrix = write_matrix(tmp_path, "m", [FakeRun("adamwprune", "state", 0.5, 0, [70.0])])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    original = output.load_matrix
+
+    def load_then_swap(matrix_dir):  # read through the store, then swapped for a link
+        results = original(matrix_dir)
+        matrix.rename(tmp_path / "moved")
+        matrix.symlink_to(victim)
+        return results
+
+    monkeypatch.setattr(output, "load_matrix", load_then_swap)
+    rc = report_cli.main(["--results-dir", str(tmp_path), "--matrix", "m"])
+    err = one_line(capsys.readouterr().err)
+    assert rc == 2 and "is a symbolic link" in err and "nothing written" in err, err
+    assert [p.name for p in victim.iterdir() if p.suffix in (".md", ".csv")] == []
+
+
+def test_the_lock_is_never_created_through_a_linked_matrix_directory(tmp_path):
+    from lib.lock import LockRefused, MatrixLock
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "m").symlink_to(victim)
+    with pytest.raises(LockRefused) as refused:
+        MatrixLock(tmp_path / "m").acquire()
+    assert "is a symbolic link" in one_line(str(refused.value))
+    assert list(victim.iterdir()) == []

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from lib.atomic import atomic_file, atomic_write_text
+from lib.atomic import atomic_file, atomic_write_at
+from lib.store import StoreError, open_dir
 from scripts.report.cells import resolve_comparison
-from scripts.report.data import MatrixResults, RunResult, load_matrix, method_display_name
+from scripts.report.data import (
+    MatrixResults,
+    ReportError,
+    RunResult,
+    load_matrix,
+    method_display_name,
+)
 from scripts.report.sections import render_report
 from scripts.report.tuning import trial_rows
 
@@ -89,7 +97,7 @@ def _scalar_keys(records: list[dict[str, Any] | None]) -> list[str]:
     return list(keys)
 
 
-def write_metrics_csv(results: MatrixResults, path: Path) -> int:
+def write_metrics_csv(results: MatrixResults, path: Path, *, dir_fd: int | None = None) -> int:
     """One row per planned run: its identity and summary, model and state-memory figures
     (metrics.json's blocks, flattened); returns the number of rows. Every recorded epoch of
     every run goes to metrics_epochs.csv beside it (write_epochs_csv).
@@ -102,7 +110,7 @@ def write_metrics_csv(results: MatrixResults, path: Path) -> int:
     }
     header = list(CSV_RUN_FIELDS) + ["reason"]
     header += [f"{block}.{key}" for block, keys in blocks.items() for key in keys]
-    with atomic_file(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="", dir_fd=dir_fd) as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for run in results.runs:
@@ -114,7 +122,7 @@ def write_metrics_csv(results: MatrixResults, path: Path) -> int:
     return len(results.runs)
 
 
-def write_epochs_csv(results: MatrixResults, path: Path) -> int:
+def write_epochs_csv(results: MatrixResults, path: Path, *, dir_fd: int | None = None) -> int:
     """Every recorded epoch of every planned run as one long table; returns the number of
     rows. Per-layer sparsity is left out (one column per layer would make the file
     unreadable); it stays in each run's metrics.json."""
@@ -125,7 +133,7 @@ def write_epochs_csv(results: MatrixResults, path: Path) -> int:
     ]
     fields = list(CSV_EPOCH_FIELDS) + sorted(extra)
     rows = 0
-    with atomic_file(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="", dir_fd=dir_fd) as f:
         writer = csv.writer(f)
         writer.writerow(list(CSV_RUN_FIELDS) + fields)
         for run in results.runs:
@@ -136,13 +144,13 @@ def write_epochs_csv(results: MatrixResults, path: Path) -> int:
     return rows
 
 
-def write_tuning_csv(results: MatrixResults, path: Path) -> int:
+def write_tuning_csv(results: MatrixResults, path: Path, *, dir_fd: int | None = None) -> int:
     """One row per tuning trial (scripts.report.tuning.trial_rows): where it sits, what it
     tried, its selection score, whether its study selected it and whether it is the chosen
     setting; returns the number of rows."""
     rows = trial_rows(results)
     header = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_file(path, "w", newline="") as f:
+    with atomic_file(path, "w", newline="", dir_fd=dir_fd) as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
@@ -162,10 +170,20 @@ def write_report(
     wanted = results.report_settings.get("plots")
     rendered = plotting.render_plots(results, comparison.methods, plots_dir, wanted)
     plot_links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
-    write_metrics_csv(results, matrix_dir / CSV_FILE)
-    write_epochs_csv(results, matrix_dir / EPOCHS_CSV_FILE)
-    if results.trials:
-        write_tuning_csv(results, matrix_dir / TUNING_CSV_FILE)
-    report_path = matrix_dir / REPORT_FILE
-    atomic_write_text(report_path, render_report(results, comparison, plot_links))
+    # Written relative to the matrix directory's descriptor (lib/store.py: never opened
+    # through a link), so a matrix directory swapped for a link is not written through.
+    try:
+        dir_fd = open_dir(matrix_dir)
+    except StoreError as e:  # swapped for a link since load_matrix read it
+        raise ReportError(f"nothing written: {e}") from None
+    try:
+        write_metrics_csv(results, matrix_dir / CSV_FILE, dir_fd=dir_fd)
+        write_epochs_csv(results, matrix_dir / EPOCHS_CSV_FILE, dir_fd=dir_fd)
+        if results.trials:
+            write_tuning_csv(results, matrix_dir / TUNING_CSV_FILE, dir_fd=dir_fd)
+        report_path = matrix_dir / REPORT_FILE
+        text = render_report(results, comparison, plot_links)
+        atomic_write_at(dir_fd, REPORT_FILE, text, report_path)
+    finally:
+        os.close(dir_fd)
     return report_path
