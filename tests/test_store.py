@@ -666,7 +666,34 @@ def test_a_matrix_directory_swapped_for_a_link_before_the_report_writes_gets_not
     rc = report_cli.main(["--results-dir", str(tmp_path), "--matrix", "m"])
     err = one_line(capsys.readouterr().err)
     assert rc == 2 and "is a symbolic link" in err and "nothing written" in err, err
-    assert [p.name for p in victim.iterdir() if p.suffix in (".md", ".csv")] == []
+    assert list(victim.iterdir()) == []  # no report, no CSV, no plots directory
+
+
+def test_the_plots_directory_swapped_for_a_link_is_neither_written_nor_emptied(tmp_path):
+    """Each plot is written through a descriptor of plots/ opened without following a link,
+    and stale plots are removed through it: a plots/ swapped for a link after the report's
+    check gets nothing, and a file of a plot's name in the link's target stays."""
+    import matplotlib.pyplot as plt
+
+    from scripts.report import plots
+    from scripts.report.data import ReportError
+
+    matrix = write_matrix(tmp_path, "m", [FakeRun("adamwprune", "state", 0.5, 0, [70.0])])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "sparsity.png").write_bytes(b"someone else's file")
+    (matrix / "plots").symlink_to(victim)
+    with pytest.raises(ReportError, match="nothing written"):
+        plots._save(plt.figure(), matrix / "plots" / "accuracy_vs_sparsity.png")
+    with pytest.raises(ReportError, match="symbolic link"):
+        plots.render_plots(load_matrix(matrix), ["adamwprune-adamw_state-hybrid"], matrix / "plots")
+    assert [p.name for p in victim.iterdir()] == ["sparsity.png"]
+    assert (victim / "sparsity.png").read_bytes() == b"someone else's file"
+    (matrix / "plots").unlink()  # a real directory again: the plots are drawn there
+    drawn = plots.render_plots(
+        load_matrix(matrix), ["adamwprune-adamw_state-hybrid"], matrix / "plots"
+    )
+    assert drawn and all((matrix / "plots" / f.path.name).is_file() for f in drawn)
 
 
 def test_the_lock_is_never_created_through_a_linked_matrix_directory(tmp_path):
@@ -678,4 +705,18 @@ def test_the_lock_is_never_created_through_a_linked_matrix_directory(tmp_path):
     with pytest.raises(LockRefused) as refused:
         MatrixLock(tmp_path / "m").acquire()
     assert "is a symbolic link" in one_line(str(refused.value))
+    assert list(victim.iterdir()) == []
+
+
+def test_a_compare_directory_that_is_a_link_gets_nothing(tmp_path, capsys):
+    """COMPARE= writes its report and plot through a descriptor of compare-A-vs-B opened
+    without following a link: a link there is refused in one line, its target untouched."""
+    for name in ("ma", "mb"):
+        write_matrix(tmp_path, name, [FakeRun("adamwprune", "state", 0.5, 0, [70.0])])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "compare-ma-vs-mb").symlink_to(victim)
+    rc = report_cli.main(["--results-dir", str(tmp_path), "--compare", "ma", "mb"])
+    err = one_line(capsys.readouterr().err)
+    assert rc != 0 and "nothing written" in err and "symbolic link" in err, err
     assert list(victim.iterdir()) == []

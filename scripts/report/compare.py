@@ -9,11 +9,13 @@ differ between the two snapshots come first, because they are what the compariso
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
-from lib.atomic import atomic_write_text
+from lib.atomic import atomic_write_at
+from lib.store import StoreError, open_run_dir
 from scripts.report.cells import build_cell, fmt_estimate
-from scripts.report.data import MatrixResults, load_matrix, method_display_name
+from scripts.report.data import MatrixResults, ReportError, load_matrix, method_display_name
 from scripts.report.markdown import (
     fmt_printed_difference,
     fmt_sparsity,
@@ -154,13 +156,21 @@ def render_comparison(
 
 
 def write_comparison(matrix_a: Path, matrix_b: Path, results_dir: Path) -> Path:
-    from scripts.report.plots import plot_comparison
+    from scripts.report.plots import make_plots_dir, plot_comparison
 
     a, b = load_matrix(matrix_a), load_matrix(matrix_b)
     out_dir = Path(results_dir) / comparison_dir_name(matrix_a.name, matrix_b.name)
-    (out_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    make_plots_dir(out_dir / PLOTS_DIR)
     rendered = plot_comparison(a, b, out_dir / PLOTS_DIR)
     links = [(f"{PLOTS_DIR}/{p.path.name}", p.caption) for p in rendered]
     path = out_dir / REPORT_FILE
-    atomic_write_text(path, render_comparison(a, b, links))
+    try:  # never through a link (lib/store.py), like every write under results/
+        dir_fd = open_run_dir(out_dir)
+    except StoreError as e:
+        raise ReportError(f"nothing written: {e}") from None
+    try:
+        atomic_write_at(dir_fd, REPORT_FILE, render_comparison(a, b, links), path)
+    finally:
+        os.close(dir_fd)
     return path

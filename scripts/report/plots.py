@@ -7,6 +7,7 @@ reached) are drawn dashed and labelled; no average includes them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from lib.atomic import atomic_file  # noqa: E402
 from lib.spec import sparsity_token  # noqa: E402
+from lib.store import StoreError, open_dir, open_run_dir  # noqa: E402
 from scripts.report.cells import dense_key_of, resolve_comparison  # noqa: E402
 from scripts.report.data import (  # noqa: E402
     DATASET_DISPLAY,
@@ -76,11 +78,40 @@ def _title_prefix(results: MatrixResults) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _plots_dir(path: Path) -> int:
+    """A descriptor of the plots directory `path`, opened relative to its matrix directory with
+    neither opened through a link (lib/store.py): a directory swapped for a link is refused,
+    never written into or emptied."""
+    try:
+        return open_run_dir(path)
+    except StoreError as e:
+        raise ReportError(f"nothing written: {e}") from None
+
+
+def make_plots_dir(path: Path) -> None:
+    """Create the plots directory `path` inside its matrix directory, which is opened without
+    following a link: a matrix directory swapped for a link gets no plots directory."""
+    try:
+        parent = open_dir(path.parent)
+    except StoreError as e:
+        raise ReportError(f"nothing written: {e}") from None
+    try:
+        os.mkdir(path.name, 0o777, dir_fd=parent)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(parent)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, dpi=DPI, format=path.suffix.lstrip("."))
-    plt.close(fig)
+    dir_fd = _plots_dir(path.parent)
+    try:
+        with atomic_file(path, "wb", dir_fd=dir_fd) as f:
+            fig.savefig(f, dpi=DPI, format=path.suffix.lstrip("."))
+    finally:
+        os.close(dir_fd)
+        plt.close(fig)
 
 
 def _run_memory(run: RunResult) -> tuple[str, float] | None:
@@ -770,13 +801,17 @@ def render_plots(
             f"{out_dir} is a symbolic link; the report writes and removes its plots there "
             "and never through a link: remove the link"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_plots_dir(out_dir)
     # Plots of an earlier render that this one does not draw (a sparsity level dropped, a plot
     # switched off) would otherwise sit next to the report as if they were current.
-    for stale in out_dir.glob("*.png"):
-        names = [*PLOT_KINDS, *(n for kind in PLOT_KINDS for n in PLOT_FILES.get(kind, ()))]
-        if any(stale.name.startswith(name) for name in names):
-            stale.unlink()
+    names = [*PLOT_KINDS, *(n for kind in PLOT_KINDS for n in PLOT_FILES.get(kind, ()))]
+    dir_fd = _plots_dir(out_dir)
+    try:
+        for stale in os.listdir(dir_fd):
+            if stale.endswith(".png") and any(stale.startswith(name) for name in names):
+                os.unlink(stale, dir_fd=dir_fd)  # a link planted there goes, not its target
+    finally:
+        os.close(dir_fd)
     files: list[PlotFile] = []
     for kind in kinds:
         files += PLOTTERS[kind](results, methods, out_dir)
