@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, config: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m <args>` in the repository with `config` as its .config, one thread each."""
     env = {**os.environ, "KCONFIG_CONFIG": str(config), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
@@ -19,5 +19,5 @@ def cli(*args: str, config: Path) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )

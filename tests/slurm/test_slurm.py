@@ -17,12 +17,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli as run_cli
 from test_train import comparable
 
 from lib.metrics import METRICS_FILE, STATUS_COMPLETED, STATUS_FAILED, read_metrics
@@ -149,15 +149,7 @@ def write_config(tmp: Path, name: str, *, epochs: int, optimizers: tuple[str, ..
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     # One OpenMP thread in every job (sbatch passes the environment on): steady timings on a
     # shared 2-core machine, and the same thread count in the runs whose metrics are compared.
-    env = dict(os.environ, KCONFIG_CONFIG=str(config), OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_cli(*args, config=config, timeout=180)
 
 
 def submitted_job(result: subprocess.CompletedProcess) -> str:
